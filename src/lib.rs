@@ -1,0 +1,10 @@
+//! agent-warden: a policy-enforcing ttrpc interposer for the Kata Containers guest agent.
+//!
+//! Data flows one way: `server` accepts a host connection and pairs it with an agent
+//! connection; `relay` moves `frame::Frame`s between them; each request frame is opened
+//! by `envelope`, looked up in `methods`, decoded to kata's policy input by `codec`,
+//! decided by `policy`, and either forwarded byte-for-byte or answered with an error.
+//! `storage` owns the encrypted scratch disk. See docs/ARCHITECTURE.md.
+
+pub mod protocols;
+pub mod codec;
