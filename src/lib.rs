@@ -8,3 +8,14 @@
 
 pub mod protocols;
 pub mod codec;
+pub mod cli;
+pub mod logging;
+pub mod envelope;
+pub mod frame;
+pub mod methods;
+pub mod policy;
+pub mod address;
+pub mod relay;
+pub mod config;
+pub mod server;
+pub mod demo;

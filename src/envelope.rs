@@ -1,0 +1,60 @@
+//! The ttrpc envelope inside a frame body: `Request {service, method, payload,
+//! timeout_nano, metadata}` and `Response {status, payload}`, and the error
+//! responses agent-warden sends in the agent's place.
+
+use protobuf::{EnumOrUnknown, Message, MessageField};
+pub use ttrpc::proto::{Code, Request, Response, Status};
+
+use crate::frame::{Frame, TYPE_RESPONSE};
+
+/// Decodes a request frame's body.
+pub fn decode_request(body: &[u8]) -> Result<Request, String> {
+    Request::parse_from_bytes(body).map_err(|e| format!("malformed ttrpc request envelope: {e}"))
+}
+
+/// Decodes a response frame's body.
+pub fn decode_response(body: &[u8]) -> Result<Response, String> {
+    Response::parse_from_bytes(body).map_err(|e| format!("malformed ttrpc response envelope: {e}"))
+}
+
+/// The status code of a response (OK when no status is set).
+pub fn status_code(resp: &Response) -> i32 {
+    resp.status.as_ref().map(|s| s.code.value()).unwrap_or(0)
+}
+
+/// Encodes a response frame for `stream_id`.
+pub fn response_frame(stream_id: u32, resp: &Response) -> Frame {
+    // Encoding an in-memory message only fails on size overflow (> 2 GiB), which a
+    // response built from a ≤ 4 MiB frame cannot reach; fall back to an empty body.
+    let body = resp.write_to_bytes().unwrap_or_default();
+    Frame::new(stream_id, TYPE_RESPONSE, 0, &body)
+}
+
+/// An error response frame: status `code` with `message`, no payload.
+pub fn error_frame(stream_id: u32, code: Code, message: impl Into<String>) -> Frame {
+    let status = Status { code: EnumOrUnknown::new(code), message: message.into(), ..Default::default() };
+    let resp = Response { status: MessageField::some(status), ..Default::default() };
+    response_frame(stream_id, &resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_frame_carries_code_and_message() {
+        let f = error_frame(9, Code::PERMISSION_DENIED, "no");
+        assert_eq!(f.header.stream_id, 9);
+        assert_eq!(f.header.kind, TYPE_RESPONSE);
+        let r = decode_response(f.body()).unwrap();
+        assert_eq!(status_code(&r), 7);
+        assert_eq!(r.status.message, "no");
+        assert!(r.payload.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let e = decode_request(&[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(e.starts_with("malformed ttrpc request envelope"), "{e}");
+    }
+}

@@ -1,0 +1,310 @@
+//! The policy: a Rego module (package `agent_policy`) evaluated with regorus.
+//!
+//! From outside it is three verbs, like regorus itself: [`Policy::load`] parses and
+//! checks a policy, [`Policy::decide`] answers one request with a [`Decision`], and
+//! [`Policy::digest`] names what was loaded. The relay never sees regorus types.
+//!
+//! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
+//! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
+//! denies (fail closed). The reason for a denial is what the policy printed.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use regorus::Engine;
+use sha2::{Digest, Sha256};
+
+/// The Rego language version a policy is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RegoVersion {
+    /// Rego v0 (what kata-agent and genpolicy use; `import rego.v1` opts a module into v1).
+    #[default]
+    V0,
+    /// Rego v1 (OPA 1.0 syntax: `if`, `contains` required).
+    V1,
+}
+
+impl RegoVersion {
+    fn other(self) -> RegoVersion {
+        match self {
+            RegoVersion::V0 => RegoVersion::V1,
+            RegoVersion::V1 => RegoVersion::V0,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            RegoVersion::V0 => "v0",
+            RegoVersion::V1 => "v1",
+        }
+    }
+}
+
+/// Longest denial reason sent to the host; the full text goes to the log.
+pub const MAX_REASON: usize = 256;
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow,
+    /// Denied. `reason` is short and readable (sent to the host); `detail` is everything
+    /// the policy printed (logged).
+    Deny { reason: String, detail: String },
+    /// The engine failed; the request is denied.
+    Error(String),
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+}
+
+/// A failure to load a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {source_name}: {message}")]
+    Invalid { source_name: String, message: String },
+}
+
+/// A loaded, checked policy.
+pub struct Policy {
+    engine: Mutex<Engine>,
+    digest: String,
+    source_name: String,
+    text: String,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("source", &self.source_name).field("digest", &self.digest).finish()
+    }
+}
+
+fn new_engine(version: RegoVersion) -> Engine {
+    let mut engine = Engine::new();
+    engine.set_rego_v0(version == RegoVersion::V0);
+    // genpolicy policies have lines over 1,024 columns and, with large data
+    // sections, exceed 1 MiB / 20,000 lines: regorus's defaults would refuse them.
+    let big = regorus::utils::limits::PolicyLengthConfig {
+        max_col: std::num::NonZeroU32::MAX,
+        max_file_bytes: std::num::NonZeroUsize::new(64 << 20).unwrap_or(std::num::NonZeroUsize::MAX),
+        max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
+    };
+    engine.set_policy_length_config(big);
+    engine.set_gather_prints(true);
+    engine
+}
+
+/// sha256 of the policy text, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Policy {
+    /// Parses `text` (named `source_name` in messages) as Rego `version` and checks that
+    /// it declares `package agent_policy`.
+    pub fn load(source_name: &str, text: &str, version: RegoVersion) -> Result<Policy, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid { source_name: source_name.to_string(), message };
+        let mut engine = new_engine(version);
+        let package = match engine.add_policy(source_name.to_string(), text.to_string()) {
+            Ok(p) => p,
+            Err(e) => {
+                let other = version.other();
+                let hint = if new_engine(other).add_policy(source_name.to_string(), text.to_string()).is_ok() {
+                    format!(" (it does parse as Rego {0}: set `rego = \"{0}\"` / `--rego {0}`)", other.name())
+                } else {
+                    String::new()
+                };
+                return Err(invalid(format!("failed to parse as Rego {}: {e}{hint}", version.name())));
+            }
+        };
+        if package != "data.agent_policy" {
+            return Err(invalid(format!("declares {package}, but agent-warden needs `package agent_policy`")));
+        }
+        Ok(Policy {
+            engine: Mutex::new(engine),
+            digest: sha256_hex(text.as_bytes()),
+            source_name: source_name.to_string(),
+            text: text.to_string(),
+        })
+    }
+
+    /// sha256 of the policy text, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Where the policy came from (file name, "embedded default", ...).
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// The policy text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
+    pub fn eval(&self, name: &str, input: regorus::Value) -> Result<(Option<regorus::Value>, Vec<String>), String> {
+        let mut engine = self.engine.lock().map_err(|_| "policy engine lock poisoned".to_string())?;
+        engine.set_input(input);
+        let query = format!("data.agent_policy.{name}");
+        let result = engine.eval_query(query, false);
+        let prints = engine.take_prints().unwrap_or_default();
+        let results = result.map_err(|e| e.to_string())?;
+        let value = results.result.into_iter().next().and_then(|r| r.expressions.into_iter().next()).map(|e| e.value);
+        Ok((value, prints))
+    }
+
+    /// Decides one request of type `request_type` with `input` (kata's policy JSON).
+    pub fn decide(&self, request_type: &str, input: &serde_json::Value) -> Decision {
+        let started = Instant::now();
+        let input = match serde_json::from_value::<regorus::Value>(input.clone()) {
+            Ok(v) => v,
+            Err(e) => return Decision::Error(format!("cannot convert input for the engine: {e}")),
+        };
+        let decision = match self.eval(request_type, input) {
+            Err(e) => Decision::Error(e),
+            Ok((value, prints)) => interpret(request_type, value, prints),
+        };
+        tracing::trace!(request_type, elapsed_us = started.elapsed().as_micros() as u64, "evaluated");
+        decision
+    }
+}
+
+/// Turns a rule's value into a decision (fail closed on anything unexpected).
+fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<String>) -> Decision {
+    let allowed = match &value {
+        Some(regorus::Value::Bool(b)) => Some(*b),
+        Some(v @ regorus::Value::Object(_)) => match &v["allowed"] {
+            regorus::Value::Bool(b) => Some(*b),
+            _ => None,
+        },
+        _ => None,
+    };
+    match allowed {
+        Some(true) => Decision::Allow,
+        _ => {
+            let detail = prints.join("\n");
+            let reason = match (&value, allowed) {
+                (None, _) | (Some(regorus::Value::Undefined), _) => {
+                    format!("rule data.agent_policy.{request_type} is undefined (denied by default)")
+                }
+                (Some(_), None) => "the rule's value is neither a bool nor an object with a bool `allowed`".to_string(),
+                (Some(_), Some(_)) if !prints.is_empty() => shorten(&prints),
+                _ => "the policy returned false".to_string(),
+            };
+            Decision::Deny { reason, detail }
+        }
+    }
+}
+
+/// A short reason from the policy's prints: the last lines, up to [`MAX_REASON`] bytes.
+fn shorten(prints: &[String]) -> String {
+    let joined = prints.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("; ");
+    if joined.len() <= MAX_REASON {
+        return joined;
+    }
+    let mut start = joined.len() - MAX_REASON;
+    while !joined.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &joined[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const V1: &str = r#"package agent_policy
+import rego.v1
+default CreateContainerRequest := false
+CreateContainerRequest if input.container_id == "ok"
+ExecProcessRequest := {"allowed": true, "ops": []}
+ReadStreamRequest := 5
+StartContainerRequest if {
+    print("start is not allowed for", input.container_id)
+    false
+}
+"#;
+
+    fn load() -> Policy {
+        Policy::load("t.rego", V1, RegoVersion::V0).unwrap()
+    }
+
+    #[test]
+    fn bool_true_allows_false_denies() {
+        let p = load();
+        assert_eq!(p.decide("CreateContainerRequest", &json!({"container_id": "ok"})), Decision::Allow);
+        assert!(matches!(p.decide("CreateContainerRequest", &json!({"container_id": "x"})),
+            Decision::Deny { reason, .. } if reason == "the policy returned false"));
+    }
+
+    #[test]
+    fn object_with_allowed_true_allows() {
+        assert_eq!(load().decide("ExecProcessRequest", &json!({})), Decision::Allow);
+    }
+
+    #[test]
+    fn undefined_rule_denies() {
+        let d = load().decide("CopyFileRequest", &json!({}));
+        assert!(matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")), "{d:?}");
+    }
+
+    #[test]
+    fn undefined_body_denies_with_prints_as_reason() {
+        let d = load().decide("StartContainerRequest", &json!({"container_id": "c1"}));
+        assert!(matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")), "{d:?}");
+    }
+
+    #[test]
+    fn non_bool_value_denies() {
+        let d = load().decide("ReadStreamRequest", &json!({}));
+        assert!(matches!(d, Decision::Deny { ref reason, .. } if reason.contains("neither a bool")), "{d:?}");
+    }
+
+    #[test]
+    fn false_with_prints_uses_prints_as_reason() {
+        let src = "package agent_policy\nimport rego.v1\ndefault X := false\nX if {\n print(\"checking\", input.a)\n input.a == 1\n}\n";
+        let p = Policy::load("p.rego", src, RegoVersion::V1).unwrap();
+        match p.decide("X", &json!({"a": 2})) {
+            Decision::Deny { reason, detail } => {
+                assert!(reason.contains("checking 2"), "{reason}");
+                assert!(detail.contains("checking 2"));
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_error_suggests_other_version() {
+        let broken = "package agent_policy\nX { true \n";
+        let e = Policy::load("p.rego", broken, RegoVersion::V0).unwrap_err().to_string();
+        assert!(e.contains("failed to parse as Rego v0") && !e.contains("it does parse"), "{e}");
+        let v0_only = "package agent_policy\nX { true }\n";
+        let e = Policy::load("p.rego", v0_only, RegoVersion::V1).unwrap_err().to_string();
+        assert!(e.contains("failed to parse as Rego v1") && e.contains("set `rego = \"v0\"`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_package_is_refused() {
+        let e = Policy::load("p.rego", "package other\nx := 1\n", RegoVersion::V0).unwrap_err().to_string();
+        assert!(e.contains("package agent_policy"), "{e}");
+    }
+
+    #[test]
+    fn long_reason_is_trimmed_to_tail() {
+        let prints: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let r = shorten(&prints);
+        assert!(r.len() <= MAX_REASON + 3 && r.ends_with("line 99"), "{r}");
+    }
+
+    #[test]
+    fn digest_is_sha256_of_text() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(load().digest(), sha256_hex(V1.as_bytes()));
+    }
+}

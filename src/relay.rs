@@ -1,0 +1,311 @@
+//! The relay: one host connection paired with one agent connection.
+//!
+//! Two loops run side by side. Host → agent: each frame is judged ([`Guard::judge`])
+//! and either forwarded as the exact bytes received, answered in the agent's place
+//! with a ttrpc error, or — for protocol violations — the connection is closed.
+//! Agent → host: responses are relayed unchanged, except that a ReadStdout/ReadStderr
+//! the policy denied gets its `data` blanked. Many requests may be in flight on one
+//! connection; nothing waits for a slow (long-poll) answer. When either side closes,
+//! the other is closed; requests still in flight when the agent goes away are answered
+//! UNAVAILABLE.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::address::{Conn, ReadHalf, WriteHalf};
+use crate::codec::{self, InputShape};
+use crate::envelope::{self, Code};
+use crate::frame::{self, Frame, Read, FLAG_NO_DATA, FLAG_REMOTE_OPEN, MAX_BODY, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
+use crate::methods::{self, Handling};
+use crate::policy::{Decision, Policy};
+
+/// An action run (on a blocking thread) after the agent answered a request of a given
+/// type successfully, e.g. scratch-disk teardown after DestroySandbox.
+pub type Hook = Arc<dyn Fn() + Send + Sync>;
+
+/// What every connection shares: the policy, the input shape, hooks, counters.
+pub struct Guard {
+    policy: RwLock<Arc<Policy>>,
+    shape: InputShape,
+    hooks: HashMap<String, Hook>,
+    next_decision: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+/// A request forwarded to the agent and not yet answered.
+struct Pending {
+    blank_data: bool,
+    hook: Option<Hook>,
+}
+
+/// What to do with one frame from the host.
+enum Verdict {
+    Forward(Pending),
+    Reply(Frame),
+    Close(String),
+}
+
+impl Guard {
+    pub fn new(policy: Policy, shape: InputShape) -> Guard {
+        Guard {
+            policy: RwLock::new(Arc::new(policy)),
+            shape,
+            hooks: HashMap::new(),
+            next_decision: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// Runs `hook` after each successful agent answer to a `request_type` request.
+    pub fn with_hook(mut self, request_type: &str, hook: Hook) -> Guard {
+        self.hooks.insert(request_type.to_string(), hook);
+        self
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Judges one frame from the host. `busy` says whether its stream id is in flight.
+    fn judge(&self, conn: u64, f: &Frame, busy: bool) -> Verdict {
+        let h = f.header;
+        let id = h.stream_id;
+        if h.kind != TYPE_REQUEST {
+            if h.kind == TYPE_DATA {
+                return Verdict::Reply(envelope::error_frame(
+                    id,
+                    Code::INVALID_ARGUMENT,
+                    "data frames are not supported: AgentService has no streaming methods",
+                ));
+            }
+            return Verdict::Close(format!("unexpected frame type {} from the host on stream {id}", h.kind));
+        }
+        if id % 2 == 0 {
+            return Verdict::Close(format!("stream id {id} is even; host stream ids must be odd"));
+        }
+        if busy {
+            return Verdict::Close(format!("stream id {id} reused while a request on it is still in flight"));
+        }
+        if h.flags & (FLAG_REMOTE_OPEN | FLAG_NO_DATA) != 0 {
+            return Verdict::Reply(envelope::error_frame(
+                id,
+                Code::INVALID_ARGUMENT,
+                format!("streaming requests are not supported (frame flags {:#04x})", h.flags),
+            ));
+        }
+        let req = match envelope::decode_request(f.body()) {
+            Ok(r) => r,
+            Err(e) => return Verdict::Reply(envelope::error_frame(id, Code::INVALID_ARGUMENT, e)),
+        };
+        let Some(m) = methods::table().lookup(&req.service, &req.method) else {
+            tracing::warn!(conn, stream = id, service = %req.service, method = %req.method, "unknown method, not forwarded");
+            return Verdict::Reply(envelope::error_frame(
+                id,
+                Code::UNIMPLEMENTED,
+                format!("{}/{}: unknown service or method (not forwarded)", req.service, req.method),
+            ));
+        };
+        let hook = self.hooks.get(&m.request_type).cloned();
+        if m.handling == Handling::Passthrough {
+            tracing::debug!(conn, stream = id, service = %m.service, method = %m.name, "passthrough");
+            return Verdict::Forward(Pending { blank_data: false, hook });
+        }
+        let ty = m.request_type.as_str();
+        let msg = match codec::decode_request(&m.request, &req.payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(conn, stream = id, request_type = ty, error = %e, "malformed payload, not forwarded");
+                return Verdict::Reply(envelope::error_frame(
+                    id,
+                    Code::INVALID_ARGUMENT,
+                    format!("{ty}: malformed request payload: {e}"),
+                ));
+            }
+        };
+        let input = codec::to_policy_input(&*msg, self.shape);
+        let policy = self.policy();
+        let started = Instant::now();
+        let decision = policy.decide(ty, &input);
+        let eval_us = started.elapsed().as_micros() as u64;
+        let decision_id = self.next_decision.fetch_add(1, Ordering::Relaxed);
+        let (allowed, reason) = match &decision {
+            Decision::Allow => (true, ""),
+            Decision::Deny { reason, .. } => (false, reason.as_str()),
+            Decision::Error(e) => (false, e.as_str()),
+        };
+        tracing::info!(
+            target: "agent_warden::decision",
+            decision_id, conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
+            allowed, reason, policy = policy.digest(), eval_us,
+            "decision"
+        );
+        if let Decision::Deny { detail, .. } = &decision {
+            if !detail.is_empty() {
+                tracing::debug!(decision_id, request_type = ty, policy_output = %detail, "policy output for denial");
+            }
+        }
+        match decision {
+            Decision::Allow => Verdict::Forward(Pending { blank_data: false, hook }),
+            _ if m.handling == Handling::PolicyBlankDataOnDeny => {
+                Verdict::Forward(Pending { blank_data: true, hook })
+            }
+            Decision::Deny { reason, .. } => Verdict::Reply(envelope::error_frame(
+                id,
+                Code::PERMISSION_DENIED,
+                format!("{ty} is blocked by policy: {reason}"),
+            )),
+            Decision::Error(e) => {
+                Verdict::Reply(envelope::error_frame(id, Code::INTERNAL, format!("{ty}: internal error: {e}")))
+            }
+        }
+    }
+}
+
+type Inflight = Mutex<HashMap<u32, Pending>>;
+
+fn lock(m: &Inflight) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies what a pending request asked for to the agent's answer.
+fn finish(p: Pending, f: Frame) -> Frame {
+    if !p.blank_data && p.hook.is_none() {
+        return f;
+    }
+    let Ok(mut resp) = envelope::decode_response(f.body()) else {
+        return f;
+    };
+    let ok = envelope::status_code(&resp) == 0;
+    if ok {
+        if let Some(hook) = p.hook {
+            tokio::task::spawn_blocking(move || hook());
+        }
+    }
+    if p.blank_data && ok {
+        // An empty ReadStreamResponse encodes to zero bytes.
+        resp.payload = Vec::new();
+        return envelope::response_frame(f.header.stream_id, &resp);
+    }
+    f
+}
+
+/// Relays one host connection to one agent connection until either side closes.
+pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
+    let conn = guard.next_conn.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(conn, host = %host.peer, agent = %agent.peer, "connection opened");
+    let Conn { read: mut host_read, write: host_write, .. } = host;
+    let Conn { read: mut agent_read, write: mut agent_write, .. } = agent;
+    let inflight: Inflight = Mutex::new(HashMap::new());
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let writer = tokio::spawn(write_host(host_write, rx));
+
+    let why = tokio::select! {
+        why = host_to_agent(&guard, conn, &mut host_read, &mut agent_write, &inflight, &tx) => why,
+        why = agent_to_host(&mut agent_read, &inflight, &tx) => {
+            let left: Vec<u32> = lock(&inflight).drain().map(|(id, _)| id).collect();
+            for id in left {
+                let f = envelope::error_frame(id, Code::UNAVAILABLE, "agent connection closed before it answered");
+                let _ = tx.send(f.raw().clone()).await;
+            }
+            why
+        }
+    };
+    let _ = agent_write.shutdown().await;
+    drop(tx);
+    let _ = writer.await;
+    tracing::info!(conn, reason = %why, "connection closed");
+}
+
+async fn write_host(mut w: WriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(b) = rx.recv().await {
+        if w.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn host_to_agent(
+    guard: &Guard,
+    conn: u64,
+    host: &mut ReadHalf,
+    agent: &mut WriteHalf,
+    inflight: &Inflight,
+    tx: &mpsc::Sender<Bytes>,
+) -> String {
+    loop {
+        let f = match frame::read_frame(host, MAX_BODY).await {
+            Ok(Read::Frame(f)) => f,
+            Ok(Read::Closed) => return "host closed the connection".into(),
+            Ok(Read::Oversize(h)) => {
+                tracing::warn!(conn, stream = h.stream_id, length = h.length, "oversize frame discarded");
+                let msg = format!("message length {} exceeds the maximum message size of {MAX_BODY}", h.length);
+                let f = envelope::error_frame(h.stream_id, Code::INVALID_ARGUMENT, msg);
+                if tx.send(f.raw().clone()).await.is_err() {
+                    return "host writer gone".into();
+                }
+                continue;
+            }
+            Err(e) => return format!("host: {e}"),
+        };
+        let id = f.header.stream_id;
+        let busy = lock(inflight).contains_key(&id);
+        match guard.judge(conn, &f, busy) {
+            Verdict::Forward(p) => {
+                lock(inflight).insert(id, p);
+                if let Err(e) = agent.write_all(f.raw()).await {
+                    return format!("agent write failed: {e}");
+                }
+            }
+            Verdict::Reply(r) => {
+                if tx.send(r.raw().clone()).await.is_err() {
+                    return "host writer gone".into();
+                }
+            }
+            Verdict::Close(why) => {
+                tracing::warn!(conn, stream = id, %why, "protocol violation, closing the connection");
+                return why;
+            }
+        }
+    }
+}
+
+async fn agent_to_host(agent: &mut ReadHalf, inflight: &Inflight, tx: &mpsc::Sender<Bytes>) -> String {
+    loop {
+        let f = match frame::read_frame(agent, MAX_BODY).await {
+            Ok(Read::Frame(f)) => f,
+            Ok(Read::Closed) => return "agent closed the connection".into(),
+            Ok(Read::Oversize(h)) => {
+                lock(inflight).remove(&h.stream_id);
+                let f = envelope::error_frame(h.stream_id, Code::INTERNAL, "agent response exceeded the maximum message size");
+                if tx.send(f.raw().clone()).await.is_err() {
+                    return "host writer gone".into();
+                }
+                continue;
+            }
+            Err(e) => return format!("agent: {e}"),
+        };
+        if f.header.kind != TYPE_RESPONSE {
+            tracing::warn!(stream = f.header.stream_id, kind = f.header.kind, "unexpected frame type from the agent, dropped");
+            continue;
+        }
+        let Some(p) = lock(inflight).remove(&f.header.stream_id) else {
+            tracing::warn!(stream = f.header.stream_id, "agent answered a stream with no request in flight, dropped");
+            continue;
+        };
+        let out = finish(p, f);
+        if tx.send(out.raw().clone()).await.is_err() {
+            return "host writer gone".into();
+        }
+    }
+}
