@@ -664,7 +664,6 @@ fn copy_file_from_json(
 mod tests {
     use super::*;
     use crate::protocols::{agent, oci, types};
-    use protobuf::Message;
     use serde_json::json;
 
     fn current<M: MessageFull>(m: &M) -> Value {

@@ -1,0 +1,270 @@
+//! Test doubles and harness shared by the integration tests: a recording kata agent
+//! (a real ttrpc server), byte taps on unix sockets, and agent-warden in between.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_warden::address::{Address, Listener};
+use agent_warden::codec::InputShape;
+use agent_warden::policy::{Policy, RegoVersion};
+use agent_warden::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
+use agent_warden::relay::Guard;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use ttrpc::r#async::TtrpcContext;
+
+/// What the recording agent sends back from ReadStdout/ReadStderr.
+pub const STDOUT_DATA: &[u8] = b"container output";
+
+/// A kata agent double: records each method that reached it; WaitProcess and
+/// GetOOMEvent block (long polls) until `release` is called.
+pub struct RecordingAgent {
+    pub calls: Mutex<Vec<String>>,
+    pub long_polls: Semaphore,
+}
+
+impl Default for RecordingAgent {
+    fn default() -> Self {
+        RecordingAgent { calls: Mutex::new(Vec::new()), long_polls: Semaphore::new(0) }
+    }
+}
+
+impl RecordingAgent {
+    fn saw(&self, m: &str) {
+        self.calls.lock().unwrap().push(m.to_string());
+    }
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    /// Lets `n` blocked long polls complete.
+    pub fn release(&self, n: usize) {
+        self.long_polls.add_permits(n);
+    }
+}
+
+#[async_trait::async_trait]
+impl agent_ttrpc::AgentService for RecordingAgent {
+    async fn create_container(&self, _: &TtrpcContext, _: agent::CreateContainerRequest) -> ttrpc::Result<Empty> {
+        self.saw("CreateContainer");
+        Ok(Empty::new())
+    }
+    async fn start_container(&self, _: &TtrpcContext, _: agent::StartContainerRequest) -> ttrpc::Result<Empty> {
+        self.saw("StartContainer");
+        Ok(Empty::new())
+    }
+    async fn exec_process(&self, _: &TtrpcContext, _: agent::ExecProcessRequest) -> ttrpc::Result<Empty> {
+        self.saw("ExecProcess");
+        Ok(Empty::new())
+    }
+    async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
+        self.saw("CopyFile");
+        Ok(Empty::new())
+    }
+    async fn create_sandbox(&self, _: &TtrpcContext, _: agent::CreateSandboxRequest) -> ttrpc::Result<Empty> {
+        self.saw("CreateSandbox");
+        Ok(Empty::new())
+    }
+    async fn destroy_sandbox(&self, _: &TtrpcContext, _: agent::DestroySandboxRequest) -> ttrpc::Result<Empty> {
+        self.saw("DestroySandbox");
+        Ok(Empty::new())
+    }
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        r: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<agent_warden::protocols::types::Interface> {
+        self.saw("UpdateInterface");
+        Ok(r.interface.unwrap_or_default())
+    }
+    async fn update_routes(&self, _: &TtrpcContext, r: agent::UpdateRoutesRequest) -> ttrpc::Result<agent::Routes> {
+        self.saw("UpdateRoutes");
+        Ok(r.routes.unwrap_or_default())
+    }
+    async fn update_ephemeral_mounts(
+        &self,
+        _: &TtrpcContext,
+        _: agent::UpdateEphemeralMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.saw("UpdateEphemeralMounts");
+        Ok(Empty::new())
+    }
+    async fn online_cpu_mem(&self, _: &TtrpcContext, _: agent::OnlineCPUMemRequest) -> ttrpc::Result<Empty> {
+        self.saw("OnlineCPUMem");
+        Ok(Empty::new())
+    }
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        _: agent::GuestDetailsRequest,
+    ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        self.saw("GetGuestDetails");
+        Ok(agent::GuestDetailsResponse::default())
+    }
+    async fn read_stdout(&self, _: &TtrpcContext, _: agent::ReadStreamRequest) -> ttrpc::Result<agent::ReadStreamResponse> {
+        self.saw("ReadStdout");
+        Ok(agent::ReadStreamResponse { data: STDOUT_DATA.to_vec(), ..Default::default() })
+    }
+    async fn read_stderr(&self, _: &TtrpcContext, _: agent::ReadStreamRequest) -> ttrpc::Result<agent::ReadStreamResponse> {
+        self.saw("ReadStderr");
+        Ok(agent::ReadStreamResponse { data: STDOUT_DATA.to_vec(), ..Default::default() })
+    }
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        _: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        self.saw("WaitProcess");
+        if let Ok(p) = self.long_polls.acquire().await {
+            p.forget();
+        }
+        Ok(agent::WaitProcessResponse { status: 42, ..Default::default() })
+    }
+    async fn get_oom_event(&self, _: &TtrpcContext, _: agent::GetOOMEventRequest) -> ttrpc::Result<agent::OOMEvent> {
+        self.saw("GetOOMEvent");
+        if let Ok(p) = self.long_polls.acquire().await {
+            p.forget();
+        }
+        Ok(agent::OOMEvent { container_id: "c1".into(), ..Default::default() })
+    }
+}
+
+#[async_trait::async_trait]
+impl health_ttrpc::Health for RecordingAgent {
+    async fn check(&self, _: &TtrpcContext, _: health::CheckRequest) -> ttrpc::Result<health::HealthCheckResponse> {
+        self.saw("Check");
+        Ok(health::HealthCheckResponse {
+            status: health::health_check_response::ServingStatus::SERVING.into(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Records the bytes that pass through a unix-socket hop, in each direction.
+#[derive(Default)]
+pub struct Tap {
+    pub to_server: Arc<Mutex<Vec<u8>>>,
+    pub to_client: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    /// Listens on `front` and forwards each connection to `back`, recording bytes.
+    pub async fn start(front: &Path, back: PathBuf) -> Arc<Tap> {
+        let tap = Arc::new(Tap::default());
+        let listener = tokio::net::UnixListener::bind(front).unwrap();
+        let t = tap.clone();
+        tokio::spawn(async move {
+            while let Ok((c, _)) = listener.accept().await {
+                let s = tokio::net::UnixStream::connect(&back).await.unwrap();
+                let (cr, cw) = c.into_split();
+                let (sr, sw) = s.into_split();
+                tokio::spawn(copy(cr, sw, t.to_server.clone()));
+                tokio::spawn(copy(sr, cw, t.to_client.clone()));
+            }
+        });
+        tap
+    }
+    pub fn sent_to_server(&self) -> Vec<u8> {
+        self.to_server.lock().unwrap().clone()
+    }
+}
+
+async fn copy(mut r: tokio::net::unix::OwnedReadHalf, mut w: tokio::net::unix::OwnedWriteHalf, rec: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                if w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// host (ttrpc client) → [host tap] → agent-warden → [agent tap] → recording agent.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    /// Where a host connects (through the host tap).
+    pub host_sock: PathBuf,
+    /// agent-warden's own listening socket (no tap), for raw-socket tests.
+    pub warden_sock: PathBuf,
+    pub agent: Arc<RecordingAgent>,
+    pub host_tap: Arc<Tap>,
+    pub agent_tap: Arc<Tap>,
+    pub guard: Arc<Guard>,
+    server: ttrpc::r#async::Server,
+}
+
+impl Harness {
+    pub async fn start(policy: &str) -> Harness {
+        Self::start_with(policy, RegoVersion::V0, InputShape::Current).await
+    }
+
+    pub async fn start_with(policy: &str, rego: RegoVersion, shape: InputShape) -> Harness {
+        let policy = Policy::load("test.rego", policy, rego).expect("test policy loads");
+        Self::start_guard(Guard::new(policy, shape)).await
+    }
+
+    pub async fn start_guard(guard: Guard) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_sock = dir.path().join("agent.sock");
+        let agent_front = dir.path().join("agent-tap.sock");
+        let warden_sock = dir.path().join("warden.sock");
+        let host_sock = dir.path().join("host-tap.sock");
+        let agent = Arc::new(RecordingAgent::default());
+        let mut services = agent_ttrpc::create_agent_service(agent.clone());
+        services.extend(health_ttrpc::create_health(agent.clone()));
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", agent_sock.display()))
+            .unwrap()
+            .register_service(services);
+        server.start().await.unwrap();
+        let agent_tap = Tap::start(&agent_front, agent_sock).await;
+        let guard = Arc::new(guard);
+        let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await.unwrap();
+        tokio::spawn(agent_warden::server::run(
+            listener,
+            Address::Unix(agent_front),
+            guard.clone(),
+            std::future::pending::<()>(),
+        ));
+        let host_tap = Tap::start(&host_sock, warden_sock.clone()).await;
+        Harness { dir, host_sock, warden_sock, agent, host_tap, agent_tap, guard, server }
+    }
+
+    /// A real ttrpc client (the host), through the host tap.
+    pub async fn client(&self) -> ttrpc::r#async::Client {
+        ttrpc::r#async::Client::connect(&format!("unix://{}", self.host_sock.display())).await.unwrap()
+    }
+
+    pub async fn agent_client(&self) -> agent_ttrpc::AgentServiceClient {
+        agent_ttrpc::AgentServiceClient::new(self.client().await)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.server.shutdown().await;
+    }
+}
+
+/// A ttrpc context with a 10 s timeout.
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64)
+}
+
+/// The status code and message of a failed call.
+pub fn status<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (i32, String) {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code.value(), s.message),
+        other => panic!("expected an RPC status error, got {other:?}"),
+    }
+}
+
+/// The allow-all policy shipped in policies/.
+pub fn allow_all() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/allow-all.rego")).unwrap()
+}
