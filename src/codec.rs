@@ -162,6 +162,12 @@ pub fn decode_request(
     desc: &MessageDescriptor,
     payload: &[u8],
 ) -> Result<Box<dyn MessageDyn>, CodecError> {
+    if desc.is_map_entry() {
+        return Err(CodecError(format!(
+            "{} is a map entry, not a request",
+            desc.full_name()
+        )));
+    }
     desc.parse_from_bytes(payload)
         .map_err(|e| CodecError(format!("cannot decode {}: {e}", desc.full_name())))
 }
@@ -413,6 +419,12 @@ fn json_to_message(
     let obj = v
         .as_object()
         .ok_or_else(|| mismatch(path, &format!("an object ({})", desc.full_name()), v))?;
+    if desc.is_map_entry() {
+        return Err(CodecError(format!(
+            "{path}: {} is a map entry, not a message",
+            desc.full_name()
+        )));
+    }
     if *desc == CopyFileRequest::descriptor() {
         return Ok(Box::new(copy_file_from_json(obj, shape, path)?));
     }
@@ -1114,6 +1126,12 @@ mod tests {
         assert!(json_to_message(&desc, &v, InputShape::Current, "x", MAX_DEPTH - 1).is_ok());
         let err = json_to_message(&desc, &v, InputShape::Current, "x", MAX_DEPTH).unwrap_err();
         assert!(err.0.contains("deeper"), "{err}");
+        let entry = oci::Spec::descriptor()
+            .nested_messages()
+            .find(|m| m.is_map_entry())
+            .unwrap();
+        assert!(decode_request(&entry, &[]).is_err());
+        assert!(from_policy_input(&entry, &json!({}), InputShape::Current).is_err());
         for payload in [
             &[0xff_u8, 0xff, 0xff][..],
             &[0x0a, 0x05, b'a'],
@@ -1144,5 +1162,133 @@ mod tests {
             );
         }
         assert_eq!(InputShape::LegacyStreamPorts.name(), "legacy-stream-ports");
+    }
+
+    /// Small deterministic generator for the property test below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+            xs[self.below(xs.len() as u64) as usize]
+        }
+    }
+
+    fn random_value(rt: &RuntimeType, rng: &mut Rng, depth: usize) -> Option<ReflectValueBox> {
+        Some(match rt {
+            RuntimeType::I32 => {
+                ReflectValueBox::I32(rng.pick(&[0, 1, -1, i32::MIN, i32::MAX, 4242]))
+            }
+            RuntimeType::I64 => {
+                ReflectValueBox::I64(rng.pick(&[0, -1, i64::MIN, i64::MAX, 1 << 60]))
+            }
+            RuntimeType::U32 => ReflectValueBox::U32(rng.pick(&[0, 1, u32::MAX, 0o120777])),
+            RuntimeType::U64 => ReflectValueBox::U64(rng.pick(&[0, 1, u64::MAX, (1 << 53) + 1])),
+            RuntimeType::F32 => ReflectValueBox::F32(rng.pick(&[0.0, -1.5, 3.25])),
+            RuntimeType::F64 => ReflectValueBox::F64(rng.pick(&[0.0, -1.5, 1e300])),
+            RuntimeType::Bool => ReflectValueBox::Bool(rng.below(2) == 1),
+            RuntimeType::String => ReflectValueBox::String(
+                rng.pick(&["", "a", "type", "ü\u{0}\"\\", "/run/x"])
+                    .to_owned(),
+            ),
+            RuntimeType::VecU8 => {
+                ReflectValueBox::Bytes(rng.pick(&[&b""[..], b"\0\xff", b"abc"]).to_vec())
+            }
+            RuntimeType::Enum(e) => ReflectValueBox::Enum(e.clone(), rng.pick(&[0, 1, 2, 77, -3])),
+            RuntimeType::Message(m) => {
+                if depth > 3 {
+                    return None;
+                }
+                ReflectValueBox::Message(random_message(m, rng, depth + 1))
+            }
+        })
+    }
+
+    fn random_message(
+        desc: &MessageDescriptor,
+        rng: &mut Rng,
+        depth: usize,
+    ) -> Box<dyn MessageDyn> {
+        let mut msg = desc.new_instance();
+        for field in desc.fields() {
+            if rng.below(3) == 0 {
+                continue;
+            }
+            match field.runtime_field_type() {
+                RuntimeFieldType::Singular(rt) => {
+                    if let Some(v) = random_value(&rt, rng, depth) {
+                        field.set_singular_field(&mut *msg, v);
+                    }
+                }
+                RuntimeFieldType::Repeated(rt) => {
+                    for _ in 0..rng.below(3) {
+                        if let Some(v) = random_value(&rt, rng, depth) {
+                            field.mut_repeated(&mut *msg).push(v);
+                        }
+                    }
+                }
+                RuntimeFieldType::Map(kt, vt) => {
+                    for _ in 0..rng.below(3) {
+                        if let (Some(k), Some(v)) =
+                            (random_value(&kt, rng, depth), random_value(&vt, rng, depth))
+                        {
+                            field.mut_map(&mut *msg).insert(k, v);
+                        }
+                    }
+                }
+            }
+        }
+        msg
+    }
+
+    #[test]
+    fn random_messages_of_every_type_round_trip_through_every_shape() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let files = [
+            agent::file_descriptor(),
+            oci::file_descriptor(),
+            types::file_descriptor(),
+            crate::protocols::csi::file_descriptor(),
+        ];
+        let mut count = 0;
+        for file in files {
+            for desc in file.messages().flat_map(|m| {
+                let mut all = vec![m.clone()];
+                all.extend(m.nested_messages());
+                all
+            }) {
+                if desc.is_map_entry() {
+                    continue;
+                }
+                for _ in 0..40 {
+                    let msg = random_message(&desc, &mut rng, 0);
+                    let bytes = msg.write_to_bytes_dyn().unwrap();
+                    let msg = decode_request(&desc, &bytes).unwrap();
+                    for shape in InputShape::ALL {
+                        let v = to_policy_input(&*msg, shape);
+                        let back = from_policy_input(&desc, &v, shape)
+                            .unwrap_or_else(|e| panic!("{} {shape:?}: {e}\n{v}", desc.full_name()));
+                        assert_eq!(to_policy_input(&*back, shape), v, "{}", desc.full_name());
+                        if shape == InputShape::Current && desc.full_name() != COPY_FILE_REQUEST {
+                            assert!(
+                                desc.eq(&*msg, &*back),
+                                "{} lost information:\n{v}",
+                                desc.full_name()
+                            );
+                        }
+                    }
+                    count += 1;
+                }
+            }
+        }
+        assert!(count > 1000, "{count}");
     }
 }
