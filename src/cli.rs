@@ -51,16 +51,9 @@ pub struct ServeArgs {
     /// Rego version of the policy [default: v0, as kata-agent].
     #[arg(long, value_enum)]
     pub rego: Option<RegoVersion>,
-    /// Policy input shape: current kata-agent, or the legacy (older kata) shape.
+    /// Policy input shape: current kata-agent, or an older kata-agent's (legacy, legacy-stream-ports).
     #[arg(long, value_enum)]
-    pub input_shape: Option<InputShapeArg>,
-}
-
-/// `--input-shape` values.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum InputShapeArg {
-    Current,
-    Legacy,
+    pub input_shape: Option<InputShape>,
 }
 
 /// Flags of `agent-warden demo`.
@@ -83,11 +76,7 @@ impl ServeArgs {
         };
         let listen = self.listen.clone().or(cfg.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let agent = self.agent.clone().or(cfg.agent).unwrap_or_else(|| DEFAULT_AGENT.to_string());
-        let shape = match self.input_shape {
-            Some(InputShapeArg::Current) => InputShape::Current,
-            Some(InputShapeArg::Legacy) => InputShape::Legacy,
-            None => cfg.policy.input_shape.unwrap_or_default(),
-        };
+        let shape = self.input_shape.or(cfg.policy.input_shape).unwrap_or_default();
         Ok(ServeSettings {
             listen: listen.parse::<Address>().map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
             agent: agent.parse::<Address>().map_err(|e| anyhow::anyhow!("--agent: {e}"))?,
