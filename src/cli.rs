@@ -18,6 +18,12 @@ pub struct Cli {
     /// Log filter (tracing env-filter syntax) [default: info; warn for demo]. RUST_LOG overrides it.
     #[arg(long, global = true)]
     pub log: Option<String>,
+    /// Log lines on stderr as JSON.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// Also write one JSON line per policy decision to this file.
+    #[arg(long, global = true)]
+    pub decision_log: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,6 +37,10 @@ pub enum Command {
     /// Run a demo: a built-in agent behind agent-warden, and a scripted host session.
     Demo(DemoArgs),
     // Subcommand variants are added below by each area.
+    /// Policy tools: check, eval, test, replay, hash.
+    Policy(crate::tools::PolicyArgs),
+    /// Encrypted scratch disk: setup, teardown, status
+    Storage(crate::storage::StorageArgs),
 }
 
 /// Flags of `agent-warden serve` (each overrides the configuration file).
@@ -98,7 +108,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run() -> i32 {
     let cli = Cli::parse();
     let default_log = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    crate::logging::init(cli.log.as_deref().unwrap_or(default_log));
+    if let Err(e) = crate::logging::init(cli.log.as_deref().unwrap_or(default_log), cli.log_json, cli.decision_log.as_deref()) {
+        eprintln!("agent-warden: error: {e:#}");
+        return 1;
+    }
     let result: anyhow::Result<i32> = match cli.command {
         Command::Serve(args) => args.settings().and_then(|s| runtime()?.block_on(crate::server::serve(s))).map(|_| 0),
         Command::Endpoints => {
@@ -116,6 +129,8 @@ pub fn run() -> i32 {
             })
         }),
         // Dispatch arms are added below by each area.
+        Command::Policy(args) => crate::tools::run_cli(args),
+        Command::Storage(args) => crate::storage::run_cli(args),
     };
     match result {
         Ok(code) => code,

@@ -19,3 +19,8 @@ pub mod relay;
 pub mod config;
 pub mod server;
 pub mod demo;
+pub mod pathext;
+pub mod tools;
+pub mod audit;
+pub mod storage;
+pub mod sources;

@@ -25,6 +25,9 @@ pub enum Handling {
     PolicyBlankDataOnDeny,
     /// Forward without a policy decision (grpc.Health, as in kata).
     Passthrough,
+    /// Decide with the policy, and if allowed replace the policy: agent-warden owns
+    /// the policy, so SetPolicy is answered here and never forwarded.
+    SetPolicy,
 }
 
 /// One RPC.
@@ -52,8 +55,11 @@ pub struct MethodTable {
 }
 
 /// Methods whose handling differs from the service default.
-const SPECIAL: &[(&str, Handling)] =
-    &[("ReadStdout", Handling::PolicyBlankDataOnDeny), ("ReadStderr", Handling::PolicyBlankDataOnDeny)];
+const SPECIAL: &[(&str, Handling)] = &[
+    ("ReadStdout", Handling::PolicyBlankDataOnDeny),
+    ("ReadStderr", Handling::PolicyBlankDataOnDeny),
+    ("SetPolicy", Handling::SetPolicy),
+];
 
 impl MethodTable {
     fn build(files: &[(&FileDescriptor, Handling)]) -> MethodTable {
@@ -128,6 +134,7 @@ pub fn listing() -> String {
             Handling::Policy => "policy",
             Handling::PolicyBlankDataOnDeny => "policy (deny blanks data)",
             Handling::Passthrough => "no policy",
+            Handling::SetPolicy => "policy, answered by agent-warden",
         };
         out.push_str(&format!("{}/{}\t{}\t{}\n", m.service, m.name, m.request_type, how));
     }

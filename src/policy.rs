@@ -73,7 +73,18 @@ pub struct Policy {
     digest: String,
     source_name: String,
     text: String,
+    version: RegoVersion,
+    /// `data.agent_policy.AllowRequestsFailingPolicy` (evaluated with input `{}` at load).
+    permissive: bool,
+    /// Kata's stateful policies keep their state under `data.pstate`; it starts as `{}`
+    /// and changes only through [`Policy::apply_ops`]. It belongs to this policy: a
+    /// replaced policy starts over.
+    state: Mutex<serde_json::Value>,
 }
+
+/// RFC 6902 operations a policy asked for (on `/pstate/...`), to apply once the agent
+/// has answered the request successfully.
+pub type StateOps = json_patch::Patch;
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +108,7 @@ fn new_engine(version: RegoVersion) -> Engine {
     // input, e.g. to_number("abc") in genpolicy's is_ip(), makes the expression
     // undefined instead of aborting the whole evaluation.
     engine.set_strict_builtin_errors(false);
+    crate::pathext::register(&mut engine);
     engine
 }
 
@@ -127,12 +139,50 @@ impl Policy {
         if package != "data.agent_policy" {
             return Err(invalid(format!("declares {package}, but agent-warden needs `package agent_policy`")));
         }
-        Ok(Policy {
+        let mut policy = Policy {
             engine: Mutex::new(engine),
             digest: sha256_hex(text.as_bytes()),
             source_name: source_name.to_string(),
             text: text.to_string(),
-        })
+            version,
+            permissive: false,
+            state: Mutex::new(serde_json::json!({})),
+        };
+        // Evaluating once at load also prepares the engine, so the first real request
+        // does not pay for it.
+        policy.permissive = match policy.eval("AllowRequestsFailingPolicy", regorus::Value::new_object()) {
+            Ok((Some(regorus::Value::Bool(b)), _)) => b,
+            Ok(_) => false,
+            Err(e) => return Err(invalid(format!("does not compile: {e}"))),
+        };
+        if policy.permissive {
+            tracing::warn!(source = source_name, "AllowRequestsFailingPolicy is true: denials will be logged and allowed");
+        }
+        Ok(policy)
+    }
+
+    /// The Rego version the policy was loaded as.
+    pub fn version(&self) -> RegoVersion {
+        self.version
+    }
+
+    /// True when the policy sets `AllowRequestsFailingPolicy` (audit mode).
+    pub fn is_permissive(&self) -> bool {
+        self.permissive
+    }
+
+    /// The current `data.pstate` document.
+    pub fn state(&self) -> serde_json::Value {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Applies state operations (paths under `/pstate`) from an earlier decision.
+    pub fn apply_ops(&self, ops: &StateOps) -> Result<(), String> {
+        let mut state = self.state.lock().map_err(|_| "policy state lock poisoned".to_string())?;
+        let mut doc = serde_json::json!({ "pstate": state.clone() });
+        json_patch::patch(&mut doc, ops).map_err(|e| format!("cannot apply policy state operations: {e}"))?;
+        *state = doc.get_mut("pstate").map(serde_json::Value::take).unwrap_or_default();
+        Ok(())
     }
 
     /// sha256 of the policy text, lowercase hex.
@@ -153,6 +203,13 @@ impl Policy {
     /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
     pub fn eval(&self, name: &str, input: regorus::Value) -> Result<(Option<regorus::Value>, Vec<String>), String> {
         let mut engine = self.engine.lock().map_err(|_| "policy engine lock poisoned".to_string())?;
+        let state = self.state();
+        if state.as_object().is_some_and(|o| !o.is_empty()) {
+            let data = serde_json::from_value::<regorus::Value>(serde_json::json!({ "pstate": state }))
+                .map_err(|e| format!("policy state: {e}"))?;
+            engine.clear_data();
+            engine.add_data(data).map_err(|e| format!("policy state: {e}"))?;
+        }
         engine.set_input(input);
         let query = format!("data.agent_policy.{name}");
         let result = engine.eval_query(query, false);
@@ -164,18 +221,54 @@ impl Policy {
 
     /// Decides one request of type `request_type` with `input` (kata's policy JSON).
     pub fn decide(&self, request_type: &str, input: &serde_json::Value) -> Decision {
+        self.decide_with_ops(request_type, input).0
+    }
+
+    /// Like [`Policy::decide`], and also returns the state operations an allowing
+    /// `{"allowed": true, "ops": [...]}` result asked for (`None` when there are none).
+    pub fn decide_with_ops(&self, request_type: &str, input: &serde_json::Value) -> (Decision, Option<StateOps>) {
         let started = Instant::now();
         let input = match serde_json::from_value::<regorus::Value>(input.clone()) {
             Ok(v) => v,
-            Err(e) => return Decision::Error(format!("cannot convert input for the engine: {e}")),
+            Err(e) => return (Decision::Error(format!("cannot convert input for the engine: {e}")), None),
         };
-        let decision = match self.eval(request_type, input) {
-            Err(e) => Decision::Error(e),
-            Ok((value, prints)) => interpret(request_type, value, prints),
+        let result = match self.eval(request_type, input) {
+            Err(e) => (Decision::Error(e), None),
+            Ok((value, prints)) => {
+                let ops = match &value {
+                    Some(v @ regorus::Value::Object(_)) if v["ops"] != regorus::Value::Undefined => Some(&v["ops"]),
+                    _ => None,
+                };
+                match ops.map(ops_from_value) {
+                    Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
+                    Some(Ok(ops)) => (interpret(request_type, value, prints), Some(ops).filter(|o| !o.0.is_empty())),
+                    None => (interpret(request_type, value, prints), None),
+                }
+            }
         };
         tracing::trace!(request_type, elapsed_us = started.elapsed().as_micros() as u64, "evaluated");
-        decision
+        result
     }
+}
+
+/// Reads the `ops` of a result as an RFC 6902 patch confined to `/pstate`.
+fn ops_from_value(v: &regorus::Value) -> Result<StateOps, String> {
+    let json = serde_json::to_value(v).map_err(|e| format!("policy ops: {e}"))?;
+    let patch: StateOps = serde_json::from_value(json).map_err(|e| format!("policy ops are not a JSON patch: {e}"))?;
+    for op in &patch.0 {
+        let path = match op {
+            json_patch::PatchOperation::Add(o) => &o.path,
+            json_patch::PatchOperation::Remove(o) => &o.path,
+            json_patch::PatchOperation::Replace(o) => &o.path,
+            json_patch::PatchOperation::Move(o) => &o.path,
+            json_patch::PatchOperation::Copy(o) => &o.path,
+            json_patch::PatchOperation::Test(o) => &o.path,
+        };
+        if !path.to_string().starts_with("/pstate") {
+            return Err(format!("policy ops may only change /pstate, not {path}"));
+        }
+    }
+    Ok(patch)
 }
 
 /// Turns a rule's value into a decision (fail closed on anything unexpected).

@@ -23,7 +23,7 @@ use crate::codec::{self, InputShape};
 use crate::envelope::{self, Code};
 use crate::frame::{self, Frame, Read, FLAG_NO_DATA, FLAG_REMOTE_OPEN, MAX_BODY, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
 use crate::methods::{self, Handling};
-use crate::policy::{Decision, Policy};
+use crate::policy::{Decision, Policy, StateOps};
 
 /// An action run (on a blocking thread) after the agent answered a request of a given
 /// type successfully, e.g. scratch-disk teardown after DestroySandbox.
@@ -36,12 +36,33 @@ pub struct Guard {
     hooks: HashMap<String, Hook>,
     next_decision: AtomicU64,
     next_conn: AtomicU64,
+    set_policy: SetPolicyMode,
+    endpoint_list: bool,
+    capture: Option<crate::audit::Capture>,
+}
+
+/// Whether SetPolicy may replace the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetPolicyMode {
+    /// The current policy decides (`SetPolicyRequest` rule), as in kata.
+    PolicyDecides,
+    /// Refused outright: the policy came from attested initdata, and replacing it
+    /// would make the measured digest describe a policy no longer enforced.
+    Forbidden,
 }
 
 /// A request forwarded to the agent and not yet answered.
 struct Pending {
     blank_data: bool,
     hook: Option<Hook>,
+    /// State operations to apply (to the policy that decided) once the agent succeeds.
+    ops: Option<(Arc<Policy>, StateOps)>,
+}
+
+impl Pending {
+    fn plain(hook: Option<Hook>) -> Pending {
+        Pending { blank_data: false, hook, ops: None }
+    }
 }
 
 /// What to do with one frame from the host.
@@ -59,7 +80,36 @@ impl Guard {
             hooks: HashMap::new(),
             next_decision: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
+            set_policy: SetPolicyMode::PolicyDecides,
+            endpoint_list: false,
+            capture: None,
         }
+    }
+
+    /// Sets whether SetPolicy may replace the policy.
+    pub fn with_set_policy(mut self, mode: SetPolicyMode) -> Guard {
+        self.set_policy = mode;
+        self
+    }
+
+    /// Marks the policy as generated from a legacy endpoint list: denials are then
+    /// answered UNIMPLEMENTED `<Type> is blocked`, as kata-agent did.
+    pub fn with_endpoint_list(mut self, yes: bool) -> Guard {
+        self.endpoint_list = yes;
+        self
+    }
+
+    /// Records every decided input to a capture file.
+    pub fn with_capture(mut self, capture: crate::audit::Capture) -> Guard {
+        self.capture = Some(capture);
+        self
+    }
+
+    /// Replaces the policy; requests already decided keep their decision.
+    pub fn swap_policy(&self, new: Policy) -> Arc<Policy> {
+        let new = Arc::new(new);
+        let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *slot, new)
     }
 
     /// Runs `hook` after each successful agent answer to a `request_type` request.
@@ -118,7 +168,7 @@ impl Guard {
         let hook = self.hooks.get(&m.request_type).cloned();
         if m.handling == Handling::Passthrough {
             tracing::debug!(conn, stream = id, service = %m.service, method = %m.name, "passthrough");
-            return Verdict::Forward(Pending { blank_data: false, hook });
+            return Verdict::Forward(Pending::plain(hook));
         }
         let ty = m.request_type.as_str();
         let msg = match codec::decode_request(&m.request, &req.payload) {
@@ -133,16 +183,26 @@ impl Guard {
             }
         };
         let input = codec::to_policy_input(&*msg, self.shape);
+        if let Some(capture) = &self.capture {
+            capture.record(ty, &input);
+        }
         let policy = self.policy();
         let started = Instant::now();
-        let decision = policy.decide(ty, &input);
+        let (mut decision, ops) = policy.decide_with_ops(ty, &input);
         let eval_us = started.elapsed().as_micros() as u64;
         let decision_id = self.next_decision.fetch_add(1, Ordering::Relaxed);
+        if m.handling == Handling::SetPolicy && self.set_policy == SetPolicyMode::Forbidden {
+            decision = Decision::Deny {
+                reason: "SetPolicy is disabled: the policy came from attested initdata".into(),
+                detail: String::new(),
+            };
+        }
         let (allowed, reason) = match &decision {
             Decision::Allow => (true, ""),
             Decision::Deny { reason, .. } => (false, reason.as_str()),
             Decision::Error(e) => (false, e.as_str()),
         };
+        let audit_allowed = !allowed && policy.is_permissive() && m.handling != Handling::SetPolicy;
         tracing::info!(
             target: "agent_warden::decision",
             decision_id, conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
@@ -154,10 +214,19 @@ impl Guard {
                 tracing::debug!(decision_id, request_type = ty, policy_output = %detail, "policy output for denial");
             }
         }
+        if audit_allowed {
+            tracing::warn!(decision_id, request_type = ty, reason, "AllowRequestsFailingPolicy: denied request allowed");
+            decision = Decision::Allow;
+        }
+        let ops = ops.map(|o| (policy.clone(), o));
         match decision {
-            Decision::Allow => Verdict::Forward(Pending { blank_data: false, hook }),
+            Decision::Allow if m.handling == Handling::SetPolicy => Verdict::Reply(self.set_policy(id, &input)),
+            Decision::Allow => Verdict::Forward(Pending { blank_data: false, hook, ops }),
             _ if m.handling == Handling::PolicyBlankDataOnDeny => {
-                Verdict::Forward(Pending { blank_data: true, hook })
+                Verdict::Forward(Pending { blank_data: true, hook, ops: None })
+            }
+            Decision::Deny { .. } if self.endpoint_list => {
+                Verdict::Reply(envelope::error_frame(id, Code::UNIMPLEMENTED, format!("{ty} is blocked")))
             }
             Decision::Deny { reason, .. } => Verdict::Reply(envelope::error_frame(
                 id,
@@ -166,6 +235,24 @@ impl Guard {
             )),
             Decision::Error(e) => {
                 Verdict::Reply(envelope::error_frame(id, Code::INTERNAL, format!("{ty}: internal error: {e}")))
+            }
+        }
+    }
+
+    /// Answers an allowed SetPolicy: compile the new policy completely, then swap.
+    fn set_policy(&self, id: u32, input: &serde_json::Value) -> Frame {
+        let text = input.get("policy").and_then(|p| p.as_str()).unwrap_or_default();
+        let old = self.policy();
+        match Policy::load("SetPolicy", text, old.version()) {
+            Ok(new) => {
+                let new_digest = new.digest().to_string();
+                self.swap_policy(new);
+                tracing::warn!(old = old.digest(), new = %new_digest, "policy replaced by SetPolicy");
+                envelope::ok_frame(id, &[])
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SetPolicy: new policy rejected, old policy stays");
+                envelope::error_frame(id, Code::INVALID_ARGUMENT, format!("SetPolicyRequest: {e}"))
             }
         }
     }
@@ -179,7 +266,7 @@ fn lock(m: &Inflight) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
 
 /// Applies what a pending request asked for to the agent's answer.
 fn finish(p: Pending, f: Frame) -> Frame {
-    if !p.blank_data && p.hook.is_none() {
+    if !p.blank_data && p.hook.is_none() && p.ops.is_none() {
         return f;
     }
     let Ok(mut resp) = envelope::decode_response(f.body()) else {
@@ -187,6 +274,11 @@ fn finish(p: Pending, f: Frame) -> Frame {
     };
     let ok = envelope::status_code(&resp) == 0;
     if ok {
+        if let Some((policy, ops)) = &p.ops {
+            if let Err(e) = policy.apply_ops(ops) {
+                tracing::error!(error = %e, "policy state not updated");
+            }
+        }
         if let Some(hook) = p.hook {
             tokio::task::spawn_blocking(move || hook());
         }

@@ -46,8 +46,11 @@ impl RecordingAgent {
 
 #[async_trait::async_trait]
 impl agent_ttrpc::AgentService for RecordingAgent {
-    async fn create_container(&self, _: &TtrpcContext, _: agent::CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(&self, _: &TtrpcContext, r: agent::CreateContainerRequest) -> ttrpc::Result<Empty> {
         self.saw("CreateContainer");
+        if r.container_id.starts_with("fail") {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, "agent: create failed")));
+        }
         Ok(Empty::new())
     }
     async fn start_container(&self, _: &TtrpcContext, _: agent::StartContainerRequest) -> ttrpc::Result<Empty> {
