@@ -52,15 +52,14 @@ default WriteStreamRequest := false
 
 shared_dir := "/run/kata-containers/shared/containers/"
 
-# CopyFile: only plain path names beneath the shared directory (no ".", "..",
-# or empty components that could step outside it).
+# CopyFile: only paths strictly beneath the shared directory, and only if already
+# clean (no ".", "..", empty components or trailing slash): the agent's filesystem
+# resolves ".." after following symbolic links, so a lexically harmless "a/.." could
+# still lead outside. path.clean and path.is_beneath are agent-warden's path helpers
+# (docs/POLICY.md).
 CopyFileRequest if {
-	startswith(input.path, shared_dir)
-	rest := substring(input.path, count(shared_dir), -1)
-	rest != ""
-	every part in split(rest, "/") {
-		not part in {"", ".", ".."}
-	}
+	input.path == path.clean(input.path)
+	path.is_beneath(input.path, shared_dir)
 }
 
 ExecProcessRequest := false if {

@@ -24,3 +24,4 @@ pub mod tools;
 pub mod audit;
 pub mod storage;
 pub mod sources;
+pub mod attestation;

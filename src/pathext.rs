@@ -22,7 +22,11 @@
 use regorus::{Engine, Value};
 
 /// The Rego names of the helpers, with their number of arguments.
-pub const HELPERS: [(&str, u8); 3] = [("path.clean", 1), ("path.is_beneath", 2), ("path.is_within", 2)];
+pub const HELPERS: [(&str, u8); 3] = [
+    ("path.clean", 1),
+    ("path.is_beneath", 2),
+    ("path.is_within", 2),
+];
 
 /// Registers the path helpers with `engine`. A fresh engine always accepts them; if
 /// registration failed anyway, a policy that calls them fails to evaluate, and its
@@ -43,7 +47,11 @@ pub fn register(engine: &mut Engine) {
 fn string_arg(helper: &str, params: &[Value], index: usize) -> anyhow::Result<String> {
     match params.get(index) {
         Some(Value::String(s)) => Ok(s.to_string()),
-        Some(other) => anyhow::bail!("{helper}: argument {} must be a string, got {}", index + 1, type_name(other)),
+        Some(other) => anyhow::bail!(
+            "{helper}: argument {} must be a string, got {}",
+            index + 1,
+            type_name(other)
+        ),
         None => anyhow::bail!("{helper}: argument {} is missing", index + 1),
     }
 }
@@ -255,7 +263,12 @@ denied if not path.is_beneath(input.p, "/run/kata-containers/shared/containers")
     #[test]
     fn helpers_are_callable_from_rego() {
         let mut e = engine();
-        let v = eval(&mut e, "clean", serde_json::json!({"p": "/run/a/../../etc//x/"})).unwrap();
+        let v = eval(
+            &mut e,
+            "clean",
+            serde_json::json!({"p": "/run/a/../../etc//x/"}),
+        )
+        .unwrap();
         assert_eq!(v, Value::from("/etc/x"));
         let v = eval(&mut e, "clean", serde_json::json!({"p": ""})).unwrap();
         assert_eq!(v, Value::from("."));
@@ -267,8 +280,16 @@ denied if not path.is_beneath(input.p, "/run/kata-containers/shared/containers")
             ("run/a/b", "/run/a", false, false),
         ] {
             let input = serde_json::json!({"p": p, "root": root});
-            assert_eq!(eval(&mut e, "beneath", input.clone()).unwrap(), Value::from(beneath), "{p} {root}");
-            assert_eq!(eval(&mut e, "within", input).unwrap(), Value::from(within), "{p} {root}");
+            assert_eq!(
+                eval(&mut e, "beneath", input.clone()).unwrap(),
+                Value::from(beneath),
+                "{p} {root}"
+            );
+            assert_eq!(
+                eval(&mut e, "within", input).unwrap(),
+                Value::from(within),
+                "{p} {root}"
+            );
         }
     }
 
@@ -280,22 +301,39 @@ denied if not path.is_beneath(input.p, "/run/kata-containers/shared/containers")
         engine
             .add_policy(
                 "v0.rego".to_string(),
-                "package t\nok { path.is_beneath(input.p, \"/a\") }\nc = path.clean(input.p)\n".to_string(),
+                "package t\nok { path.is_beneath(input.p, \"/a\") }\nc = path.clean(input.p)\n"
+                    .to_string(),
             )
             .unwrap();
-        assert_eq!(eval(&mut engine, "ok", serde_json::json!({"p": "/a/b"})).unwrap(), Value::from(true));
-        assert_eq!(eval(&mut engine, "ok", serde_json::json!({"p": "/a/../b"})).unwrap(), Value::Undefined);
-        assert_eq!(eval(&mut engine, "c", serde_json::json!({"p": "a//b/"})).unwrap(), Value::from("a/b"));
+        assert_eq!(
+            eval(&mut engine, "ok", serde_json::json!({"p": "/a/b"})).unwrap(),
+            Value::from(true)
+        );
+        assert_eq!(
+            eval(&mut engine, "ok", serde_json::json!({"p": "/a/../b"})).unwrap(),
+            Value::Undefined
+        );
+        assert_eq!(
+            eval(&mut engine, "c", serde_json::json!({"p": "a//b/"})).unwrap(),
+            Value::from("a/b")
+        );
     }
 
     #[test]
     fn non_string_arguments_are_errors_not_false() {
         let mut e = engine();
-        for bad in [serde_json::json!(5), serde_json::json!(null), serde_json::json!(["/run"]), serde_json::json!({})] {
+        for bad in [
+            serde_json::json!(5),
+            serde_json::json!(null),
+            serde_json::json!(["/run"]),
+            serde_json::json!({}),
+        ] {
             let input = serde_json::json!({"p": bad, "root": "/run"});
             for rule in ["clean", "beneath", "within", "allowed", "denied"] {
                 let r = eval(&mut e, rule, input.clone());
-                let err = r.expect_err(&format!("{rule} with p = {bad} must fail")).to_string();
+                let err = r
+                    .expect_err(&format!("{rule} with p = {bad} must fail"))
+                    .to_string();
                 assert!(err.contains("must be a string"), "{rule}: {err}");
             }
             let input = serde_json::json!({"p": "/run/x", "root": bad});
@@ -313,24 +351,40 @@ denied if not path.is_beneath(input.p, "/run/kata-containers/shared/containers")
                    ExecProcessRequest := false if not path.is_within(input.path, \"/run\")\n";
         for version in [RegoVersion::V0, RegoVersion::V1] {
             let p = Policy::load("helpers.rego", src, version).unwrap();
-            let ok = serde_json::json!({"path": "/run/kata-containers/shared/containers/c1/rootfs"});
+            let ok =
+                serde_json::json!({"path": "/run/kata-containers/shared/containers/c1/rootfs"});
             assert_eq!(p.decide("CopyFileRequest", &ok), Decision::Allow);
             let escape = serde_json::json!({"path": "/run/kata-containers/shared/containers/../../../etc/passwd"});
-            assert!(matches!(p.decide("CopyFileRequest", &escape), Decision::Deny { .. }));
+            assert!(matches!(
+                p.decide("CopyFileRequest", &escape),
+                Decision::Deny { .. }
+            ));
             let bad = serde_json::json!({"path": 7});
             let d = p.decide("CopyFileRequest", &bad);
-            assert!(matches!(&d, Decision::Error(e) if e.contains("must be a string")), "{d:?}");
+            assert!(
+                matches!(&d, Decision::Error(e) if e.contains("must be a string")),
+                "{d:?}"
+            );
             // `not helper(bad)` must not turn into an allow.
             let d = p.decide("ExecProcessRequest", &bad);
-            assert!(matches!(&d, Decision::Error(e) if e.contains("must be a string")), "{d:?}");
+            assert!(
+                matches!(&d, Decision::Error(e) if e.contains("must be a string")),
+                "{d:?}"
+            );
         }
     }
 
     #[test]
     fn undefined_argument_makes_the_call_undefined() {
         let mut e = engine();
-        assert_eq!(eval(&mut e, "clean", serde_json::json!({})).unwrap(), Value::Undefined);
-        assert_eq!(eval(&mut e, "allowed", serde_json::json!({})).unwrap(), Value::from(false));
+        assert_eq!(
+            eval(&mut e, "clean", serde_json::json!({})).unwrap(),
+            Value::Undefined
+        );
+        assert_eq!(
+            eval(&mut e, "allowed", serde_json::json!({})).unwrap(),
+            Value::from(false)
+        );
     }
 
     #[test]
@@ -345,13 +399,19 @@ denied if not path.is_beneath(input.p, "/run/kata-containers/shared/containers")
                 "package t\nimport rego.v1\npath.clean(x) := \"mine\"\nc := path.clean(\"/a/..\")\n".to_string(),
             )
             .unwrap();
-        assert_eq!(engine.eval_rule("data.t.c".to_string()).unwrap(), Value::from("mine"));
+        assert_eq!(
+            engine.eval_rule("data.t.c".to_string()).unwrap(),
+            Value::from("mine")
+        );
     }
 
     #[test]
     fn registering_twice_is_harmless() {
         let mut e = engine();
         register(&mut e);
-        assert_eq!(eval(&mut e, "clean", serde_json::json!({"p": "/a/./b"})).unwrap(), Value::from("/a/b"));
+        assert_eq!(
+            eval(&mut e, "clean", serde_json::json!({"p": "/a/./b"})).unwrap(),
+            Value::from("/a/b")
+        );
     }
 }

@@ -61,13 +61,19 @@ async fn connect_agent(agent: &Address) -> std::io::Result<address::Conn> {
     }
 }
 
+/// How long, after a shutdown signal, connections may take to finish their requests.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
 /// Accepts host connections on `listener` until `shutdown` completes; each one is
-/// relayed to a new connection to `agent`.
+/// relayed to a new connection to `agent`. After shutdown no new connection is
+/// accepted and open ones get up to [`DRAIN`] to finish before they are dropped.
 pub async fn run(listener: Listener, agent: Address, guard: Arc<Guard>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let host = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -79,12 +85,20 @@ pub async fn run(listener: Listener, agent: Address, guard: Arc<Guard>, shutdown
         };
         let guard = guard.clone();
         let agent = agent.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match connect_agent(&agent).await {
                 Ok(a) => relay::relay(guard, host, a).await,
                 Err(e) => tracing::error!(agent = %agent, error = %e, "cannot reach the agent; closing the host connection"),
             }
         });
+    }
+    drop(listener);
+    if !conns.is_empty() {
+        tracing::info!(connections = conns.len(), "waiting for open connections to finish");
+        if tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!(connections = conns.len(), "drain deadline passed; dropping open connections");
+            conns.abort_all();
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::attestation;
 use crate::methods;
 use crate::policy::{Policy, RegoVersion};
 use crate::server::DEFAULT_POLICY;
@@ -82,8 +83,44 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
 
+/// Loads the policy from initdata, if initdata is configured.
+fn load_initdata(s: &PolicySources) -> anyhow::Result<Option<Loaded>> {
+    let (location, init) = if let Some(path) = &s.initdata {
+        (path.display().to_string(), attestation::load_initdata(path)?)
+    } else if let Some(dev) = &s.initdata_scan {
+        match attestation::scan_for_initdata(dev)? {
+            Some((path, raw)) => (path.display().to_string(), attestation::parse_initdata(&raw)?),
+            None => anyhow::bail!("no initdata device found under {} (looked at vd* and sd*)", dev.display()),
+        }
+    } else {
+        return Ok(None);
+    };
+    let text = init.require_policy()?;
+    let policy = Policy::load(&format!("initdata {location}"), text, s.rego)?;
+    let digest = init.digest();
+    tracing::info!(
+        initdata = %location, algorithm = init.algorithm.name(), digest = %attestation::to_hex(&digest),
+        "policy taken from initdata"
+    );
+    Ok(Some(Loaded { policy, origin: Origin::Initdata { location, digest }, initdata_config: init.warden_config }))
+}
+
+impl Loaded {
+    /// The digest attestation is expected to report for this policy: the initdata
+    /// digest, or sha256 of the policy text for any other source.
+    pub fn expected_digest(&self) -> Vec<u8> {
+        match &self.origin {
+            Origin::Initdata { digest, .. } => digest.clone(),
+            _ => attestation::digest(attestation::Algorithm::Sha256, self.policy.text().as_bytes()),
+        }
+    }
+}
+
 /// Loads the policy from the highest-precedence source that is configured.
 pub fn load(s: &PolicySources) -> anyhow::Result<Loaded> {
+    if let Some(loaded) = load_initdata(s)? {
+        return Ok(loaded);
+    }
     if let Some(path) = &s.policy_file {
         let policy = Policy::load(&path.display().to_string(), &read(path, "policy")?, s.rego)?;
         return Ok(Loaded { policy, origin: Origin::File(path.clone()), initdata_config: None });
@@ -126,6 +163,30 @@ mod tests {
     fn endpoint_list_with_unknown_name_lists_valid_names() {
         let e = endpoint_list_policy("[endpoints]\nallowed = [\"CreateContainer\"]\n").unwrap_err();
         assert!(e.contains("\"CreateContainer\"") && e.contains("CreateContainerRequest, CreateSandboxRequest"), "{e}");
+    }
+
+    #[test]
+    fn initdata_comes_first_and_its_digest_is_over_the_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = '''\npackage agent_policy\ndefault X := true\n'''\n";
+        let init = dir.path().join("initdata.toml");
+        std::fs::write(&init, toml).unwrap();
+        let pol = dir.path().join("p.rego");
+        std::fs::write(&pol, "package agent_policy\n").unwrap();
+        let s = PolicySources { initdata: Some(init), policy_file: Some(pol), ..Default::default() };
+        let loaded = load(&s).unwrap();
+        assert!(matches!(loaded.origin, Origin::Initdata { .. }));
+        assert_eq!(loaded.expected_digest(), attestation::digest(attestation::Algorithm::Sha384, toml.as_bytes()));
+        assert!(loaded.policy.decide("X", &json!({})).is_allowed());
+    }
+
+    #[test]
+    fn initdata_scan_without_a_device_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vda"), b"not initdata").unwrap();
+        let s = PolicySources { initdata_scan: Some(dir.path().to_path_buf()), ..Default::default() };
+        let e = load(&s).err().unwrap().to_string();
+        assert!(e.contains("no initdata device found"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Policy tools: `agent-warden policy check|eval|test|replay|hash`.
 //!
-//! Offline helpers for policy authors. They load policies exactly as `serve` does
-//! ([`Policy::load`]: same Rego version handling, same error messages, same path
-//! helpers) and decide requests with the same rules: `true` or `{"allowed": true}`
-//! allows; anything else denies. docs/POLICY.md describes each command and its output.
+//! Offline helpers for policy authors. `check`, `eval` and `replay` load the policy
+//! with [`Policy::load`] and decide with [`Policy::decide_with_ops`], exactly as
+//! `serve` does (same Rego version handling, errors, path helpers and decision rules:
+//! `true` or `{"allowed": true}` allows, anything else denies). `test` loads several
+//! modules at once, which `Policy` cannot, so it uses its own engine set up the same
+//! way ([`tool_engine`]). docs/POLICY.md describes each command and its output.
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
@@ -14,7 +16,7 @@ use regorus::Engine;
 
 use crate::codec::{self, InputShape};
 use crate::methods;
-use crate::policy::{Decision, Policy, RegoVersion, MAX_REASON};
+use crate::policy::{Decision, Policy, RegoVersion};
 use crate::server::DEFAULT_POLICY;
 
 /// Name under which the embedded default policy is reported.
@@ -119,12 +121,14 @@ pub fn run_cli(args: PolicyArgs) -> anyhow::Result<i32> {
 // Shared pieces
 
 fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
 
 fn read_json(path: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
     let text = read_text(path, what)?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{what} {} is not valid JSON: {e}", path.display()))
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{what} {} is not valid JSON: {e}", path.display()))
 }
 
 /// The policy named on the command line, or the embedded default: (name, text).
@@ -138,14 +142,15 @@ fn policy_text(file: Option<&PathBuf>) -> anyhow::Result<(String, String)> {
 /// A regorus engine set up like the one [`Policy::load`] uses (Rego version, the
 /// large-policy limits genpolicy policies need, gathered prints, lenient builtin
 /// errors, path helpers). The tools need their own engine where `Policy` has no
-/// API: to add a data document, to read a rule's raw value and prints, to list
-/// declared rules, and to load several modules (tests).
+/// API: to list declared rules, and to load several modules (tests). Decisions are
+/// always [`Policy`]'s own.
 fn tool_engine(version: RegoVersion) -> Engine {
     let mut engine = Engine::new();
     engine.set_rego_v0(version == RegoVersion::V0);
     engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
         max_col: std::num::NonZeroU32::MAX,
-        max_file_bytes: std::num::NonZeroUsize::new(64 << 20).unwrap_or(std::num::NonZeroUsize::MAX),
+        max_file_bytes: std::num::NonZeroUsize::new(64 << 20)
+            .unwrap_or(std::num::NonZeroUsize::MAX),
         max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
     });
     engine.set_gather_prints(true);
@@ -182,54 +187,78 @@ fn identifiers(text: &str) -> Vec<&str> {
 
 /// The names among `candidates` that `source` (a module loaded into `engine` under
 /// that name) declares as rules (a rule, a default, or rules beneath that name).
-fn declared<'a>(engine: &Engine, source: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+fn declared<'a>(
+    engine: &Engine,
+    source: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
     candidates
         .into_iter()
-        .filter(|name| engine.has_declared_rule_rooted_at(source, name).unwrap_or(false))
+        .filter(|name| {
+            engine
+                .has_declared_rule_rooted_at(source, name)
+                .unwrap_or(false)
+        })
         .collect()
 }
 
 // ---------------------------------------------------------------------------
 // check
 
-/// The request types a policy defines (declares a rule or default for) and those
-/// it leaves undefined, plus rules named like request types that no request queries.
+/// The rule kata-agent (and agent-warden) reads once at load: audit mode.
+const PERMISSIVE_RULE: &str = "AllowRequestsFailingPolicy";
+
+/// What `policy check` reports about a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coverage {
+    /// Request types the policy declares a rule (or a default) for.
     pub defined: Vec<String>,
+    /// Request types it does not declare: every such request is denied.
     pub undefined: Vec<String>,
+    /// Declared rules whose name starts with a capital letter but that no request
+    /// queries (a misspelt request type, say).
     pub unknown: Vec<String>,
+    /// `AllowRequestsFailingPolicy` is true: denials are logged, then allowed.
+    pub permissive: bool,
 }
 
-/// Checks `text` as `serve` would, then lists its request types.
+/// Loads `text` as `serve` would (parse, package, compile), then lists its request types.
 pub fn coverage(source_name: &str, text: &str, version: RegoVersion) -> anyhow::Result<Coverage> {
-    Policy::load(source_name, text, version)?;
+    let policy = Policy::load(source_name, text, version)?;
     let mut engine = tool_engine(version);
     engine
         .add_policy(source_name.to_string(), text.to_string())
         .map_err(|e| anyhow::anyhow!("policy {source_name}: {e}"))?;
-    // Analysis (unsafe variables, recursion, bad imports) happens before the first
-    // evaluation: a policy that fails it would fail every request.
-    engine
-        .eval_query("true".to_string(), false)
-        .map_err(|e| anyhow::anyhow!("policy {source_name} parses but does not compile: {e}"))?;
     let types = methods::table().policy_request_types();
-    let defined: BTreeSet<&str> = declared(&engine, source_name, types.iter().copied()).into_iter().collect();
-    let looks_like_request =
-        |w: &&str| w.starts_with(|c: char| c.is_ascii_uppercase()) && (w.ends_with("Request") || w.ends_with("Config"));
+    let defined: BTreeSet<&str> = declared(&engine, source_name, types.iter().copied())
+        .into_iter()
+        .collect();
+    let capitalised = |w: &&str| w.starts_with(|c: char| c.is_ascii_uppercase());
     let mut unknown: Vec<String> = declared(
         &engine,
         source_name,
-        identifiers(text).into_iter().filter(looks_like_request).filter(|w| !types.contains(w)),
+        identifiers(text)
+            .into_iter()
+            .filter(capitalised)
+            .filter(|w| !types.contains(w) && *w != PERMISSIVE_RULE),
     )
     .into_iter()
     .map(String::from)
     .collect();
     unknown.sort();
     Ok(Coverage {
-        defined: types.iter().filter(|t| defined.contains(*t)).map(|t| t.to_string()).collect(),
-        undefined: types.iter().filter(|t| !defined.contains(*t)).map(|t| t.to_string()).collect(),
+        defined: types
+            .iter()
+            .filter(|t| defined.contains(*t))
+            .map(|t| t.to_string())
+            .collect(),
+        undefined: types
+            .iter()
+            .filter(|t| !defined.contains(*t))
+            .map(|t| t.to_string())
+            .collect(),
         unknown,
+        permissive: policy.is_permissive(),
     })
 }
 
@@ -241,19 +270,43 @@ fn list(names: &[String]) -> String {
     }
 }
 
+fn rego_name(v: RegoVersion) -> &'static str {
+    match v {
+        RegoVersion::V0 => "v0",
+        RegoVersion::V1 => "v1",
+    }
+}
+
 fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     let name = a.file.display().to_string();
     let text = read_text(&a.file, "policy")?;
     let c = coverage(&name, &text, a.rego)?;
-    let rego = match a.rego {
-        RegoVersion::V0 => "v0",
-        RegoVersion::V1 => "v1",
-    };
-    writeln!(out, "{name}: ok (Rego {rego}, package agent_policy, sha256 {})", crate::policy::sha256_hex(text.as_bytes()))?;
+    let sha = crate::policy::sha256_hex(text.as_bytes());
+    writeln!(
+        out,
+        "{name}: ok (Rego {}, package agent_policy, sha256 {sha})",
+        rego_name(a.rego)
+    )?;
     writeln!(out, "defined ({}): {}", c.defined.len(), list(&c.defined))?;
-    writeln!(out, "undefined, always denied ({}): {}", c.undefined.len(), list(&c.undefined))?;
+    writeln!(
+        out,
+        "undefined, always denied ({}): {}",
+        c.undefined.len(),
+        list(&c.undefined)
+    )?;
     if !c.unknown.is_empty() {
-        writeln!(out, "not request types, never queried ({}): {}", c.unknown.len(), list(&c.unknown))?;
+        writeln!(
+            out,
+            "not request types, never queried ({}): {}",
+            c.unknown.len(),
+            list(&c.unknown)
+        )?;
+    }
+    if c.permissive {
+        writeln!(
+            out,
+            "{PERMISSIVE_RULE} is true: denied requests are logged, then allowed"
+        )?;
     }
     Ok(0)
 }
@@ -261,130 +314,66 @@ fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------------------
 // eval
 
-/// A policy loaded for offline evaluation, with an optional data document.
-pub struct Evaluator {
-    policy: Policy,
-    /// The same policy (and the data document, which `Policy` cannot hold), for
-    /// the rule's raw value and prints.
-    engine: Engine,
-    has_data: bool,
-}
-
-impl std::fmt::Debug for Evaluator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Evaluator").field("policy", &self.policy).field("has_data", &self.has_data).finish()
-    }
-}
-
 /// One evaluated request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
+    /// What `serve` would answer ([`Policy::decide`]).
     pub decision: Decision,
+    /// The state operations an allowing result asks for (a JSON patch), if any.
+    pub ops: Option<serde_json::Value>,
     /// The rule's value; `None` when undefined or when the evaluation failed.
     pub value: Option<serde_json::Value>,
     /// What the policy printed during the evaluation.
     pub prints: Vec<String>,
 }
 
-impl Evaluator {
-    /// Loads `text` as `serve` would; `data` (a JSON object), if any, becomes `data`.
-    pub fn new(
-        source_name: &str,
-        text: &str,
-        version: RegoVersion,
-        data: Option<&serde_json::Value>,
-    ) -> anyhow::Result<Evaluator> {
-        let policy = Policy::load(source_name, text, version)?;
-        let mut engine = tool_engine(version);
-        engine
-            .add_policy(source_name.to_string(), text.to_string())
-            .map_err(|e| anyhow::anyhow!("policy {source_name}: {e}"))?;
-        if let Some(data) = data {
-            if !data.is_object() {
-                anyhow::bail!("the data document must be a JSON object");
-            }
-            let value: regorus::Value = serde_json::from_value(data.clone())?;
-            engine.add_data(value).map_err(|e| anyhow::anyhow!("cannot add the data document: {e}"))?;
+/// Sets the policy state (`data.pstate`) from a data document `{"pstate": {...}}`.
+/// agent-warden's policies see no other data, so no other key is accepted.
+pub fn seed_state(policy: &Policy, data: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(obj) = data.as_object() else {
+        anyhow::bail!("the data document must be a JSON object like {{\"pstate\": {{...}}}}");
+    };
+    if let Some(other) = obj.keys().find(|k| *k != "pstate") {
+        anyhow::bail!(
+            "the data document has a key {other:?}: agent-warden policies only see data.pstate (the policy state), \
+             so the document may only have a \"pstate\" key"
+        );
+    }
+    if let Some(state) = obj.get("pstate") {
+        if !state.is_object() {
+            anyhow::bail!("data.pstate must be a JSON object");
         }
-        Ok(Evaluator { policy, engine, has_data: data.is_some() })
+        let ops: crate::policy::StateOps = serde_json::from_value(
+            serde_json::json!([{"op": "add", "path": "/pstate", "value": state}]),
+        )?;
+        policy
+            .apply_ops(&ops)
+            .map_err(|e| anyhow::anyhow!("cannot set the policy state: {e}"))?;
     }
+    Ok(())
+}
 
-    /// The loaded policy (name, digest).
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// Decides one request. Without a data document the decision is
-    /// [`Policy::decide`]'s, i.e. exactly what `serve` answers; with one, the same
-    /// rules are applied to the value computed with the data.
-    pub fn evaluate(&mut self, request_type: &str, input: &serde_json::Value) -> Outcome {
-        let raw = self.raw(request_type, input);
-        let decision = if self.has_data {
-            match &raw {
-                Ok((value, prints)) => interpret(request_type, value.clone(), prints),
-                Err(e) => Decision::Error(e.clone()),
+/// Decides one request with `policy` as `serve` would, and also returns the rule's
+/// raw value and what the policy printed. Nothing is applied to the policy state.
+pub fn evaluate(policy: &Policy, request_type: &str, input: &serde_json::Value) -> Outcome {
+    let (decision, ops) = policy.decide_with_ops(request_type, input);
+    let (value, prints) = match serde_json::from_value::<regorus::Value>(input.clone()) {
+        Ok(v) => match policy.eval(request_type, v) {
+            Ok((value, prints)) => {
+                let value = value.filter(|v| *v != regorus::Value::Undefined);
+                (value.and_then(|v| serde_json::to_value(v).ok()), prints)
             }
-        } else {
-            self.policy.decide(request_type, input)
-        };
-        let (value, prints) = match raw {
-            Ok((value, prints)) => (value.and_then(|v| serde_json::to_value(v).ok()), prints),
             Err(_) => (None, Vec::new()),
-        };
-        Outcome { decision, value, prints }
-    }
-
-    fn raw(&mut self, request_type: &str, input: &serde_json::Value) -> Result<(Option<regorus::Value>, Vec<String>), String> {
-        let input: regorus::Value =
-            serde_json::from_value(input.clone()).map_err(|e| format!("cannot convert input for the engine: {e}"))?;
-        self.engine.set_input(input);
-        let result = self.engine.eval_query(format!("data.agent_policy.{request_type}"), false);
-        let prints = self.engine.take_prints().unwrap_or_default();
-        let results = result.map_err(|e| e.to_string())?;
-        let value = results
-            .result
-            .into_iter()
-            .next()
-            .and_then(|r| r.expressions.into_iter().next())
-            .map(|e| e.value)
-            .filter(|v| *v != regorus::Value::Undefined);
-        Ok((value, prints))
-    }
-}
-
-/// The decision for a rule's value, by the rules [`Policy::decide`] applies
-/// (checked against it in the tests below).
-fn interpret(request_type: &str, value: Option<regorus::Value>, prints: &[String]) -> Decision {
-    let allowed = match &value {
-        Some(regorus::Value::Bool(b)) => Some(*b),
-        Some(v @ regorus::Value::Object(_)) => match &v["allowed"] {
-            regorus::Value::Bool(b) => Some(*b),
-            _ => None,
         },
-        _ => None,
+        Err(_) => (None, Vec::new()),
     };
-    if allowed == Some(true) {
-        return Decision::Allow;
+    let ops = ops.and_then(|o| serde_json::to_value(o).ok());
+    Outcome {
+        decision,
+        ops,
+        value,
+        prints,
     }
-    let reason = match (&value, allowed) {
-        (None, _) => format!("rule data.agent_policy.{request_type} is undefined (denied by default)"),
-        (Some(_), None) => "the rule's value is neither a bool nor an object with a bool `allowed`".to_string(),
-        (Some(_), Some(_)) if !prints.is_empty() => shorten(prints),
-        _ => "the policy returned false".to_string(),
-    };
-    Decision::Deny { reason, detail: prints.join("\n") }
-}
-
-fn shorten(prints: &[String]) -> String {
-    let joined = prints.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("; ");
-    if joined.len() <= MAX_REASON {
-        return joined;
-    }
-    let mut start = joined.len() - MAX_REASON;
-    while !joined.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &joined[start..])
 }
 
 /// `"allow"`, `"deny"` or `"error"`, and the reason (none for allow).
@@ -397,7 +386,10 @@ fn verdict(d: &Decision) -> (&'static str, Option<&str>) {
 }
 
 fn known_request_type(request_type: &str) -> anyhow::Result<()> {
-    if methods::table().policy_request_types().contains(&request_type) {
+    if methods::table()
+        .policy_request_types()
+        .contains(&request_type)
+    {
         Ok(())
     } else {
         anyhow::bail!("unknown request type {request_type:?} (`agent-warden endpoints` lists them)")
@@ -419,27 +411,53 @@ fn input_warning(request_type: &str, input: &serde_json::Value) -> Option<String
     first_error
 }
 
+/// What `policy eval` prints (as JSON, keys in this order).
+#[derive(Debug, serde::Serialize)]
+struct EvalReport<'a> {
+    #[serde(rename = "type")]
+    request_type: &'a str,
+    policy: &'a str,
+    policy_sha256: &'a str,
+    /// "allow", "deny" or "error".
+    decision: &'a str,
+    allowed: bool,
+    /// Why it was denied (or the engine error); null when allowed.
+    reason: Option<&'a str>,
+    /// The rule's value; null when undefined.
+    value: Option<&'a serde_json::Value>,
+    /// State operations an allowing result asks for; null when none.
+    ops: Option<&'a serde_json::Value>,
+    prints: &'a [String],
+}
+
 fn eval(a: &EvalArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     known_request_type(&a.request_type)?;
     let input = read_json(&a.input, "input")?;
-    let data = a.data.as_ref().map(|p| read_json(p, "data document")).transpose()?;
     let (name, text) = policy_text(a.policy.as_ref())?;
-    let mut evaluator = Evaluator::new(&name, &text, a.rego, data.as_ref())?;
-    if let Some(w) = input_warning(&a.request_type, &input) {
-        eprintln!("agent-warden: warning: the input is not a {} kata-agent would send: {w}", a.request_type);
+    let policy = Policy::load(&name, &text, a.rego)?;
+    if let Some(path) = &a.data {
+        seed_state(&policy, &read_json(path, "data document")?)
+            .map_err(|e| anyhow::anyhow!("data document {}: {e:#}", path.display()))?;
     }
-    let o = evaluator.evaluate(&a.request_type, &input);
+    if let Some(w) = input_warning(&a.request_type, &input) {
+        eprintln!(
+            "agent-warden: warning: the input is not a {} kata-agent would send: {w}",
+            a.request_type
+        );
+    }
+    let o = evaluate(&policy, &a.request_type, &input);
     let (decision, reason) = verdict(&o.decision);
-    let report = serde_json::json!({
-        "type": a.request_type,
-        "policy": name,
-        "policy_sha256": evaluator.policy().digest(),
-        "allowed": o.decision.is_allowed(),
-        "decision": decision,
-        "reason": reason,
-        "value": o.value,
-        "prints": o.prints,
-    });
+    let report = EvalReport {
+        request_type: &a.request_type,
+        policy: &name,
+        policy_sha256: policy.digest(),
+        decision,
+        allowed: o.decision.is_allowed(),
+        reason,
+        value: o.value.as_ref(),
+        ops: o.ops.as_ref(),
+        prints: &o.prints,
+    };
     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     Ok(0)
 }
@@ -467,7 +485,9 @@ pub struct LoadFailure {
 }
 
 fn is_test_file(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_test.rego"))
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with("_test.rego"))
 }
 
 fn is_rego(p: &Path) -> bool {
@@ -489,7 +509,10 @@ fn sorted_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub fn find_test_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         for p in sorted_entries(dir)? {
-            let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
             if p.is_dir() {
                 if !hidden {
                     walk(&p, found)?;
@@ -517,7 +540,9 @@ pub fn find_test_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The package a module declares, or why it does not parse.
 fn package_of(name: &str, text: &str, version: RegoVersion) -> anyhow::Result<String> {
-    tool_engine(version).add_policy(name.to_string(), text.to_string()).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    tool_engine(version)
+        .add_policy(name.to_string(), text.to_string())
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 /// The modules a test file is loaded with: the non-test .rego files beside it. When
@@ -531,7 +556,8 @@ fn companions(test_file: &Path, version: RegoVersion) -> anyhow::Result<Vec<(Str
     };
     let mut files = Vec::new();
     for p in sorted_entries(&dir)? {
-        if p.is_file() && is_rego(&p) && !is_test_file(&p) && p.file_name() != test_file.file_name() {
+        if p.is_file() && is_rego(&p) && !is_test_file(&p) && p.file_name() != test_file.file_name()
+        {
             let text = read_text(&p, "policy")?;
             files.push((p, text));
         }
@@ -541,9 +567,14 @@ fn companions(test_file: &Path, version: RegoVersion) -> anyhow::Result<Vec<(Str
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_suffix("_test.rego"))
         .map(|stem| format!("{stem}.rego"));
-    let subject = files.iter().find(|(p, _)| p.file_name().and_then(|n| n.to_str()) == subject.as_deref());
+    let subject = files
+        .iter()
+        .find(|(p, _)| p.file_name().and_then(|n| n.to_str()) == subject.as_deref());
     let Some((subject_path, subject_text)) = subject else {
-        return Ok(files.into_iter().map(|(p, t)| (p.display().to_string(), t)).collect());
+        return Ok(files
+            .into_iter()
+            .map(|(p, t)| (p.display().to_string(), t))
+            .collect());
     };
     let subject_path = subject_path.clone();
     let subject_package = package_of(&subject_path.display().to_string(), subject_text, version)?;
@@ -558,16 +589,34 @@ fn companions(test_file: &Path, version: RegoVersion) -> anyhow::Result<Vec<(Str
 }
 
 /// Runs the `test_*` rules of one test file: a rule passes if its value is `true`.
-pub fn run_test_file(test_file: &Path, version: RegoVersion) -> Result<Vec<TestResult>, LoadFailure> {
-    let fail = |error: String| LoadFailure { file: test_file.to_path_buf(), error };
+pub fn run_test_file(
+    test_file: &Path,
+    version: RegoVersion,
+) -> Result<Vec<TestResult>, LoadFailure> {
+    let fail = |error: String| LoadFailure {
+        file: test_file.to_path_buf(),
+        error,
+    };
     let name = test_file.display().to_string();
     let text = read_text(test_file, "test file").map_err(|e| fail(e.to_string()))?;
     let mut engine = tool_engine(version);
-    for (module, module_text) in companions(test_file, version).map_err(|e| fail(format!("{e:#}")))? {
-        engine.add_policy(module.clone(), module_text).map_err(|e| fail(format!("{module}: {e}")))?;
+    for (module, module_text) in
+        companions(test_file, version).map_err(|e| fail(format!("{e:#}")))?
+    {
+        engine
+            .add_policy(module.clone(), module_text)
+            .map_err(|e| fail(format!("{module}: {e}")))?;
     }
-    let package = engine.add_policy(name.clone(), text.clone()).map_err(|e| fail(format!("{name}: {e}")))?;
-    let tests = declared(&engine, &name, identifiers(&text).into_iter().filter(|w| w.starts_with("test_")));
+    let package = engine
+        .add_policy(name.clone(), text.clone())
+        .map_err(|e| fail(format!("{name}: {e}")))?;
+    let tests = declared(
+        &engine,
+        &name,
+        identifiers(&text)
+            .into_iter()
+            .filter(|w| w.starts_with("test_")),
+    );
     let mut results = Vec::new();
     for test in tests {
         let rule = format!("{package}.{test}");
@@ -575,11 +624,21 @@ pub fn run_test_file(test_file: &Path, version: RegoVersion) -> Result<Vec<TestR
         let prints = engine.take_prints().unwrap_or_default();
         let failure = match value {
             Ok(regorus::Value::Bool(true)) => None,
-            Ok(regorus::Value::Undefined) => Some("undefined".to_string()),
-            Ok(v) => Some(format!("value {}", v.to_json_str().unwrap_or_else(|_| "?".to_string()).trim())),
+            Ok(regorus::Value::Undefined) => {
+                Some("undefined (an expression in its body is false or undefined)".to_string())
+            }
+            Ok(v) => Some(format!(
+                "value {}",
+                v.to_json_str().unwrap_or_else(|_| "?".to_string()).trim()
+            )),
             Err(e) => Some(format!("error: {e}")),
         };
-        results.push(TestResult { file: test_file.to_path_buf(), rule, failure, prints });
+        results.push(TestResult {
+            file: test_file.to_path_buf(),
+            rule,
+            failure,
+            prints,
+        });
     }
     Ok(results)
 }
@@ -619,17 +678,26 @@ fn test(a: &TestArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     }
     writeln!(out, "{summary}")?;
     if passed + failed == 0 && errors == 0 {
-        let where_ = a.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
+        let where_ = a
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
         eprintln!("agent-warden: error: no tests found in {where_}");
         return Ok(1);
     }
-    Ok(if failed == 0 && errors == 0 && passed > 0 { 0 } else { 1 })
+    Ok(if failed == 0 && errors == 0 && passed > 0 {
+        0
+    } else {
+        1
+    })
 }
 
 // ---------------------------------------------------------------------------
 // replay
 
-/// One line of a capture file.
+/// One line of a capture file (see `audit::Capture`).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CaptureLine {
@@ -638,7 +706,12 @@ struct CaptureLine {
 }
 
 fn parse_capture_line(line: &str) -> Result<CaptureLine, String> {
-    let c: CaptureLine = serde_json::from_str(line).map_err(|e| format!("not a capture record: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("not a JSON object".to_string());
+    }
+    let c: CaptureLine =
+        serde_json::from_value(v).map_err(|e| format!("not a capture record: {e}"))?;
     known_request_type(&c.kind).map_err(|e| e.to_string())?;
     if !c.request.is_object() {
         return Err("`request` is not a JSON object".to_string());
@@ -646,44 +719,69 @@ fn parse_capture_line(line: &str) -> Result<CaptureLine, String> {
     Ok(c)
 }
 
+/// Counts of a replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub allowed: usize,
+    pub denied: usize,
+    pub errors: usize,
+    pub malformed: usize,
+}
+
 fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     let (name, text) = policy_text(a.policy.as_ref())?;
     let policy = Policy::load(&name, &text, a.rego)?;
     let file = std::fs::File::open(&a.capture)
         .map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;
-    let (mut allowed, mut denied, mut errors, mut malformed) = (0usize, 0usize, 0usize, 0usize);
+    let mut sum = ReplaySummary::default();
     writeln!(out, "policy: {name} (sha256 {})", policy.digest())?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
-        let line = line.map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;
+        let line =
+            line.map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;
         if line.trim().is_empty() {
             continue;
         }
         let c = match parse_capture_line(&line) {
             Ok(c) => c,
             Err(e) => {
-                malformed += 1;
+                sum.malformed += 1;
                 writeln!(out, "line {n}: malformed: {e}")?;
                 continue;
             }
         };
-        let d = policy.decide(&c.kind, &c.request);
+        let (d, ops) = policy.decide_with_ops(&c.kind, &c.request);
+        // As `serve` does once the agent has answered: an allowed request's state
+        // operations are applied (the capture does not say whether the agent
+        // succeeded; it is assumed to have).
+        let state_note = match (&d, ops) {
+            (Decision::Allow, Some(ops)) => match policy.apply_ops(&ops) {
+                Ok(()) if ops.0.len() == 1 => " (state: 1 operation applied)".to_string(),
+                Ok(()) => format!(" (state: {} operations applied)", ops.0.len()),
+                Err(e) => format!(" (state not changed: {e})"),
+            },
+            _ => String::new(),
+        };
         match &d {
-            Decision::Allow => allowed += 1,
-            Decision::Deny { .. } => denied += 1,
-            Decision::Error(_) => errors += 1,
+            Decision::Allow => sum.allowed += 1,
+            Decision::Deny { .. } => sum.denied += 1,
+            Decision::Error(_) => sum.errors += 1,
         }
         match verdict(&d) {
-            (v, None) => writeln!(out, "line {n}: {}: {v}", c.kind)?,
+            (v, None) => writeln!(out, "line {n}: {}: {v}{state_note}", c.kind)?,
             (v, Some(reason)) => writeln!(out, "line {n}: {}: {v}: {reason}", c.kind)?,
         }
     }
     writeln!(
         out,
-        "{} requests: {allowed} allowed, {denied} denied, {errors} errors; {malformed} malformed lines",
-        allowed + denied + errors
+        "{} requests: {} allowed, {} denied, {} errors; {} malformed lines",
+        sum.allowed + sum.denied + sum.errors,
+        sum.allowed,
+        sum.denied,
+        sum.errors,
+        sum.malformed
     )?;
-    Ok(if malformed > 0 { 1 } else { 0 })
+    Ok(if sum.malformed > 0 { 1 } else { 0 })
 }
 
 // ---------------------------------------------------------------------------
@@ -695,7 +793,8 @@ pub fn file_digest(bytes: &[u8]) -> String {
 }
 
 fn hash(a: &HashArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
-    let bytes = std::fs::read(&a.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", a.file.display()))?;
+    let bytes = std::fs::read(&a.file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", a.file.display()))?;
     writeln!(out, "{}", file_digest(&bytes))?;
     Ok(0)
 }
@@ -713,89 +812,145 @@ CreateContainerRequest := false if {
     input.container_id != "ok"
     print("container", input.container_id, "is not ok")
 }
-ExecProcessRequest := {"allowed": true, "ops": []}
+ExecProcessRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/x", "value": 1}]}
 ReadStreamRequest := 5
-StartContainerRequest if {
-    print("start is not allowed for", input.container_id)
-    false
-}
 default CopyFileRequest := false
 CopyFileRequest if path.is_beneath(input.path, "/run/kata-containers/shared/containers")
 default SignalProcessRequest := false
-SignalProcessRequest if not to_number(input.exec_id) == 3
-WaitProcessRequest := {"allowed": false}
+SignalProcessRequest if input.container_id in object.keys(data.pstate.containers)
 "#;
 
+    fn load(version: RegoVersion) -> Policy {
+        Policy::load("t.rego", POLICY, version).unwrap()
+    }
+
     #[test]
-    fn decisions_match_the_policy_engine() {
-        let mut with_data = Evaluator::new("t.rego", POLICY, RegoVersion::V0, Some(&json!({"x": 1}))).unwrap();
-        let mut without = Evaluator::new("t.rego", POLICY, RegoVersion::V0, None).unwrap();
-        let policy = Policy::load("t.rego", POLICY, RegoVersion::V0).unwrap();
-        let cases = [
-            ("CreateContainerRequest", json!({"container_id": "ok"})),
-            ("CreateContainerRequest", json!({"container_id": "bad"})),
-            ("ExecProcessRequest", json!({})),
-            ("ReadStreamRequest", json!({})),
-            ("StartContainerRequest", json!({"container_id": "c1"})),
-            ("CopyFileRequest", json!({"path": "/run/kata-containers/shared/containers/a"})),
-            ("CopyFileRequest", json!({"path": "/run/kata-containers/shared/containers/../x"})),
-            ("CopyFileRequest", json!({"path": 5})),
-            ("SignalProcessRequest", json!({"exec_id": "abc"})),
-            ("WaitProcessRequest", json!({})),
-            ("UpdateRoutesRequest", json!({})),
-        ];
-        for (ty, input) in cases {
-            let want = policy.decide(ty, &input);
-            assert_eq!(with_data.evaluate(ty, &input).decision, want, "{ty} {input}");
-            assert_eq!(without.evaluate(ty, &input).decision, want, "{ty} {input}");
+    fn outcome_is_the_policy_decision_with_value_prints_and_ops() {
+        for version in [RegoVersion::V0, RegoVersion::V1] {
+            let p = load(version);
+            for (ty, input) in [
+                ("CreateContainerRequest", json!({"container_id": "ok"})),
+                ("CreateContainerRequest", json!({"container_id": "bad"})),
+                ("ReadStreamRequest", json!({})),
+                (
+                    "CopyFileRequest",
+                    json!({"path": "/run/kata-containers/shared/containers/../x"}),
+                ),
+                ("CopyFileRequest", json!({"path": 5})),
+                ("UpdateRoutesRequest", json!({})),
+            ] {
+                assert_eq!(
+                    evaluate(&p, ty, &input).decision,
+                    p.decide(ty, &input),
+                    "{ty} {input}"
+                );
+            }
+            let o = evaluate(
+                &p,
+                "CreateContainerRequest",
+                &json!({"container_id": "bad"}),
+            );
+            assert_eq!(o.value, Some(json!(false)));
+            assert!(
+                o.prints
+                    .iter()
+                    .any(|l| l.contains("container bad is not ok")),
+                "{:?}",
+                o.prints
+            );
+            assert!(
+                matches!(&o.decision, Decision::Deny { reason, .. } if reason.contains("container bad is not ok"))
+            );
+            let o = evaluate(&p, "ExecProcessRequest", &json!({}));
+            assert_eq!(o.decision, Decision::Allow);
+            assert_eq!(
+                o.ops,
+                Some(json!([{"op": "add", "path": "/pstate/x", "value": 1}]))
+            );
+            assert_eq!(evaluate(&p, "UpdateRoutesRequest", &json!({})).value, None);
+            // Evaluating applies nothing.
+            assert_eq!(p.state(), json!({}));
         }
     }
 
     #[test]
-    fn outcome_carries_value_and_prints() {
-        let mut e = Evaluator::new("t.rego", POLICY, RegoVersion::V1, None).unwrap();
-        let o = e.evaluate("CreateContainerRequest", &json!({"container_id": "bad"}));
-        assert_eq!(o.value, Some(json!(false)));
-        assert!(o.prints.iter().any(|p| p.contains("container bad is not ok")), "{:?}", o.prints);
-        let o = e.evaluate("ExecProcessRequest", &json!({}));
-        assert_eq!(o.value, Some(json!({"allowed": true, "ops": []})));
-        let o = e.evaluate("UpdateRoutesRequest", &json!({}));
-        assert_eq!(o.value, None);
-    }
-
-    #[test]
-    fn data_document_is_visible_to_the_policy() {
-        let src = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n\
-                   ExecProcessRequest if input.container_id in data.pstate.containers\n";
-        let data = json!({"pstate": {"containers": ["c1"]}});
-        let mut e = Evaluator::new("p.rego", src, RegoVersion::V0, Some(&data)).unwrap();
-        assert_eq!(e.evaluate("ExecProcessRequest", &json!({"container_id": "c1"})).decision, Decision::Allow);
-        assert!(!e.evaluate("ExecProcessRequest", &json!({"container_id": "c2"})).decision.is_allowed());
-        assert!(Evaluator::new("p.rego", src, RegoVersion::V0, Some(&json!([1]))).is_err());
+    fn data_document_becomes_the_policy_state() {
+        let p = load(RegoVersion::V0);
+        let input = json!({"container_id": "c1"});
+        assert!(!evaluate(&p, "SignalProcessRequest", &input)
+            .decision
+            .is_allowed());
+        seed_state(&p, &json!({"pstate": {"containers": {"c1": true}}})).unwrap();
+        assert_eq!(
+            evaluate(&p, "SignalProcessRequest", &input).decision,
+            Decision::Allow
+        );
+        assert!(
+            !evaluate(&p, "SignalProcessRequest", &json!({"container_id": "c2"}))
+                .decision
+                .is_allowed()
+        );
+        for bad in [json!([1]), json!({"other": {}}), json!({"pstate": 3})] {
+            assert!(seed_state(&p, &bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn coverage_lists_defined_undefined_and_misnamed_rules() {
-        let src = "package agent_policy\nimport rego.v1\n# ExecProcessRequest is not defined here\n\
+        let src =
+            "package agent_policy\nimport rego.v1\n# ExecProcessRequest is not defined here\n\
                    default CreateContainerRequest := true\nStartContainerRequest if input.x\n\
                    CreateContainerRequests := true\nhelper := 1\n";
         let c = coverage("p.rego", src, RegoVersion::V0).unwrap();
-        assert_eq!(c.defined, vec!["CreateContainerRequest", "StartContainerRequest"]);
-        assert_eq!(c.undefined.len(), methods::table().policy_request_types().len() - 2);
+        assert_eq!(
+            c.defined,
+            vec!["CreateContainerRequest", "StartContainerRequest"]
+        );
+        assert_eq!(
+            c.undefined.len(),
+            methods::table().policy_request_types().len() - 2
+        );
         assert!(c.undefined.contains(&"ExecProcessRequest".to_string()));
         assert_eq!(c.unknown, vec!["CreateContainerRequests"]);
+        assert!(!c.permissive);
+        let c = coverage(
+            "p.rego",
+            "package agent_policy\ndefault AllowRequestsFailingPolicy := true\n",
+            RegoVersion::V0,
+        )
+        .unwrap();
+        assert!(
+            c.permissive && c.defined.is_empty() && c.unknown.is_empty(),
+            "{c:?}"
+        );
     }
 
     #[test]
-    fn coverage_reports_compile_errors() {
-        let src = "package agent_policy\nimport rego.v1\nCreateContainerRequest if x == 1\n";
-        let e = coverage("p.rego", src, RegoVersion::V0).unwrap_err().to_string();
+    fn coverage_reports_parse_and_compile_errors() {
+        let e = coverage(
+            "p.rego",
+            "package agent_policy\nimport rego.v1\nCreateContainerRequest if x == 1\n",
+            RegoVersion::V0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("does not compile"), "{e}");
+        let e = coverage(
+            "p.rego",
+            "package agent_policy\nX { true \n",
+            RegoVersion::V0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("failed to parse as Rego v0"), "{e}");
     }
 
     #[test]
     fn identifiers_are_found_once_in_order() {
-        assert_eq!(identifiers("test_a if { x.test_b == 1e5 }\ntest_a"), vec!["test_a", "if", "x", "test_b"]);
+        assert_eq!(
+            identifiers("test_a if { x.test_b == 1e5 }\ntest_a"),
+            vec!["test_a", "if", "x", "test_b"]
+        );
     }
 
     #[test]
@@ -815,13 +970,19 @@ WaitProcessRequest := {"allowed": false}
 
     #[test]
     fn input_warning_names_a_misspelt_key() {
-        assert_eq!(input_warning("CreateContainerRequest", &json!({"container_id": "c"})), None);
+        assert_eq!(
+            input_warning("CreateContainerRequest", &json!({"container_id": "c"})),
+            None
+        );
         let w = input_warning("CreateContainerRequest", &json!({"containerid": "c"})).unwrap();
         assert!(w.contains("containerid"), "{w}");
     }
 
     #[test]
     fn hash_is_sha256_hex() {
-        assert_eq!(file_digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            file_digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -125,7 +125,9 @@ impl Initdata {
     pub fn require_policy(&self) -> Result<&str, AttestationError> {
         self.policy
             .as_deref()
-            .ok_or_else(|| AttestationError::MissingPolicy { origin: "initdata".into() })
+            .ok_or_else(|| AttestationError::MissingPolicy {
+                origin: "initdata".into(),
+            })
     }
 }
 
@@ -145,12 +147,15 @@ pub(crate) fn parse_with_origin(raw: &[u8], origin: &str) -> Result<Initdata, At
 }
 
 fn parse_toml_table(raw: &[u8], origin: &str) -> Result<toml::Table, AttestationError> {
-    let text = std::str::from_utf8(raw)
-        .map_err(|err| AttestationError::NotUtf8 { origin: origin.to_string(), err })?;
-    text.parse::<toml::Table>().map_err(|e| AttestationError::Toml {
+    let text = std::str::from_utf8(raw).map_err(|err| AttestationError::NotUtf8 {
         origin: origin.to_string(),
-        message: e.to_string().trim_end().to_string(),
-    })
+        err,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|e| AttestationError::Toml {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
 }
 
 fn initdata_from_table(
@@ -165,21 +170,43 @@ fn initdata_from_table(
         expected,
     };
     let version = match table.get("version") {
-        None => return Err(AttestationError::MissingKey { origin: o(), key: "version" }),
+        None => {
+            return Err(AttestationError::MissingKey {
+                origin: o(),
+                key: "version",
+            })
+        }
         Some(toml::Value::String(v)) => v.clone(),
         Some(_) => return Err(wrong("version", "a string")),
     };
     if version != INITDATA_VERSION {
-        return Err(AttestationError::UnsupportedVersion { origin: o(), found: version });
+        return Err(AttestationError::UnsupportedVersion {
+            origin: o(),
+            found: version,
+        });
     }
     let algorithm = match table.get("algorithm") {
-        None => return Err(AttestationError::MissingKey { origin: o(), key: "algorithm" }),
-        Some(toml::Value::String(a)) => Algorithm::from_name(a)
-            .ok_or_else(|| AttestationError::UnsupportedAlgorithm { origin: o(), found: a.clone() })?,
+        None => {
+            return Err(AttestationError::MissingKey {
+                origin: o(),
+                key: "algorithm",
+            })
+        }
+        Some(toml::Value::String(a)) => {
+            Algorithm::from_name(a).ok_or_else(|| AttestationError::UnsupportedAlgorithm {
+                origin: o(),
+                found: a.clone(),
+            })?
+        }
         Some(_) => return Err(wrong("algorithm", "a string")),
     };
     let data = match table.remove("data") {
-        None => return Err(AttestationError::MissingKey { origin: o(), key: "data" }),
+        None => {
+            return Err(AttestationError::MissingKey {
+                origin: o(),
+                key: "data",
+            })
+        }
         Some(toml::Value::Table(t)) => t,
         Some(_) => return Err(wrong("data", "a table")),
     };
@@ -192,7 +219,14 @@ fn initdata_from_table(
     };
     let policy = string_entry(POLICY_KEY)?;
     let warden_config = string_entry(WARDEN_CONFIG_KEY)?;
-    Ok(Initdata { version, algorithm, raw: raw.to_vec(), policy, warden_config, data })
+    Ok(Initdata {
+        version,
+        algorithm,
+        raw: raw.to_vec(),
+        policy,
+        warden_config,
+        data,
+    })
 }
 
 /// Reads an initdata image (block device or file) and returns the decompressed TOML bytes.
@@ -203,13 +237,20 @@ fn initdata_from_table(
 pub fn read_initdata_device(path: &Path) -> Result<Vec<u8>, AttestationError> {
     let mut file = File::open(path).map_err(AttestationError::io(path, "open"))?;
     // Block devices report a metadata length of 0; seeking to the end gives their size.
-    let size = file.seek(SeekFrom::End(0)).map_err(AttestationError::io(path, "seek"))?;
-    file.seek(SeekFrom::Start(0)).map_err(AttestationError::io(path, "seek"))?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .map_err(AttestationError::io(path, "seek"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(AttestationError::io(path, "seek"))?;
     if size < HEADER_LEN {
-        return Err(AttestationError::ImageTooShort { path: path.to_path_buf(), size });
+        return Err(AttestationError::ImageTooShort {
+            path: path.to_path_buf(),
+            size,
+        });
     }
     let mut header = [0u8; HEADER_LEN as usize];
-    file.read_exact(&mut header).map_err(AttestationError::io(path, "read the initdata header"))?;
+    file.read_exact(&mut header)
+        .map_err(AttestationError::io(path, "read the initdata header"))?;
     let declared = check_header(path, &header, size)?;
     let mut compressed = Vec::new();
     (&mut file)
@@ -229,9 +270,14 @@ pub fn read_initdata_device(path: &Path) -> Result<Vec<u8>, AttestationError> {
 /// Like [`read_initdata_device`] for an image already in memory; `path` only names it in errors.
 pub fn decode_initdata_image(image: &[u8], path: &Path) -> Result<Vec<u8>, AttestationError> {
     let size = image.len() as u64;
-    let Some(header) = image.get(..HEADER_LEN as usize).and_then(|h| <&[u8; 16]>::try_from(h).ok())
+    let Some(header) = image
+        .get(..HEADER_LEN as usize)
+        .and_then(|h| <&[u8; 16]>::try_from(h).ok())
     else {
-        return Err(AttestationError::ImageTooShort { path: path.to_path_buf(), size });
+        return Err(AttestationError::ImageTooShort {
+            path: path.to_path_buf(),
+            size,
+        });
     };
     let declared = check_header(path, header, size)?;
     // check_header guarantees HEADER_LEN + declared <= size, which fits in usize here.
@@ -247,11 +293,16 @@ fn check_header(path: &Path, header: &[u8; 16], size: u64) -> Result<u64, Attest
     magic.copy_from_slice(&header[..8]);
     len.copy_from_slice(&header[8..]);
     if &magic != INITDATA_MAGIC {
-        return Err(AttestationError::BadMagic { path: path.to_path_buf(), found: to_hex(&magic) });
+        return Err(AttestationError::BadMagic {
+            path: path.to_path_buf(),
+            found: to_hex(&magic),
+        });
     }
     let declared = u64::from_le_bytes(len);
     if declared == 0 {
-        return Err(AttestationError::EmptyImage { path: path.to_path_buf() });
+        return Err(AttestationError::EmptyImage {
+            path: path.to_path_buf(),
+        });
     }
     if declared > MAX_COMPRESSED_LEN {
         return Err(AttestationError::CompressedTooLarge {
@@ -277,7 +328,10 @@ fn gunzip_bounded(compressed: &[u8], origin: &str) -> Result<Vec<u8>, Attestatio
     flate2::read::GzDecoder::new(compressed)
         .take(MAX_DECOMPRESSED_LEN + 1)
         .read_to_end(&mut out)
-        .map_err(|err| AttestationError::Gzip { origin: origin.to_string(), err })?;
+        .map_err(|err| AttestationError::Gzip {
+            origin: origin.to_string(),
+            err,
+        })?;
     if out.len() as u64 > MAX_DECOMPRESSED_LEN {
         return Err(AttestationError::DecompressedTooLarge {
             origin: origin.to_string(),
@@ -290,7 +344,10 @@ fn gunzip_bounded(compressed: &[u8], origin: &str) -> Result<Vec<u8>, Attestatio
 /// Builds an initdata image from TOML bytes: magic, u64 LE length, gzip data, zero-padded to
 /// a multiple of 512 bytes so it can back a disk directly.
 pub fn build_initdata_image(toml: &[u8]) -> Result<Vec<u8>, AttestationError> {
-    let gz_err = |err| AttestationError::Gzip { origin: "building an initdata image".into(), err };
+    let gz_err = |err| AttestationError::Gzip {
+        origin: "building an initdata image".into(),
+        err,
+    };
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(toml).map_err(gz_err)?;
     let compressed = enc.finish().map_err(gz_err)?;
@@ -411,9 +468,15 @@ pub fn load_measured_document(path: &Path) -> Result<MeasuredDocument, Attestati
         let toml = gunzip_bounded(&bytes, &origin)?;
         return parse_with_origin(&toml, &origin).map(MeasuredDocument::Initdata);
     }
-    let table = std::str::from_utf8(&bytes).ok().and_then(|t| t.parse::<toml::Table>().ok());
+    let table = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok());
     match table {
-        Some(t) if ["version", "algorithm", "data"].iter().any(|k| t.contains_key(*k)) => {
+        Some(t)
+            if ["version", "algorithm", "data"]
+                .iter()
+                .any(|k| t.contains_key(*k)) =>
+        {
             initdata_from_table(&bytes, t, &origin).map(MeasuredDocument::Initdata)
         }
         _ => Ok(MeasuredDocument::PlainPolicy(bytes)),
@@ -421,11 +484,11 @@ pub fn load_measured_document(path: &Path) -> Result<MeasuredDocument, Attestati
 }
 
 fn initdata_bytes_from_file(path: &Path) -> Result<Vec<u8>, AttestationError> {
-    let mut head = [0u8; 8];
-    let n = File::open(path)
-        .and_then(|f| f.take(8).read(&mut head))
+    let mut head = Vec::with_capacity(8);
+    File::open(path)
+        .and_then(|f| f.take(8).read_to_end(&mut head))
         .map_err(AttestationError::io(path, "read"))?;
-    if n == 8 && &head == INITDATA_MAGIC {
+    if head == INITDATA_MAGIC {
         return read_initdata_device(path);
     }
     let bytes = read_file_bounded(path, MAX_DECOMPRESSED_LEN, "an initdata file")?;
@@ -447,9 +510,16 @@ mod tests {
         assert_eq!(i.version, "0.1.0");
         assert_eq!(i.algorithm, Algorithm::Sha384);
         assert_eq!(i.raw, DOC.as_bytes());
-        assert!(i.policy.as_deref().unwrap().starts_with("package agent_policy"));
+        assert!(i
+            .policy
+            .as_deref()
+            .unwrap()
+            .starts_with("package agent_policy"));
         assert_eq!(i.warden_config, None);
-        assert_eq!(i.data.get("aa.toml").and_then(|v| v.as_str()), Some("[token_configs]\n"));
+        assert_eq!(
+            i.data.get("aa.toml").and_then(|v| v.as_str()),
+            Some("[token_configs]\n")
+        );
         assert_eq!(i.require_policy().unwrap(), i.policy.as_deref().unwrap());
     }
 
@@ -457,15 +527,25 @@ mod tests {
     fn header_checks() {
         let p = Path::new("img");
         let mut h = *b"initdata\0\0\0\0\0\0\0\0";
-        assert!(matches!(check_header(p, &h, 100), Err(AttestationError::EmptyImage { .. })));
+        assert!(matches!(
+            check_header(p, &h, 100),
+            Err(AttestationError::EmptyImage { .. })
+        ));
         h[8..].copy_from_slice(&(MAX_COMPRESSED_LEN + 1).to_le_bytes());
-        assert!(matches!(check_header(p, &h, u64::MAX), Err(AttestationError::CompressedTooLarge { .. })));
+        assert!(matches!(
+            check_header(p, &h, u64::MAX),
+            Err(AttestationError::CompressedTooLarge { .. })
+        ));
         h[8..].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(check_header(p, &h, u64::MAX).is_err());
         h[8..].copy_from_slice(&85u64.to_le_bytes());
         assert!(matches!(
             check_header(p, &h, 100),
-            Err(AttestationError::LengthBeyondDevice { declared: 85, available: 84, .. })
+            Err(AttestationError::LengthBeyondDevice {
+                declared: 85,
+                available: 84,
+                ..
+            })
         ));
         assert_eq!(check_header(p, &h, 101).unwrap(), 85);
     }
@@ -474,7 +554,10 @@ mod tests {
     fn image_round_trip_in_memory() {
         let img = build_initdata_image(DOC.as_bytes()).unwrap();
         assert_eq!(img.len() % 512, 0);
-        assert_eq!(decode_initdata_image(&img, Path::new("mem")).unwrap(), DOC.as_bytes());
+        assert_eq!(
+            decode_initdata_image(&img, Path::new("mem")).unwrap(),
+            DOC.as_bytes()
+        );
         assert!(decode_initdata_image(&img[..10], Path::new("mem")).is_err());
     }
 
@@ -488,7 +571,10 @@ mod tests {
         }
         let gz = enc.finish().unwrap();
         let err = gunzip_bounded(&gz, "bomb").unwrap_err();
-        assert!(matches!(err, AttestationError::DecompressedTooLarge { .. }), "{err}");
+        assert!(
+            matches!(err, AttestationError::DecompressedTooLarge { .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -46,21 +46,21 @@ pub mod initdata;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use digest::{digest, fit, hash_report, DigestForms};
+pub use digest::{digest, fit, hash_report, render_report, DigestForms};
 pub use evidence::{
     check_evidence, evidence_report_data, read_evidence, snp_report_fields, tdreport_fields,
     tdx_quote_fields, EvidenceSource, ReportFields, ReportedValue, TsmReportDir,
     DEFAULT_TDX_GUEST_DEVICE, DEFAULT_TDX_MRCONFIGID_SYSFS, DEFAULT_TSM_ROOT, SNP_HOSTDATA_LEN,
-    SNP_HOSTDATA_OFFSET, SNP_PROVIDER, SNP_REPORT_DATA_OFFSET, SNP_REPORT_LEN,
-    TDREPORT_LEN, TDREPORT_MRCONFIGID_OFFSET, TDREPORT_REPORTDATA_OFFSET,
-    TDX_BODY_MRCONFIGID_OFFSET, TDX_BODY_REPORTDATA_OFFSET, TDX_MRCONFIGID_LEN, TDX_PROVIDER,
-    TDX_QUOTE_HEADER_LEN, TDX_TD10_BODY_LEN,
+    SNP_HOSTDATA_OFFSET, SNP_PROVIDER, SNP_REPORT_DATA_OFFSET, SNP_REPORT_LEN, TDREPORT_LEN,
+    TDREPORT_MRCONFIGID_OFFSET, TDREPORT_REPORTDATA_OFFSET, TDX_BODY_MRCONFIGID_OFFSET,
+    TDX_BODY_REPORTDATA_OFFSET, TDX_MRCONFIGID_LEN, TDX_PROVIDER, TDX_QUOTE_HEADER_LEN,
+    TDX_TD10_BODY_LEN,
 };
 pub use initdata::{
     build_initdata_image, decode_initdata_image, load_initdata, load_measured_document,
-    parse_initdata, read_initdata_device, scan_for_initdata, Algorithm, Initdata,
-    MeasuredDocument, INITDATA_MAGIC, INITDATA_VERSION, MAX_COMPRESSED_LEN,
-    MAX_DECOMPRESSED_LEN, POLICY_KEY, WARDEN_CONFIG_KEY,
+    parse_initdata, read_initdata_device, scan_for_initdata, Algorithm, Initdata, MeasuredDocument,
+    INITDATA_MAGIC, INITDATA_VERSION, MAX_COMPRESSED_LEN, MAX_DECOMPRESSED_LEN, POLICY_KEY,
+    WARDEN_CONFIG_KEY,
 };
 
 /// Everything that can go wrong in this module. Each message names the file, device or
@@ -90,12 +90,20 @@ pub enum AttestationError {
         "{}: the initdata header declares {declared} bytes of compressed data, over the {limit}-byte limit",
         path.display()
     )]
-    CompressedTooLarge { path: PathBuf, declared: u64, limit: u64 },
+    CompressedTooLarge {
+        path: PathBuf,
+        declared: u64,
+        limit: u64,
+    },
     #[error(
         "{}: the initdata header declares {declared} bytes of compressed data but only {available} bytes follow the header",
         path.display()
     )]
-    LengthBeyondDevice { path: PathBuf, declared: u64, available: u64 },
+    LengthBeyondDevice {
+        path: PathBuf,
+        declared: u64,
+        available: u64,
+    },
     #[error("{origin}: gzip error: {err}")]
     Gzip {
         origin: String,
@@ -122,7 +130,9 @@ pub enum AttestationError {
     },
     #[error("{origin}: unsupported initdata version {found:?} (supported: \"0.1.0\")")]
     UnsupportedVersion { origin: String, found: String },
-    #[error("{origin}: unsupported algorithm {found:?} (supported: \"sha256\", \"sha384\", \"sha512\")")]
+    #[error(
+        "{origin}: unsupported algorithm {found:?} (supported: \"sha256\", \"sha384\", \"sha512\")"
+    )]
     UnsupportedAlgorithm { origin: String, found: String },
     #[error("{origin}: no \"policy.rego\" entry in [data]")]
     MissingPolicy { origin: String },
@@ -149,8 +159,15 @@ pub enum AttestationError {
 }
 
 impl AttestationError {
-    pub(crate) fn io(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Self + '_ {
-        move |err| AttestationError::Io { path: path.to_path_buf(), action, err }
+    pub(crate) fn io<'a>(
+        path: &'a Path,
+        action: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Self + 'a {
+        move |err| AttestationError::Io {
+            path: path.to_path_buf(),
+            action,
+            err,
+        }
     }
 }
 
@@ -200,7 +217,11 @@ pub(crate) fn read_file_bounded(
         .read_to_end(&mut buf)
         .map_err(AttestationError::io(path, "read"))?;
     if buf.len() as u64 > limit {
-        return Err(AttestationError::FileTooLarge { path: path.to_path_buf(), what, limit });
+        return Err(AttestationError::FileTooLarge {
+            path: path.to_path_buf(),
+            what,
+            limit,
+        });
     }
     Ok(buf)
 }
@@ -231,7 +252,10 @@ mod tests {
         std::fs::write(&p, [7u8; 11]).unwrap();
         assert_eq!(read_file_bounded(&p, 11, "test").unwrap().len(), 11);
         let err = read_file_bounded(&p, 10, "test").unwrap_err();
-        assert!(matches!(err, AttestationError::FileTooLarge { limit: 10, .. }), "{err}");
+        assert!(
+            matches!(err, AttestationError::FileTooLarge { limit: 10, .. }),
+            "{err}"
+        );
         let err = read_file_bounded(&dir.path().join("missing"), 10, "test").unwrap_err();
         assert!(err.to_string().contains("cannot open"), "{err}");
     }

@@ -105,9 +105,8 @@ impl StorageConfig {
 
     /// Reads the `[storage]` table of a TOML file.
     pub fn from_toml_file(path: &Path) -> Result<Self, StorageError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            StorageError::Config(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StorageError::Config(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml_str(&text)
     }
 
@@ -142,9 +141,15 @@ impl StorageConfig {
                 Some(_) => {}
             }
         }
-        for (name, p) in [("mount_point", &self.mount_point), ("state_dir", &self.state_dir)] {
+        for (name, p) in [
+            ("mount_point", &self.mount_point),
+            ("state_dir", &self.state_dir),
+        ] {
             if !p.is_absolute() {
-                return bad(format!("{name} must be an absolute path, got {}", p.display()));
+                return bad(format!(
+                    "{name} must be an absolute path, got {}",
+                    p.display()
+                ));
             }
             if p.to_str().is_none() {
                 return bad(format!("{name} must be valid UTF-8"));
@@ -153,7 +158,9 @@ impl StorageConfig {
                 return bad(format!("{name} must not be /"));
             }
         }
-        if self.mount_point.starts_with(&self.state_dir) || self.state_dir.starts_with(&self.mount_point) {
+        if self.mount_point.starts_with(&self.state_dir)
+            || self.state_dir.starts_with(&self.mount_point)
+        {
             return bad("mount_point and state_dir must not contain one another".into());
         }
         let name = &self.mapper_name;
@@ -173,7 +180,10 @@ impl StorageConfig {
             if o.is_empty() || o.contains(',') || o.contains(char::is_whitespace) {
                 return bad(format!("fs_options entry {o:?}: give one option per entry"));
             }
-            if matches!(o.as_str(), "dev" | "suid" | "defaults" | "remount" | "bind" | "rbind" | "move") {
+            if matches!(
+                o.as_str(),
+                "dev" | "suid" | "defaults" | "remount" | "bind" | "rbind" | "move"
+            ) {
                 return bad(format!(
                     "fs_options entry {o:?} is not allowed (the mount is always nodev,nosuid)"
                 ));
@@ -229,7 +239,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if num.is_empty() {
         return Err(format!("size {s:?}: expected a number"));
     }
-    let n: u64 = num.parse().map_err(|_| format!("size {s:?}: number too large"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?}: number too large"))?;
     let shift = match suffix.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
@@ -240,6 +252,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size {s:?}: too large"))
+}
+
+/// Parses `on`/`off` (and the usual synonyms: true/false, yes/no, 1/0).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 /// `agent-warden storage <setup|teardown|status> [flags]`. Flags override the
@@ -267,11 +288,16 @@ pub struct StorageArgs {
 
     /// Extra mkfs.ext4 argument (repeatable, e.g. --mkfs-option=-m --mkfs-option=0);
     /// replaces the configured list.
-    #[arg(long = "mkfs-option", global = true, value_name = "ARG", allow_hyphen_values = true)]
+    #[arg(
+        long = "mkfs-option",
+        global = true,
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
     pub mkfs_options: Vec<String>,
 
     /// dm-integrity under dm-crypt: on or off [default: on].
-    #[arg(long, global = true, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, global = true, value_name = "on|off", value_parser = parse_on_off)]
     pub integrity: Option<bool>,
 
     /// When setup happens [default: startup].
@@ -372,8 +398,14 @@ mod tests {
         assert!(c.integrity);
         assert_eq!(c.setup_at, SetupAt::Startup);
         assert_eq!(c.state_dir, Path::new("/run/agent-warden/storage"));
-        assert_eq!(c.header_path(), Path::new("/run/agent-warden/storage/header.luks2"));
-        assert_eq!(c.mapping_path(), Path::new("/dev/mapper/agent-warden-scratch"));
+        assert_eq!(
+            c.header_path(),
+            Path::new("/run/agent-warden/storage/header.luks2")
+        );
+        assert_eq!(
+            c.mapping_path(),
+            Path::new("/dev/mapper/agent-warden-scratch")
+        );
     }
 
     #[test]
@@ -398,19 +430,29 @@ mod tests {
         assert_eq!(c.min_size_bytes, 1 << 20);
         assert_eq!(c.mount_point, Path::new(DEFAULT_MOUNT_POINT));
 
-        assert_eq!(StorageConfig::from_toml_str("").expect("empty"), StorageConfig::default());
+        assert_eq!(
+            StorageConfig::from_toml_str("").expect("empty"),
+            StorageConfig::default()
+        );
         let e = StorageConfig::from_toml_str("[storage]\nbogus = 1\n").expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
-        let e = StorageConfig::from_toml_str("[storage]\nsetup_at = \"later\"\n").expect_err("bad enum");
-        assert!(e.to_string().contains("setup_at") || e.to_string().contains("later"), "{e}");
+        let e = StorageConfig::from_toml_str("[storage]\nsetup_at = \"later\"\n")
+            .expect_err("bad enum");
+        assert!(
+            e.to_string().contains("setup_at") || e.to_string().contains("later"),
+            "{e}"
+        );
     }
 
     #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("warden.toml");
-        std::fs::write(&file, "[storage]\ndevice = \"/dev/vdb\"\nintegrity = true\nmapper_name = \"a\"\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "[storage]\ndevice = \"/dev/vdb\"\nintegrity = true\nmapper_name = \"a\"\n",
+        )
+        .expect("write");
         let cli = TestCli::try_parse_from([
             "x",
             "setup",
@@ -441,7 +483,10 @@ mod tests {
     fn flags_may_precede_the_subcommand() {
         let cli = TestCli::try_parse_from(["x", "--device", "/dev/vdc", "status"]).expect("parses");
         assert_eq!(cli.args.action, StorageAction::Status);
-        assert_eq!(cli.args.config().expect("config").device.as_deref(), Some("/dev/vdc"));
+        assert_eq!(
+            cli.args.config().expect("config").device.as_deref(),
+            Some("/dev/vdc")
+        );
     }
 
     #[test]
@@ -473,7 +518,10 @@ mod tests {
     fn device_spec_parses_paths_and_numbers() {
         assert_eq!(
             DeviceSpec::parse("254:16").expect("num"),
-            DeviceSpec::Number { major: 254, minor: 16 }
+            DeviceSpec::Number {
+                major: 254,
+                minor: 16
+            }
         );
         assert_eq!(
             DeviceSpec::parse("/dev/vdb").expect("path"),
@@ -493,5 +541,13 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("1Q").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn on_off_parses() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert_eq!(parse_on_off("false"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
     }
 }

@@ -98,7 +98,10 @@ pub enum StorageError {
     #[error("inconsistent storage state: {0}; run `agent-warden storage teardown` first")]
     Inconsistent(String),
 
-    #[error("setup failed: {cause}; {}", rollback_summary(rollback, rollback_errors))]
+    #[error(
+        "setup failed: {cause}; {}",
+        rollback_summary(rollback, rollback_errors)
+    )]
     SetupFailed {
         cause: Box<StorageError>,
         rollback: Box<Report>,
@@ -157,7 +160,12 @@ impl StorageError {
         }
     }
 
-    pub(crate) fn io(step: Step, what: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(
+        step: Step,
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: io::Error,
+    ) -> Self {
         StorageError::Io {
             step,
             what: what.into(),
@@ -212,7 +220,13 @@ impl Report {
         }
     }
 
-    pub(crate) fn push(&mut self, step: Step, changed: bool, detail: impl Into<String>, elapsed: Duration) {
+    pub(crate) fn push(
+        &mut self,
+        step: Step,
+        changed: bool,
+        detail: impl Into<String>,
+        elapsed: Duration,
+    ) {
         self.events.push(Event {
             step,
             changed,
@@ -257,7 +271,11 @@ impl fmt::Display for Report {
             f,
             "{}: {} in {:.3} s",
             self.operation,
-            if self.changed_anything() { "done" } else { "nothing to do" },
+            if self.changed_anything() {
+                "done"
+            } else {
+                "nothing to do"
+            },
             self.total.as_secs_f64()
         )?;
         for e in &self.events {
@@ -300,7 +318,10 @@ mod tests {
             rollback_errors: vec![],
         };
         let s = f.to_string();
-        assert!(s.contains("step mkfs") && s.contains("rolled back cleanly (closed mapping x)"), "{s}");
+        assert!(
+            s.contains("step mkfs") && s.contains("rolled back cleanly (closed mapping x)"),
+            "{s}"
+        );
         assert_eq!(f.step(), Some(Step::Mkfs));
         assert_eq!(f.rolled_back_cleanly(), Some(true));
     }
@@ -308,7 +329,12 @@ mod tests {
     #[test]
     fn report_display_lists_events() {
         let mut r = Report::new(Operation::Teardown);
-        r.push(Step::Unmount, false, "not mounted", Duration::from_millis(1));
+        r.push(
+            Step::Unmount,
+            false,
+            "not mounted",
+            Duration::from_millis(1),
+        );
         assert!(!r.changed_anything());
         assert_eq!(r.summary(), "nothing to do");
         r.push(Step::Close, true, "closed", Duration::from_millis(20));

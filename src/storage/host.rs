@@ -96,7 +96,9 @@ pub fn check_device(facts: &DeviceFacts, min_size: u64) -> Option<String> {
         ));
     }
     if facts.head.starts_with(INITDATA_MAGIC) {
-        return Some("it carries the initdata magic at offset 0 (it is the initdata device)".to_string());
+        return Some(
+            "it carries the initdata magic at offset 0 (it is the initdata device)".to_string(),
+        );
     }
     if facts.size_bytes < min_size {
         return Some(format!(
@@ -151,7 +153,10 @@ fn unescape_octal(s: &str) -> Vec<u8> {
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() {
             let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'3').contains(&oct[0]) && (b'0'..=b'7').contains(c)) {
+            if oct
+                .iter()
+                .all(|c| (b'0'..=b'3').contains(&oct[0]) && (b'0'..=b'7').contains(c))
+            {
                 out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
                 i += 4;
                 continue;
@@ -221,7 +226,9 @@ impl LinuxHost {
                 }
             }
             for name in self.holders_of(&dir) {
-                if let Some(d) = read_dev_file(&self.sys.join("class/block").join(&name).join("dev")) {
+                if let Some(d) =
+                    read_dev_file(&self.sys.join("class/block").join(&name).join("dev"))
+                {
                     todo.push(d);
                 }
             }
@@ -242,7 +249,9 @@ impl LinuxHost {
     }
 
     fn mounts(&self) -> io::Result<Vec<MountEntry>> {
-        Ok(parse_mountinfo(&fs::read_to_string(self.proc_.join("self/mountinfo"))?))
+        Ok(parse_mountinfo(&fs::read_to_string(
+            self.proc_.join("self/mountinfo"),
+        )?))
     }
 
     fn swap_devices(&self) -> BTreeSet<(u32, u32)> {
@@ -290,10 +299,19 @@ impl Host for LinuxHost {
             DeviceSpec::Number { major, minor } => {
                 let uevent = self.sys.join(format!("dev/block/{major}:{minor}/uevent"));
                 let text = fs::read_to_string(&uevent).map_err(|e| {
-                    io::Error::new(e.kind(), format!("no block device {major}:{minor} ({}: {e})", uevent.display()))
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "no block device {major}:{minor} ({}: {e})",
+                            uevent.display()
+                        ),
+                    )
                 })?;
                 let name = devname_from_uevent(&text).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("{} has no DEVNAME", uevent.display()))
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} has no DEVNAME", uevent.display()),
+                    )
                 })?;
                 Ok(self.dev.join(name))
             }
@@ -331,6 +349,14 @@ impl Host for LinuxHost {
         facts.swap = !self.swap_devices().is_disjoint(&related);
         if let Ok(dir) = self.sys_block_dir(major, minor) {
             facts.holders = self.holders_of(&dir);
+        }
+        if facts.holds_root
+            || !facts.mounted_at.is_empty()
+            || facts.swap
+            || !facts.holders.is_empty()
+        {
+            // Refused anyway: no need to open a device that is in use.
+            return Ok(facts);
         }
         let mut f = File::open(path)?;
         facts.size_bytes = f.seek(SeekFrom::End(0))?;
@@ -415,20 +441,71 @@ mod tests {
     fn device_checks_refuse_each_case() {
         assert_eq!(check_device(&good(), 64 << 20), None);
         let cases: Vec<(DeviceFacts, &str)> = vec![
-            (DeviceFacts { is_block_device: false, ..good() }, "not a block device"),
-            (DeviceFacts { holds_root: true, ..good() }, "root filesystem"),
-            (DeviceFacts { mounted_at: vec!["/mnt".into()], ..good() }, "mounted (at /mnt)"),
-            (DeviceFacts { swap: true, ..good() }, "swap"),
-            (DeviceFacts { holders: vec!["dm-0".into()], ..good() }, "in use by dm-0"),
-            (DeviceFacts { head: b"initdata".to_vec(), ..good() }, "initdata"),
-            (DeviceFacts { size_bytes: 1 << 20, ..good() }, "too small"),
+            (
+                DeviceFacts {
+                    is_block_device: false,
+                    ..good()
+                },
+                "not a block device",
+            ),
+            (
+                DeviceFacts {
+                    holds_root: true,
+                    ..good()
+                },
+                "root filesystem",
+            ),
+            (
+                DeviceFacts {
+                    mounted_at: vec!["/mnt".into()],
+                    ..good()
+                },
+                "mounted (at /mnt)",
+            ),
+            (
+                DeviceFacts {
+                    swap: true,
+                    ..good()
+                },
+                "swap",
+            ),
+            (
+                DeviceFacts {
+                    holders: vec!["dm-0".into()],
+                    ..good()
+                },
+                "in use by dm-0",
+            ),
+            (
+                DeviceFacts {
+                    head: b"initdata".to_vec(),
+                    ..good()
+                },
+                "initdata",
+            ),
+            (
+                DeviceFacts {
+                    size_bytes: 1 << 20,
+                    ..good()
+                },
+                "too small",
+            ),
         ];
         for (facts, want) in cases {
             let got = check_device(&facts, 64 << 20).expect("refused");
             assert!(got.contains(want), "{got:?} should mention {want:?}");
         }
         // "initdat" alone (7 bytes) is not the magic.
-        assert_eq!(check_device(&DeviceFacts { head: b"initdat\0".to_vec(), ..good() }, 1), None);
+        assert_eq!(
+            check_device(
+                &DeviceFacts {
+                    head: b"initdat\0".to_vec(),
+                    ..good()
+                },
+                1
+            ),
+            None
+        );
     }
 
     #[test]
@@ -439,7 +516,10 @@ mod tests {
                     garbage\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 3);
-        assert_eq!((m[0].major, m[0].minor, m[0].mount_point.as_path()), (253, 1, Path::new("/")));
+        assert_eq!(
+            (m[0].major, m[0].minor, m[0].mount_point.as_path()),
+            (253, 1, Path::new("/"))
+        );
         assert_eq!(m[2].mount_point, Path::new("/mnt/with space"));
     }
 
@@ -453,7 +533,10 @@ mod tests {
 
     #[test]
     fn uevent_devname() {
-        assert_eq!(devname_from_uevent("MAJOR=254\nMINOR=16\nDEVNAME=vdb\nDEVTYPE=disk\n"), Some("vdb"));
+        assert_eq!(
+            devname_from_uevent("MAJOR=254\nMINOR=16\nDEVNAME=vdb\nDEVTYPE=disk\n"),
+            Some("vdb")
+        );
         assert_eq!(devname_from_uevent("MAJOR=254\n"), None);
         assert_eq!(devname_from_uevent("DEVNAME=../etc\n"), None);
     }
@@ -465,7 +548,10 @@ mod tests {
         fs::write(&f, vec![0u8; 4096]).expect("write");
         let facts = LinuxHost::new().inspect_device(&f).expect("inspect");
         assert!(!facts.is_block_device);
-        assert_eq!(check_device(&facts, 1).as_deref(), Some("not a block device"));
+        assert_eq!(
+            check_device(&facts, 1).as_deref(),
+            Some("not a block device")
+        );
         let e = LinuxHost::new()
             .inspect_device(&dir.path().join("missing"))
             .expect_err("missing");
@@ -478,7 +564,13 @@ mod tests {
         let f = dir.path().join("img");
         fs::write(&f, vec![0xffu8; 3 * 4096]).expect("write");
         LinuxHost::new()
-            .write_zeros(&f, &[ByteRange { start: 4096, len: 4096 }])
+            .write_zeros(
+                &f,
+                &[ByteRange {
+                    start: 4096,
+                    len: 4096,
+                }],
+            )
             .expect("zero");
         let b = fs::read(&f).expect("read");
         assert!(b[..4096].iter().all(|&x| x == 0xff));
@@ -490,7 +582,11 @@ mod tests {
     fn linux_host_mount_queries_do_not_fail() {
         let h = LinuxHost::new();
         assert!(h.is_mounted(Path::new("/")).expect("mountinfo"));
-        assert!(!h.is_mounted(Path::new("/nonexistent/agent-warden")).expect("mountinfo"));
-        assert!(!h.mapping_active("agent-warden-no-such-mapping").expect("sysfs"));
+        assert!(!h
+            .is_mounted(Path::new("/nonexistent/agent-warden"))
+            .expect("mountinfo"));
+        assert!(!h
+            .mapping_active("agent-warden-no-such-mapping")
+            .expect("sysfs"));
     }
 }

@@ -76,7 +76,11 @@ fn prepare_state_dir(host: &dyn Host, cfg: &StorageConfig) -> Result<(), Storage
 /// there, nothing is done and the report says so. An interrupted earlier setup (state
 /// file with steps begun but not completed) is rolled back first. A failing step rolls
 /// back every step begun, and the error says what failed and what the rollback did.
-pub fn setup_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageConfig) -> Result<Report, StorageError> {
+pub fn setup_with(
+    runner: &dyn CommandRunner,
+    host: &dyn Host,
+    cfg: &StorageConfig,
+) -> Result<Report, StorageError> {
     let start = Instant::now();
     let env = Env { runner, host };
     cfg.validate(true)?;
@@ -88,12 +92,17 @@ pub fn setup_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageConf
     match State::load(&state_path)? {
         Some(st) if st.complete => {
             let t = Instant::now();
-            let active = host
-                .mapping_active(&st.mapper_name)
-                .map_err(|e| StorageError::io(Step::State, "cannot check device-mapper for", &st.mapper_name, e))?;
-            let mounted = host
-                .is_mounted(&st.mount_point)
-                .map_err(|e| StorageError::io(Step::State, "cannot check mounts for", &st.mount_point, e))?;
+            let active = host.mapping_active(&st.mapper_name).map_err(|e| {
+                StorageError::io(
+                    Step::State,
+                    "cannot check device-mapper for",
+                    &st.mapper_name,
+                    e,
+                )
+            })?;
+            let mounted = host.is_mounted(&st.mount_point).map_err(|e| {
+                StorageError::io(Step::State, "cannot check mounts for", &st.mount_point, e)
+            })?;
             let header = st.header_path.exists();
             if active && mounted && header {
                 report.push(
@@ -115,7 +124,10 @@ pub fn setup_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageConf
                 missing.push(format!("mapping {} is gone", st.mapper_name));
             }
             if !mounted {
-                missing.push(format!("nothing is mounted at {}", st.mount_point.display()));
+                missing.push(format!(
+                    "nothing is mounted at {}",
+                    st.mount_point.display()
+                ));
             }
             if !header {
                 missing.push(format!("header {} is gone", st.header_path.display()));
@@ -148,7 +160,11 @@ pub fn setup_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageConf
                 true,
                 format!(
                     "rolled back an interrupted setup (steps begun: {}): {}",
-                    st.begun.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    st.begun
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     rb.summary()
                 ),
                 t.elapsed(),
@@ -210,12 +226,21 @@ pub fn setup_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageConf
         return Err(rollback(env, cfg, &steps, &state, cause));
     }
     report.total = start.elapsed();
-    tracing::info!(total_ms = report.total.as_millis() as u64, "storage setup done");
+    tracing::info!(
+        total_ms = report.total.as_millis() as u64,
+        "storage setup done"
+    );
     Ok(report)
 }
 
 /// Undoes every begun step in reverse order; removes the state file when that worked.
-fn rollback(env: Env<'_>, cfg: &StorageConfig, steps: &[plan::PlannedStep], state: &State, cause: StorageError) -> StorageError {
+fn rollback(
+    env: Env<'_>,
+    cfg: &StorageConfig,
+    steps: &[plan::PlannedStep],
+    state: &State,
+    cause: StorageError,
+) -> StorageError {
     let start = Instant::now();
     let mut rb = Report::new(Operation::Rollback);
     let mut errors = Vec::new();
@@ -244,7 +269,11 @@ fn rollback(env: Env<'_>, cfg: &StorageConfig, steps: &[plan::PlannedStep], stat
 }
 
 /// Resolves and checks the device, the mount point, the mapping name and the tools.
-fn preflight(env: Env<'_>, cfg: &StorageConfig, report: &mut Report) -> Result<PathBuf, StorageError> {
+fn preflight(
+    env: Env<'_>,
+    cfg: &StorageConfig,
+    report: &mut Report,
+) -> Result<PathBuf, StorageError> {
     let t = Instant::now();
     let configured = cfg.device.clone().unwrap_or_default();
     let spec = DeviceSpec::parse(&configured)?;
@@ -266,31 +295,59 @@ fn preflight(env: Env<'_>, cfg: &StorageConfig, report: &mut Report) -> Result<P
     if let Some(reason) = host::check_device(&facts, cfg.min_size_bytes) {
         return Err(refused(reason));
     }
-    let mp_busy = env
-        .host
-        .is_mounted(&cfg.mount_point)
-        .map_err(|e| StorageError::io(Step::Preflight, "cannot check mounts for", &cfg.mount_point, e))?;
+    let mp_busy = env.host.is_mounted(&cfg.mount_point).map_err(|e| {
+        StorageError::io(
+            Step::Preflight,
+            "cannot check mounts for",
+            &cfg.mount_point,
+            e,
+        )
+    })?;
     if mp_busy {
         return Err(StorageError::Other {
             step: Step::Preflight,
-            message: format!("something is already mounted at {}", cfg.mount_point.display()),
+            message: format!(
+                "something is already mounted at {}",
+                cfg.mount_point.display()
+            ),
         });
     }
-    let name_busy = env
-        .host
-        .mapping_active(&cfg.mapper_name)
-        .map_err(|e| StorageError::io(Step::Preflight, "cannot check device-mapper for", &cfg.mapper_name, e))?;
+    let name_busy = env.host.mapping_active(&cfg.mapper_name).map_err(|e| {
+        StorageError::io(
+            Step::Preflight,
+            "cannot check device-mapper for",
+            &cfg.mapper_name,
+            e,
+        )
+    })?;
     if name_busy {
         return Err(StorageError::Other {
             step: Step::Preflight,
-            message: format!("a device-mapper device named {} already exists", cfg.mapper_name),
+            message: format!(
+                "a device-mapper device named {} already exists",
+                cfg.mapper_name
+            ),
         });
     }
     // The tools, before anything is written: a missing one fails here, cleanly.
-    let cs = plan::run_checked(env, Step::Preflight, &CommandSpec::new(&cfg.cryptsetup).arg("--version"), None)?;
-    let mk = plan::run_checked(env, Step::Preflight, &CommandSpec::new(&cfg.mkfs).arg("-V"), None)?;
+    let cs = plan::run_checked(
+        env,
+        Step::Preflight,
+        &CommandSpec::new(&cfg.cryptsetup).arg("--version"),
+        None,
+    )?;
+    let mk = plan::run_checked(
+        env,
+        Step::Preflight,
+        &CommandSpec::new(&cfg.mkfs).arg("-V"),
+        None,
+    )?;
     let first_line = |o: &CommandOutput| {
-        let text = if o.stdout.trim().is_empty() { &o.stderr } else { &o.stdout };
+        let text = if o.stdout.trim().is_empty() {
+            &o.stderr
+        } else {
+            &o.stdout
+        };
         text.lines().next().unwrap_or("").trim().to_string()
     };
     report.push(
@@ -314,7 +371,11 @@ fn preflight(env: Env<'_>, cfg: &StorageConfig, report: &mut Report) -> Result<P
 /// otherwise; each part checks whether there is anything to do, so teardown is
 /// idempotent and the report says what it did. The passphrase was dropped when setup
 /// opened the mapping; closing the mapping drops the kernel's volume key.
-pub fn teardown_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageConfig) -> Result<Report, StorageError> {
+pub fn teardown_with(
+    runner: &dyn CommandRunner,
+    host: &dyn Host,
+    cfg: &StorageConfig,
+) -> Result<Report, StorageError> {
     let start = Instant::now();
     let env = Env { runner, host };
     cfg.validate(false)?;
@@ -325,13 +386,26 @@ pub fn teardown_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageC
     let state = match State::load(&state_path) {
         Ok(s) => s,
         Err(e) => {
-            report.push(Step::State, false, format!("ignoring the state file: {e}"), std::time::Duration::ZERO);
+            report.push(
+                Step::State,
+                false,
+                format!("ignoring the state file: {e}"),
+                std::time::Duration::ZERO,
+            );
             None
         }
     };
     let (mp, name, header) = match &state {
-        Some(s) => (s.mount_point.clone(), s.mapper_name.clone(), s.header_path.clone()),
-        None => (cfg.mount_point.clone(), cfg.mapper_name.clone(), cfg.header_path()),
+        Some(s) => (
+            s.mount_point.clone(),
+            s.mapper_name.clone(),
+            s.header_path.clone(),
+        ),
+        None => (
+            cfg.mount_point.clone(),
+            cfg.mapper_name.clone(),
+            cfg.header_path(),
+        ),
     };
     let mut errors = Vec::new();
     for undo in plan::teardown_plan(&mp, &name, &header) {
@@ -352,7 +426,11 @@ pub fn teardown_with(runner: &dyn CommandRunner, host: &dyn Host, cfg: &StorageC
         report.push(Step::State, true, "removed the state file", t.elapsed());
     }
     report.total = start.elapsed();
-    tracing::info!(total_ms = report.total.as_millis() as u64, changed = report.changed_anything(), "storage teardown done");
+    tracing::info!(
+        total_ms = report.total.as_millis() as u64,
+        changed = report.changed_anything(),
+        "storage teardown done"
+    );
     Ok(report)
 }
 
@@ -384,7 +462,12 @@ pub struct Status {
 impl Status {
     pub fn phase(&self) -> Phase {
         let complete = self.state.as_ref().is_some_and(|s| s.complete);
-        if complete && self.mapping_active && self.mounted && self.header_present && self.state_error.is_none() {
+        if complete
+            && self.mapping_active
+            && self.mounted
+            && self.header_present
+            && self.state_error.is_none()
+        {
             Phase::Active
         } else if self.state.is_none()
             && self.state_error.is_none()
@@ -426,16 +509,39 @@ impl fmt::Display for Status {
                 if s.done.is_empty() {
                     "none".to_string()
                 } else {
-                    s.done.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+                    s.done
+                        .iter()
+                        .map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
-                if s.complete { " (complete)" } else { " (incomplete)" }
+                if s.complete {
+                    " (complete)"
+                } else {
+                    " (incomplete)"
+                }
             )?,
             (None, None) => writeln!(f, "  state file:  none")?,
         }
         let yn = |b: bool| if b { "yes" } else { "no" };
-        writeln!(f, "  mapping:     {} active: {}", self.mapper_name, yn(self.mapping_active))?;
-        writeln!(f, "  mounted:     {}: {}", self.mount_point.display(), yn(self.mounted))?;
-        writeln!(f, "  header:      {}: {}", self.header_path.display(), yn(self.header_present))
+        writeln!(
+            f,
+            "  mapping:     {} active: {}",
+            self.mapper_name,
+            yn(self.mapping_active)
+        )?;
+        writeln!(
+            f,
+            "  mounted:     {}: {}",
+            self.mount_point.display(),
+            yn(self.mounted)
+        )?;
+        writeln!(
+            f,
+            "  header:      {}: {}",
+            self.header_path.display(),
+            yn(self.header_present)
+        )
     }
 }
 
@@ -447,12 +553,25 @@ pub fn status_with(host: &dyn Host, cfg: &StorageConfig) -> Result<Status, Stora
         Err(e) => (None, Some(e.to_string())),
     };
     let (mapper_name, mount_point, header_path) = match &state {
-        Some(s) => (s.mapper_name.clone(), s.mount_point.clone(), s.header_path.clone()),
-        None => (cfg.mapper_name.clone(), cfg.mount_point.clone(), cfg.header_path()),
+        Some(s) => (
+            s.mapper_name.clone(),
+            s.mount_point.clone(),
+            s.header_path.clone(),
+        ),
+        None => (
+            cfg.mapper_name.clone(),
+            cfg.mount_point.clone(),
+            cfg.header_path(),
+        ),
     };
-    let mapping_active = host
-        .mapping_active(&mapper_name)
-        .map_err(|e| StorageError::io(Step::State, "cannot check device-mapper for", &mapper_name, e))?;
+    let mapping_active = host.mapping_active(&mapper_name).map_err(|e| {
+        StorageError::io(
+            Step::State,
+            "cannot check device-mapper for",
+            &mapper_name,
+            e,
+        )
+    })?;
     let mounted = host
         .is_mounted(&mount_point)
         .map_err(|e| StorageError::io(Step::State, "cannot check mounts for", &mount_point, e))?;

@@ -20,8 +20,9 @@
 //!
 //! With integrity on, sectors never written read as I/O errors, and mkfs.ext4 reads a
 //! few blocks before writing them (block 0, the superblock backups, blkid's probes of
-//! the head and tail). The prewrite step asks `mkfs.ext4 -n` (same arguments) where
-//! the backups go and writes zeros there and over the first and last MiB.
+//! the head and tail). The prewrite step writes zeros over the first and last MiB,
+//! asks `mkfs.ext4 -n` (same arguments) where the superblock backups go, and writes
+//! zeros there.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -42,9 +43,12 @@ pub const KEY_BYTES: usize = 64;
 pub const SECTOR_BYTES: u64 = 4096;
 /// How much of the head and of the tail of the mapping the prewrite zeroes.
 pub const PREWRITE_EDGE_BYTES: u64 = 1 << 20;
-/// LUKS2 header sizes: small, since the header lives in (confidential) memory.
-pub const LUKS2_METADATA_SIZE: &str = "16k";
-pub const LUKS2_KEYSLOTS_SIZE: &str = "512k";
+/// LUKS2 header sizes: small, since the header lives in (confidential) memory. One
+/// keyslot for a 768-bit key with 4000 anti-forensic stripes needs 376 KiB.
+pub const LUKS2_METADATA_SIZE: u64 = 16 << 10;
+pub const LUKS2_KEYSLOTS_SIZE: u64 = 512 << 10;
+/// The detached header file: two metadata copies and the keyslots area.
+pub const LUKS2_HEADER_FILE_BYTES: u64 = 2 * LUKS2_METADATA_SIZE + LUKS2_KEYSLOTS_SIZE;
 /// PBKDF2 iteration count: cryptsetup's minimum.
 pub const PBKDF2_ITERATIONS: &str = "1000";
 
@@ -60,15 +64,18 @@ pub enum Input {
 /// One thing a step does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Creates an empty file, mode 0600; fails if it exists.
-    CreateFile(PathBuf),
+    /// Creates a file of `len` zero bytes, mode 0600; fails if it exists.
+    CreateFile { path: PathBuf, len: u64 },
     /// Creates a directory (and parents), mode 0755, if missing.
     CreateDir(PathBuf),
     /// Runs a command; it must exit 0.
     Run { cmd: CommandSpec, input: Input },
     /// Runs `dry_run` (mkfs.ext4 -n), then zeroes the head, the tail and the
     /// superblock backup blocks of `device`.
-    Prewrite { device: PathBuf, dry_run: CommandSpec },
+    Prewrite {
+        device: PathBuf,
+        dry_run: CommandSpec,
+    },
 }
 
 /// How to take back what a step did. Each undo checks the system first.
@@ -110,10 +117,15 @@ pub fn mkfs_args(cfg: &StorageConfig, device: &Path, dry_run: bool) -> Vec<Strin
             rest.push(o.clone());
         }
     }
-    if !extended.iter().any(|e| e.split(',').any(|x| x == "discard" || x == "nodiscard")) {
+    if !extended
+        .iter()
+        .any(|e| e.split(',').any(|x| x == "discard" || x == "nodiscard"))
+    {
         extended.push("nodiscard".to_string());
     }
-    let mut args: Vec<String> = ["-t", "ext4", "-F", "-b", "4096"].map(String::from).to_vec();
+    let mut args: Vec<String> = ["-t", "ext4", "-F", "-b", "4096"]
+        .map(String::from)
+        .to_vec();
     args.push(if dry_run { "-n" } else { "-q" }.to_string());
     args.extend(rest);
     args.push("-E".to_string());
@@ -132,17 +144,22 @@ pub fn setup_plan(cfg: &StorageConfig, device: &Path) -> Vec<PlannedStep> {
         .args(["luksFormat", "--batch-mode", "--type", "luks2", "--header"])
         .arg_path(&header)
         .args(["--cipher", "aes-xts-plain64"]);
-    format = if cfg.integrity {
-        // 512 bits for XTS plus 256 for the HMAC; the keyslot itself is plain XTS.
-        format.args(["--key-size", "768"]).args(["--keyslot-cipher", "aes-xts-plain64", "--keyslot-key-size", "512"])
-    } else {
-        format.args(["--key-size", "512"])
-    };
+    // 512 bits for XTS (AES-256); with integrity cryptsetup adds 256 for the HMAC.
     format = format
+        .args(["--key-size", "512"])
         .args(["--sector-size", "4096"])
-        .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", PBKDF2_ITERATIONS, "--hash", "sha256"])
-        .args(["--luks2-metadata-size", LUKS2_METADATA_SIZE])
-        .args(["--luks2-keyslots-size", LUKS2_KEYSLOTS_SIZE]);
+        .args([
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            PBKDF2_ITERATIONS,
+            "--hash",
+            "sha256",
+        ])
+        .arg("--luks2-metadata-size")
+        .arg(LUKS2_METADATA_SIZE.to_string())
+        .arg("--luks2-keyslots-size")
+        .arg(LUKS2_KEYSLOTS_SIZE.to_string());
     if cfg.integrity {
         format = format.args(["--integrity", "hmac-sha256", "--integrity-no-wipe"]);
     }
@@ -175,7 +192,10 @@ pub fn setup_plan(cfg: &StorageConfig, device: &Path) -> Vec<PlannedStep> {
                 header.display()
             ),
             actions: vec![
-                Action::CreateFile(header.clone()),
+                Action::CreateFile {
+                    path: header.clone(),
+                    len: LUKS2_HEADER_FILE_BYTES,
+                },
                 Action::Run {
                     cmd: format,
                     input: Input::Key,
@@ -196,7 +216,10 @@ pub fn setup_plan(cfg: &StorageConfig, device: &Path) -> Vec<PlannedStep> {
     if cfg.integrity {
         plan.push(PlannedStep {
             step: Step::Prewrite,
-            summary: format!("pre-wrote the blocks mkfs.ext4 reads on {}", mapping.display()),
+            summary: format!(
+                "pre-wrote the blocks mkfs.ext4 reads on {}",
+                mapping.display()
+            ),
             actions: vec![Action::Prewrite {
                 device: mapping.clone(),
                 dry_run: CommandSpec::new(&cfg.mkfs).args(mkfs_args(cfg, &mapping, true)),
@@ -262,8 +285,14 @@ pub fn parse_mkfs_dry_run(out: &str) -> Result<MkfsLayout, String> {
             if t.is_empty() || !t.starts_with(|c: char| c.is_ascii_digit()) {
                 in_backups = false;
             } else {
-                for tok in t.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
-                    backups.push(tok.parse::<u64>().map_err(|_| format!("bad backup block {tok:?}"))?);
+                for tok in t
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|s| !s.is_empty())
+                {
+                    backups.push(
+                        tok.parse::<u64>()
+                            .map_err(|_| format!("bad backup block {tok:?}"))?,
+                    );
                 }
                 continue;
             }
@@ -278,39 +307,69 @@ pub fn parse_mkfs_dry_run(out: &str) -> Result<MkfsLayout, String> {
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(|| format!("cannot read the block size from {line:?}"))?;
             block_size = Some(kib * 1024);
-        } else if let Some(rest) = line.trim().strip_prefix("Superblock backups stored on blocks:") {
+        } else if let Some(rest) = line
+            .trim()
+            .strip_prefix("Superblock backups stored on blocks:")
+        {
             in_backups = true;
-            for tok in rest.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
-                backups.push(tok.parse::<u64>().map_err(|_| format!("bad backup block {tok:?}"))?);
+            for tok in rest
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|s| !s.is_empty())
+            {
+                backups.push(
+                    tok.parse::<u64>()
+                        .map_err(|_| format!("bad backup block {tok:?}"))?,
+                );
             }
         }
     }
-    let block_size = block_size.ok_or_else(|| "no \"Creating filesystem with\" line".to_string())?;
+    let block_size =
+        block_size.ok_or_else(|| "no \"Creating filesystem with\" line".to_string())?;
     Ok(MkfsLayout {
         block_size,
         backup_blocks: backups,
     })
 }
 
-/// The ranges to zero on a mapping of `size` bytes: the first and last
-/// [`PREWRITE_EDGE_BYTES`] and every superblock backup block, all aligned to whole
-/// 4096-byte sectors (so the writes never read), merged and clamped to the device.
-pub fn prewrite_ranges(size: u64, layout: &MkfsLayout) -> Vec<ByteRange> {
-    let align_down = |x: u64| x / SECTOR_BYTES * SECTOR_BYTES;
-    let align_up = |x: u64| x.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
-    let size = align_down(size);
-    let mut ranges = vec![
-        ByteRange { start: 0, len: PREWRITE_EDGE_BYTES.min(size) },
-        ByteRange {
-            start: size.saturating_sub(PREWRITE_EDGE_BYTES),
-            len: PREWRITE_EDGE_BYTES.min(size),
-        },
-    ];
-    for &b in &layout.backup_blocks {
-        let start = align_down(b.saturating_mul(layout.block_size));
-        let end = align_up(start + layout.block_size.max(SECTOR_BYTES));
-        ranges.push(ByteRange { start, len: end - start });
-    }
+/// The first and last [`PREWRITE_EDGE_BYTES`] of a mapping of `size` bytes (where
+/// mke2fs and blkid probe), aligned to whole 4096-byte sectors so the writes never
+/// read, merged and clamped to the device.
+pub fn edge_ranges(size: u64) -> Vec<ByteRange> {
+    let size = size / SECTOR_BYTES * SECTOR_BYTES;
+    let len = PREWRITE_EDGE_BYTES.min(size);
+    merge_ranges(
+        size,
+        vec![
+            ByteRange { start: 0, len },
+            ByteRange {
+                start: size - len,
+                len,
+            },
+        ],
+    )
+}
+
+/// The superblock backup blocks of `layout`, as whole 4096-byte sectors, merged and
+/// clamped to a mapping of `size` bytes.
+pub fn backup_ranges(size: u64, layout: &MkfsLayout) -> Vec<ByteRange> {
+    let ranges = layout
+        .backup_blocks
+        .iter()
+        .map(|&b| {
+            let start = b.saturating_mul(layout.block_size) / SECTOR_BYTES * SECTOR_BYTES;
+            let end =
+                (start + layout.block_size.max(SECTOR_BYTES)).div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+            ByteRange {
+                start,
+                len: end - start,
+            }
+        })
+        .collect();
+    merge_ranges(size, ranges)
+}
+
+fn merge_ranges(size: u64, mut ranges: Vec<ByteRange>) -> Vec<ByteRange> {
+    let size = size / SECTOR_BYTES * SECTOR_BYTES;
     ranges.retain(|r| r.len > 0 && r.start < size);
     for r in &mut ranges {
         r.len = r.len.min(size - r.start);
@@ -368,17 +427,29 @@ fn tidy(s: &str) -> String {
 
 /// Runs a command; a failure to start or a non-zero exit is an error naming the step,
 /// the command and its stderr.
-pub fn run_checked(env: Env<'_>, step: Step, cmd: &CommandSpec, stdin: Option<&[u8]>) -> Result<CommandOutput, StorageError> {
+pub fn run_checked(
+    env: Env<'_>,
+    step: Step,
+    cmd: &CommandSpec,
+    stdin: Option<&[u8]>,
+) -> Result<CommandOutput, StorageError> {
     tracing::debug!(step = %step, command = %cmd, "running");
-    let out = env.runner.run(cmd, stdin).map_err(|source| StorageError::Spawn {
-        step,
-        command: cmd.to_string(),
-        source,
-    })?;
+    let out = env
+        .runner
+        .run(cmd, stdin)
+        .map_err(|source| StorageError::Spawn {
+            step,
+            command: cmd.to_string(),
+            source,
+        })?;
     if out.success() {
         Ok(out)
     } else {
-        let stderr = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
+        let stderr = if out.stderr.trim().is_empty() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
         Err(StorageError::Command {
             step,
             command: cmd.to_string(),
@@ -389,16 +460,22 @@ pub fn run_checked(env: Env<'_>, step: Step, cmd: &CommandSpec, stdin: Option<&[
 }
 
 /// Carries out one action of `step`. `key` is the passphrase while it exists.
-pub fn execute_action(env: Env<'_>, step: Step, action: &Action, key: Option<&[u8]>) -> Result<(), StorageError> {
+pub fn execute_action(
+    env: Env<'_>,
+    step: Step,
+    action: &Action,
+    key: Option<&[u8]>,
+) -> Result<(), StorageError> {
     match action {
-        Action::CreateFile(path) => {
-            OpenOptions::new()
+        Action::CreateFile { path, len } => {
+            let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| StorageError::io(step, "cannot create", path, e))?;
-            Ok(())
+            f.set_len(*len)
+                .map_err(|e| StorageError::io(step, "cannot size", path, e))
         }
         Action::CreateDir(path) => fs::DirBuilder::new()
             .recursive(true)
@@ -416,25 +493,37 @@ pub fn execute_action(env: Env<'_>, step: Step, action: &Action, key: Option<&[u
             run_checked(env, step, cmd, stdin).map(|_| ())
         }
         Action::Prewrite { device, dry_run } => {
-            let out = run_checked(env, step, dry_run, None)?;
-            let layout = parse_mkfs_dry_run(&out.stdout).map_err(|m| StorageError::Other {
-                step,
-                message: format!("cannot read the layout from `{dry_run}`: {m}; output: {}", tidy(&out.stdout)),
-            })?;
             let size = env
                 .host
                 .block_device_size(device)
                 .map_err(|e| StorageError::io(step, "cannot get the size of", device, e))?;
-            let ranges = prewrite_ranges(size, &layout);
-            env.host
-                .write_zeros(device, &ranges)
-                .map_err(|e| StorageError::io(step, "cannot write zeros to", device, e))
+            let zero = |ranges: &[ByteRange]| {
+                env.host
+                    .write_zeros(device, ranges)
+                    .map_err(|e| StorageError::io(step, "cannot write zeros to", device, e))
+            };
+            // The edges first, so that even the dry run's probing reads written blocks.
+            zero(&edge_ranges(size))?;
+            let out = run_checked(env, step, dry_run, None)?;
+            let layout = parse_mkfs_dry_run(&out.stdout).map_err(|m| StorageError::Other {
+                step,
+                message: format!(
+                    "cannot read the layout from `{dry_run}`: {m}; output: {}",
+                    tidy(&out.stdout)
+                ),
+            })?;
+            zero(&backup_ranges(size, &layout))
         }
     }
 }
 
 /// Takes back one thing, if it is there, and says what happened in `report`.
-pub fn execute_undo(env: Env<'_>, cfg: &StorageConfig, undo: &Undo, report: &mut Report) -> Result<(), StorageError> {
+pub fn execute_undo(
+    env: Env<'_>,
+    cfg: &StorageConfig,
+    undo: &Undo,
+    report: &mut Report,
+) -> Result<(), StorageError> {
     let t = Instant::now();
     match undo {
         Undo::Unmount(mp) => {
@@ -444,13 +533,23 @@ pub fn execute_undo(env: Env<'_>, cfg: &StorageConfig, undo: &Undo, report: &mut
                 .is_mounted(mp)
                 .map_err(|e| StorageError::io(step, "cannot check mounts for", mp, e))?;
             if !mounted {
-                report.push(step, false, format!("nothing mounted at {}", mp.display()), t.elapsed());
+                report.push(
+                    step,
+                    false,
+                    format!("nothing mounted at {}", mp.display()),
+                    t.elapsed(),
+                );
                 return Ok(());
             }
             let umount = CommandSpec::new(&cfg.umount).arg_path(mp);
             match run_checked(env, step, &umount, None) {
                 Ok(_) => {
-                    report.push(step, true, format!("unmounted {}", mp.display()), t.elapsed());
+                    report.push(
+                        step,
+                        true,
+                        format!("unmounted {}", mp.display()),
+                        t.elapsed(),
+                    );
                     Ok(())
                 }
                 Err(first) => {
@@ -460,7 +559,10 @@ pub fn execute_undo(env: Env<'_>, cfg: &StorageConfig, undo: &Undo, report: &mut
                     report.push(
                         step,
                         true,
-                        format!("lazily unmounted {} (a plain unmount failed: {first})", mp.display()),
+                        format!(
+                            "lazily unmounted {} (a plain unmount failed: {first})",
+                            mp.display()
+                        ),
                         t.elapsed(),
                     );
                     Ok(())
@@ -477,7 +579,9 @@ pub fn execute_undo(env: Env<'_>, cfg: &StorageConfig, undo: &Undo, report: &mut
                 report.push(step, false, format!("no mapping {name}"), t.elapsed());
                 return Ok(());
             }
-            let close = CommandSpec::new(&cfg.cryptsetup).arg("close").arg(name.clone());
+            let close = CommandSpec::new(&cfg.cryptsetup)
+                .arg("close")
+                .arg(name.clone());
             match run_checked(env, step, &close, None) {
                 Ok(_) => {
                     report.push(
@@ -508,14 +612,22 @@ pub fn execute_undo(env: Env<'_>, cfg: &StorageConfig, undo: &Undo, report: &mut
             let step = Step::DestroyHeader;
             match destroy_file(path) {
                 Ok(None) => {
-                    report.push(step, false, format!("no header at {}", path.display()), t.elapsed());
+                    report.push(
+                        step,
+                        false,
+                        format!("no header at {}", path.display()),
+                        t.elapsed(),
+                    );
                     Ok(())
                 }
                 Ok(Some(n)) => {
                     report.push(
                         step,
                         true,
-                        format!("overwrote ({n} bytes) and deleted the header {}", path.display()),
+                        format!(
+                            "overwrote ({n} bytes) and deleted the header {}",
+                            path.display()
+                        ),
                         t.elapsed(),
                     );
                     Ok(())
@@ -572,34 +684,67 @@ mod tests {
         let l = parse_mkfs_dry_run(DRY_RUN).expect("parses");
         assert_eq!(l.block_size, 4096);
         assert_eq!(l.backup_blocks, vec![32768, 98304, 163840, 229376]);
-        let tiny = parse_mkfs_dry_run("Creating filesystem with 1024 4k blocks and 1024 inodes\n\n")
-            .expect("no backups");
+        let tiny =
+            parse_mkfs_dry_run("Creating filesystem with 1024 4k blocks and 1024 inodes\n\n")
+                .expect("no backups");
         assert!(tiny.backup_blocks.is_empty());
         assert!(parse_mkfs_dry_run("mke2fs: bad\n").is_err());
         assert!(parse_mkfs_dry_run("Creating filesystem with 12 bogus blocks\n").is_err());
     }
 
     #[test]
-    fn prewrite_covers_edges_and_backups_merged() {
+    fn prewrite_covers_edges_and_backups() {
         let l = MkfsLayout {
             block_size: 4096,
-            backup_blocks: vec![32768, 98304],
+            backup_blocks: vec![32768, 98304, 1 << 40],
         };
         let size = 1u64 << 30;
-        let r = prewrite_ranges(size, &l);
         assert_eq!(
-            r,
+            edge_ranges(size),
             vec![
-                ByteRange { start: 0, len: 1 << 20 },
-                ByteRange { start: 32768 * 4096, len: 4096 },
-                ByteRange { start: 98304 * 4096, len: 4096 },
-                ByteRange { start: size - (1 << 20), len: 1 << 20 },
+                ByteRange {
+                    start: 0,
+                    len: 1 << 20
+                },
+                ByteRange {
+                    start: size - (1 << 20),
+                    len: 1 << 20
+                },
             ]
         );
-        // A small device: head and tail overlap and merge; out-of-range backups drop.
-        let r = prewrite_ranges(1_500_000, &MkfsLayout { block_size: 4096, backup_blocks: vec![100, 99999] });
-        assert_eq!(r, vec![ByteRange { start: 0, len: 1_499_136 }]);
-        assert!(r.iter().all(|x| x.start % 4096 == 0 && x.len % 4096 == 0));
+        assert_eq!(
+            backup_ranges(size, &l),
+            vec![
+                ByteRange {
+                    start: 32768 * 4096,
+                    len: 4096
+                },
+                ByteRange {
+                    start: 98304 * 4096,
+                    len: 4096
+                },
+            ]
+        );
+        // A small device: head and tail overlap and merge, down to whole sectors.
+        assert_eq!(
+            edge_ranges(1_500_000),
+            vec![ByteRange {
+                start: 0,
+                len: 1_499_136
+            }]
+        );
+        // 1 KiB blocks: the backup at block 8193 lies in the sector starting at 8192 KiB.
+        let k = MkfsLayout {
+            block_size: 1024,
+            backup_blocks: vec![8193],
+        };
+        assert_eq!(
+            backup_ranges(size, &k),
+            vec![ByteRange {
+                start: 8192 * 1024,
+                len: 4096
+            }]
+        );
     }
 
     #[test]
@@ -608,14 +753,39 @@ mod tests {
         let dev = Path::new("/dev/mapper/x");
         assert_eq!(
             mkfs_args(&cfg, dev, false),
-            ["-t", "ext4", "-F", "-b", "4096", "-q", "-E", "nodiscard", "/dev/mapper/x"]
+            [
+                "-t",
+                "ext4",
+                "-F",
+                "-b",
+                "4096",
+                "-q",
+                "-E",
+                "nodiscard",
+                "/dev/mapper/x"
+            ]
         );
-        cfg.mkfs_options = vec!["-m".into(), "0".into(), "-E".into(), "lazy_itable_init=0".into(), "-Eroot_owner=0:0".into()];
+        cfg.mkfs_options = vec![
+            "-m".into(),
+            "0".into(),
+            "-E".into(),
+            "lazy_itable_init=0".into(),
+            "-Eroot_owner=0:0".into(),
+        ];
         assert_eq!(
             mkfs_args(&cfg, dev, true),
             [
-                "-t", "ext4", "-F", "-b", "4096", "-n", "-m", "0", "-E",
-                "lazy_itable_init=0,root_owner=0:0,nodiscard", "/dev/mapper/x"
+                "-t",
+                "ext4",
+                "-F",
+                "-b",
+                "4096",
+                "-n",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=0,root_owner=0:0,nodiscard",
+                "/dev/mapper/x"
             ]
         );
     }
@@ -628,9 +798,24 @@ mod tests {
         };
         let plan = setup_plan(&cfg, Path::new("/dev/vdb"));
         let steps: Vec<Step> = plan.iter().map(|p| p.step).collect();
-        assert_eq!(steps, [Step::Format, Step::Open, Step::Prewrite, Step::Mkfs, Step::Mount]);
-        let no_int = StorageConfig { integrity: false, ..cfg.clone() };
-        let steps: Vec<Step> = setup_plan(&no_int, Path::new("/dev/vdb")).iter().map(|p| p.step).collect();
+        assert_eq!(
+            steps,
+            [
+                Step::Format,
+                Step::Open,
+                Step::Prewrite,
+                Step::Mkfs,
+                Step::Mount
+            ]
+        );
+        let no_int = StorageConfig {
+            integrity: false,
+            ..cfg.clone()
+        };
+        let steps: Vec<Step> = setup_plan(&no_int, Path::new("/dev/vdb"))
+            .iter()
+            .map(|p| p.step)
+            .collect();
         assert_eq!(steps, [Step::Format, Step::Open, Step::Mkfs, Step::Mount]);
         for p in &plan {
             for a in &p.actions {
@@ -638,7 +823,11 @@ mod tests {
                     let uses_key = cmd.args.iter().any(|x| x == "--key-file");
                     assert_eq!(uses_key, *input == Input::Key, "{cmd}");
                     if uses_key {
-                        let i = cmd.args.iter().position(|x| x == "--key-file").expect("flag");
+                        let i = cmd
+                            .args
+                            .iter()
+                            .position(|x| x == "--key-file")
+                            .expect("flag");
                         assert_eq!(cmd.args[i + 1], "-", "key only on stdin: {cmd}");
                     }
                 }

@@ -71,7 +71,8 @@ impl fmt::Display for CommandSpec {
 fn quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+' | '^')
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+' | '^')
         });
     if plain {
         s.to_string()
@@ -202,7 +203,10 @@ mod tests {
         assert_eq!(out.stdout.as_bytes(), b"secret\0bytes");
 
         let out = SystemRunner
-            .run(&CommandSpec::new("sh").args(["-c", "echo $1 >&2; exit 3", "x", "a;b"]), None)
+            .run(
+                &CommandSpec::new("sh").args(["-c", "echo $1 >&2; exit 3", "x", "a;b"]),
+                None,
+            )
             .expect("sh runs");
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stderr, "a;b\n");

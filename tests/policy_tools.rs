@@ -1,0 +1,525 @@
+//! `agent-warden policy ...`: the built binary run on the shipped policies and on
+//! the sample inputs in testdata/.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(ROOT)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run agent-warden")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The names after `<label> (N): ` on the line starting with `label`.
+fn listed(out: &str, label: &str) -> Vec<String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no `{label}` line in:\n{out}"));
+    let (head, names) = line.split_once("): ").unwrap();
+    let n: usize = head.rsplit('(').next().unwrap().parse().unwrap();
+    let names: Vec<String> = if names == "none" {
+        Vec::new()
+    } else {
+        names.split(", ").map(String::from).collect()
+    };
+    assert_eq!(names.len(), n, "{line}");
+    names
+}
+
+fn all_request_types() -> Vec<String> {
+    agent_warden::methods::table()
+        .policy_request_types()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["policy", "eval"];
+    full.extend_from_slice(args);
+    let o = run(&full);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", stdout(&o)))
+}
+
+#[test]
+fn check_lists_defined_and_undefined_request_types_of_each_shipped_policy() {
+    for policy in [
+        "policies/allow-all.rego",
+        "policies/coco-default.rego",
+        "policies/exec-allowlist.rego",
+    ] {
+        for rego in ["v0", "v1"] {
+            let o = run(&["policy", "check", policy, "--rego", rego]);
+            let out = stdout(&o);
+            assert_eq!(o.status.code(), Some(0), "{policy} {rego}: {}", stderr(&o));
+            assert!(
+                out.starts_with(&format!(
+                    "{policy}: ok (Rego {rego}, package agent_policy, sha256 "
+                )),
+                "{out}"
+            );
+            assert_eq!(listed(&out, "defined"), all_request_types(), "{policy}");
+            assert_eq!(
+                listed(&out, "undefined, always denied"),
+                Vec::<String>::new(),
+                "{policy}"
+            );
+            assert!(!out.contains("never queried"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn check_lists_what_a_partial_policy_leaves_undefined() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("partial.rego");
+    std::fs::write(
+        &p,
+        "package agent_policy\nimport rego.v1\ndefault CreateContainerRequest := true\n\
+         ExecProcessRequest if input.container_id == \"x\"\nStartContainerRequests := true\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "check", p.to_str().unwrap()]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        listed(&out, "defined"),
+        vec!["CreateContainerRequest", "ExecProcessRequest"]
+    );
+    let undefined = listed(&out, "undefined, always denied");
+    let mut expected = all_request_types();
+    expected.retain(|t| t != "CreateContainerRequest" && t != "ExecProcessRequest");
+    assert_eq!(undefined, expected);
+    assert_eq!(
+        listed(&out, "not request types, never queried"),
+        vec!["StartContainerRequests"]
+    );
+}
+
+#[test]
+fn check_fails_clearly_on_a_policy_that_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("broken.rego");
+    std::fs::write(&p, "package agent_policy\nCreateContainerRequest { true \n").unwrap();
+    let o = run(&["policy", "check", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("failed to parse as Rego v0"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Parses only as v0: the error says so.
+    std::fs::write(
+        &p,
+        "package agent_policy\nCreateContainerRequest { true }\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "check", "--rego", "v1", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("it does parse as Rego v0"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["policy", "check", "no/such/policy.rego"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read policy no/such/policy.rego"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `(passed, failed)` from the summary line.
+fn summary(out: &str) -> (usize, usize) {
+    let line = out.lines().last().unwrap_or_default();
+    let (p, rest) = line
+        .split_once(" passed, ")
+        .unwrap_or_else(|| panic!("no summary in:\n{out}"));
+    let f = rest.split(' ').next().unwrap();
+    (p.parse().unwrap(), f.parse().unwrap())
+}
+
+#[test]
+fn test_runs_the_shipped_policy_tests() {
+    for rego in ["v0", "v1"] {
+        let o = run(&["policy", "test", "--rego", rego, "policies/"]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+        let (passed, failed) = summary(&out);
+        assert!(passed > 0 && failed == 0, "{out}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("PASS ")).count(),
+            passed,
+            "{out}"
+        );
+        assert!(!out.contains("FAIL"), "{out}");
+        for file in [
+            "allow-all_test.rego",
+            "coco-default_test.rego",
+            "exec-allowlist_test.rego",
+        ] {
+            assert!(
+                out.contains(&format!(
+                    "PASS agent_policy.test_lifecycle_allowed (policies/{file})"
+                )),
+                "{out}"
+            );
+        }
+    }
+    // A single test file works too.
+    let o = run(&["policy", "test", "policies/coco-default_test.rego"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("PASS agent_policy.test_copy_file_dot_dot_escapes_denied"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn test_reports_a_failing_test_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(ROOT).join("policies/coco-default.rego"),
+        dir.path().join("mine.rego"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("mine_test.rego"),
+        r#"package agent_policy
+import rego.v1
+test_create_allowed if CreateContainerRequest with input as {"container_id": "c1"}
+test_exec_allowed if ExecProcessRequest with input as {"container_id": "c1", "process": {"Args": ["sh"]}}
+test_not_bool := 3
+"#,
+    )
+    .unwrap();
+    let o = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(summary(&out), (1, 2), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("PASS agent_policy.test_create_allowed (")),
+        "{out}"
+    );
+    let fail = out
+        .lines()
+        .find(|l| l.starts_with("FAIL agent_policy.test_exec_allowed ("))
+        .expect(&out);
+    assert!(
+        fail.ends_with(
+            "mine_test.rego): undefined (an expression in its body is false or undefined)"
+        ),
+        "{fail}"
+    );
+    // What the policy printed while the test ran is shown under it.
+    assert!(
+        out.contains("    print: ") && out.contains("exec into container c1 is not allowed: sh"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL agent_policy.test_not_bool") && out.contains("value 3"),
+        "{out}"
+    );
+}
+
+#[test]
+fn test_with_no_tests_or_an_unloadable_file_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package agent_policy\nimport rego.v1\nx := 1\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("0 passed, 0 failed"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("no tests found"), "{}", stderr(&o));
+
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package agent_policy\nimport rego.v1\ntest_x if {\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("ERROR ") && l.contains("p_test.rego")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("0 passed, 0 failed, 1 test files not loaded"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn eval_allows_and_denies_with_reason() {
+    let v = eval_json(&[
+        "--type",
+        "CreateContainerRequest",
+        "--input",
+        "testdata/create-container.json",
+    ]);
+    assert_eq!(v["policy"], "embedded coco-default.rego");
+    assert_eq!(
+        (v["decision"].as_str(), v["allowed"].as_bool()),
+        (Some("allow"), Some(true)),
+        "{v}"
+    );
+    assert_eq!(v["reason"], serde_json::Value::Null);
+    assert_eq!(v["value"], true);
+
+    let v = eval_json(&[
+        "--type",
+        "ExecProcessRequest",
+        "--input",
+        "testdata/exec-ls-debug.json",
+    ]);
+    assert_eq!(
+        (v["decision"].as_str(), v["allowed"].as_bool()),
+        (Some("deny"), Some(false)),
+        "{v}"
+    );
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exec into container debug-1 is not allowed"),
+        "{v}"
+    );
+    assert_eq!(v["prints"].as_array().unwrap().len(), 1, "{v}");
+
+    let v = eval_json(&[
+        "--type",
+        "CopyFileRequest",
+        "--input",
+        "testdata/copy-file-escape.json",
+    ]);
+    assert_eq!(v["decision"], "deny", "{v}");
+    let v = eval_json(&[
+        "--type",
+        "CopyFileRequest",
+        "--input",
+        "testdata/copy-file-ok.json",
+    ]);
+    assert_eq!(v["decision"], "allow", "{v}");
+
+    let allowlist = ["--policy", "policies/exec-allowlist.rego"];
+    let v = eval_json(
+        &[
+            &[
+                "--type",
+                "ExecProcessRequest",
+                "--input",
+                "testdata/exec-ls-debug.json",
+            ][..],
+            &allowlist,
+        ]
+        .concat(),
+    );
+    assert_eq!(v["decision"], "allow", "{v}");
+    assert_eq!(v["policy"], "policies/exec-allowlist.rego");
+    let v = eval_json(
+        &[
+            &[
+                "--type",
+                "ExecProcessRequest",
+                "--input",
+                "testdata/exec-shell.json",
+            ][..],
+            &allowlist,
+        ]
+        .concat(),
+    );
+    assert_eq!(v["decision"], "deny", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not in allowed_exec"),
+        "{v}"
+    );
+
+    // A container recorded in the policy state (--data) is known.
+    let exec_c1 = [
+        "--type",
+        "ExecProcessRequest",
+        "--input",
+        "testdata/exec-ls-c1.json",
+    ];
+    let v = eval_json(&[&exec_c1[..], &allowlist].concat());
+    assert_eq!(v["decision"], "deny", "{v}");
+    let v = eval_json(
+        &[
+            &exec_c1[..],
+            &allowlist,
+            &["--data", "testdata/pstate.json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(v["decision"], "allow", "{v}");
+
+    // CreateContainer asks to record the container.
+    let v = eval_json(
+        &[
+            &[
+                "--type",
+                "CreateContainerRequest",
+                "--input",
+                "testdata/create-container.json",
+            ][..],
+            &allowlist,
+        ]
+        .concat(),
+    );
+    assert_eq!(v["decision"], "allow", "{v}");
+    assert_eq!(
+        v["ops"],
+        serde_json::json!([{"op": "add", "path": "/pstate/containers", "value": {"c1": true}}])
+    );
+}
+
+#[test]
+fn eval_refuses_unknown_types_and_bad_files() {
+    let o = run(&[
+        "policy",
+        "eval",
+        "--type",
+        "CreateContainer",
+        "--input",
+        "testdata/create-container.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown request type \"CreateContainer\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "policy",
+        "eval",
+        "--type",
+        "CreateContainerRequest",
+        "--input",
+        "testdata/capture.jsonl",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is not valid JSON"), "{}", stderr(&o));
+    let o = run(&[
+        "policy",
+        "eval",
+        "--type",
+        "ExecProcessRequest",
+        "--input",
+        "testdata/exec-ls-c1.json",
+        "--data",
+        "testdata/create-container.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("may only have a \"pstate\" key"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn replay_reports_each_line_and_a_summary() {
+    let o = run(&[
+        "policy",
+        "replay",
+        "testdata/capture.jsonl",
+        "--policy",
+        "policies/exec-allowlist.rego",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.starts_with("policy: policies/exec-allowlist.rego (sha256 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 2: CreateContainerRequest: allow (state: 1 operation applied)\n"),
+        "{out}"
+    );
+    // Exec into c1 is allowed because line 2 recorded it.
+    assert!(out.contains("line 4: ExecProcessRequest: allow\n"), "{out}");
+    assert!(out.contains("line 5: ExecProcessRequest: deny: "), "{out}");
+    assert!(!out.contains("line 6:"), "blank lines are skipped: {out}");
+    assert!(out.contains("line 9: CopyFileRequest: deny: "), "{out}");
+    assert!(
+        out.ends_with("11 requests: 8 allowed, 3 denied, 0 errors; 0 malformed lines\n"),
+        "{out}"
+    );
+
+    let o = run(&["policy", "replay", "testdata/capture.jsonl"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("line 4: ExecProcessRequest: deny: "),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).ends_with("11 requests: 6 allowed, 5 denied, 0 errors; 0 malformed lines\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn replay_exits_non_zero_on_malformed_lines() {
+    let o = run(&["policy", "replay", "testdata/capture-malformed.jsonl"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("line 2: malformed: unknown request type"),
+        "{out}"
+    );
+    assert!(out.contains("line 3: malformed: not JSON"), "{out}");
+    assert!(
+        out.contains("line 4: malformed: not a capture record"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("2 requests: 1 allowed, 1 denied, 0 errors; 3 malformed lines\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn hash_prints_the_sha256_of_the_file() {
+    let o = run(&["policy", "hash", "policies/coco-default.rego"]);
+    assert_eq!(o.status.code(), Some(0));
+    let bytes = std::fs::read(Path::new(ROOT).join("policies/coco-default.rego")).unwrap();
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n", agent_warden::policy::sha256_hex(&bytes))
+    );
+}
