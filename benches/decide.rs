@@ -17,8 +17,10 @@ fn scenario_inputs(dir: &Path) -> Vec<(String, Value)> {
         .filter_map(|l| {
             let rest = l.trim().strip_prefix("[\"ep\":\"")?;
             let (ty, rest) = rest.split_once("\",")?;
-            let json: Value = serde_json::from_str(rest.trim_end_matches(',').strip_suffix(']')?).ok()?;
-            (ty != "AllowRequestsFailingPolicy" && seen.insert(ty.to_string())).then(|| (ty.to_string(), json))
+            let json: Value =
+                serde_json::from_str(rest.trim_end_matches(',').strip_suffix(']')?).ok()?;
+            (ty != "AllowRequestsFailingPolicy" && seen.insert(ty.to_string()))
+                .then(|| (ty.to_string(), json))
         })
         .collect()
 }
@@ -29,7 +31,11 @@ fn bench(c: &mut Criterion) {
         eprintln!("decide: no peer data at {}", root.display());
         return;
     };
-    let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     let mut g = c.benchmark_group("decide");
     for dir in dirs {
@@ -46,11 +52,22 @@ fn bench(c: &mut Criterion) {
             max_lines: std::num::NonZeroUsize::new(1 << 22).unwrap(),
         });
         kata.add_policy("policy.rego".into(), text.clone()).unwrap();
-        let shape = if text.contains("stdin_port") { InputShape::LegacyStreamPorts } else { InputShape::Legacy };
+        let shape = if text.contains("stdin_port") {
+            InputShape::LegacyStreamPorts
+        } else {
+            InputShape::Legacy
+        };
         for (ty, input) in scenario_inputs(&dir) {
             let desc = methods::table().request_descriptor(&ty).unwrap().clone();
-            let shape = if input.get("stdin_port").is_some() { InputShape::LegacyStreamPorts } else { shape };
-            let bytes = codec::from_policy_input(&desc, &input, shape).unwrap().write_to_bytes_dyn().unwrap();
+            let shape = if input.get("stdin_port").is_some() {
+                InputShape::LegacyStreamPorts
+            } else {
+                shape
+            };
+            let bytes = codec::from_policy_input(&desc, &input, shape)
+                .unwrap()
+                .write_to_bytes_dyn()
+                .unwrap();
             g.bench_function(format!("{name}/{ty}/agent-warden"), |b| {
                 b.iter(|| {
                     let msg = codec::decode_request(&desc, &bytes).unwrap();

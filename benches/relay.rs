@@ -13,22 +13,46 @@ use agent_warden::server::{self, ALLOW_ALL_POLICY};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent_sock = dir.path().join("agent.sock");
     let warden_sock = dir.path().join("warden.sock");
     let (direct, proxied, _server) = rt.block_on(async {
-        let server = start_demo_agent(&agent_sock, Arc::new(DemoAgent::default())).await.unwrap();
+        let server = start_demo_agent(&agent_sock, Arc::new(DemoAgent::default()))
+            .await
+            .unwrap();
         let policy = Policy::load("allow-all.rego", ALLOW_ALL_POLICY, RegoVersion::V0).unwrap();
         let guard = Arc::new(Guard::new(policy, InputShape::Current));
-        let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await.unwrap();
-        tokio::spawn(server::run(listener, Address::Unix(agent_sock.clone()), guard, std::future::pending()));
+        let listener = Listener::bind(&Address::Unix(warden_sock.clone()))
+            .await
+            .unwrap();
+        tokio::spawn(server::run(
+            listener,
+            Address::Unix(agent_sock.clone()),
+            guard,
+            std::future::pending(),
+        ));
         let connect = |p: &std::path::Path| format!("unix://{}", p.display());
-        let direct = agent_ttrpc::AgentServiceClient::new(ttrpc::r#async::Client::connect(&connect(&agent_sock)).await.unwrap());
-        let proxied = agent_ttrpc::AgentServiceClient::new(ttrpc::r#async::Client::connect(&connect(&warden_sock)).await.unwrap());
+        let direct = agent_ttrpc::AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&connect(&agent_sock))
+                .await
+                .unwrap(),
+        );
+        let proxied = agent_ttrpc::AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&connect(&warden_sock))
+                .await
+                .unwrap(),
+        );
         (direct, proxied, server)
     });
-    let req = agent::StartContainerRequest { container_id: "c1".into(), ..Default::default() };
+    let req = agent::StartContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
     let ctx = || ttrpc::context::with_timeout(0);
     let mut g = c.benchmark_group("relay");
     for (name, client) in [("direct", &direct), ("agent-warden", &proxied)] {

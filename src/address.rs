@@ -26,17 +26,23 @@ impl FromStr for Address {
             return Ok(Address::Unix(PathBuf::from(path)));
         }
         if let Some(rest) = s.strip_prefix("vsock://") {
-            let (cid, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{s:?}: a vsock address is vsock://CID:PORT, e.g. vsock://-1:1024"))?;
+            let (cid, port) = rest.rsplit_once(':').ok_or_else(|| {
+                format!("{s:?}: a vsock address is vsock://CID:PORT, e.g. vsock://-1:1024")
+            })?;
             let cid = match cid {
                 "-1" => u32::MAX,
-                c => c.parse::<u32>().map_err(|e| format!("{s:?}: bad vsock CID {c:?}: {e}"))?,
+                c => c
+                    .parse::<u32>()
+                    .map_err(|e| format!("{s:?}: bad vsock CID {c:?}: {e}"))?,
             };
-            let port = port.parse::<u32>().map_err(|e| format!("{s:?}: bad vsock port {port:?}: {e}"))?;
+            let port = port
+                .parse::<u32>()
+                .map_err(|e| format!("{s:?}: bad vsock port {port:?}: {e}"))?;
             return Ok(Address::Vsock { cid, port });
         }
-        Err(format!("{s:?}: unsupported address; use vsock://CID:PORT or unix:///path"))
+        Err(format!(
+            "{s:?}: unsupported address; use vsock://CID:PORT or unix:///path"
+        ))
     }
 }
 
@@ -44,7 +50,10 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Unix(p) => write!(f, "unix://{}", p.display()),
-            Address::Vsock { cid: u32::MAX, port } => write!(f, "vsock://-1:{port}"),
+            Address::Vsock {
+                cid: u32::MAX,
+                port,
+            } => write!(f, "vsock://-1:{port}"),
             Address::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
         }
     }
@@ -82,9 +91,9 @@ impl Listener {
                 }
                 Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
             }
-            Address::Vsock { cid, port } => {
-                Ok(Listener::Vsock(tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(*cid, *port))?))
-            }
+            Address::Vsock { cid, port } => Ok(Listener::Vsock(tokio_vsock::VsockListener::bind(
+                tokio_vsock::VsockAddr::new(*cid, *port),
+            )?)),
         }
     }
 
@@ -94,12 +103,20 @@ impl Listener {
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
                 let (r, w) = s.into_split();
-                Ok(Conn { read: Box::new(r), write: Box::new(w), peer: "unix".into() })
+                Ok(Conn {
+                    read: Box::new(r),
+                    write: Box::new(w),
+                    peer: "unix".into(),
+                })
             }
             Listener::Vsock(l) => {
                 let (s, a) = l.accept().await?;
                 let (r, w) = s.into_split();
-                Ok(Conn { read: Box::new(r), write: Box::new(w), peer: format!("vsock:{}:{}", a.cid(), a.port()) })
+                Ok(Conn {
+                    read: Box::new(r),
+                    write: Box::new(w),
+                    peer: format!("vsock:{}:{}", a.cid(), a.port()),
+                })
             }
         }
     }
@@ -111,12 +128,21 @@ pub async fn connect(addr: &Address) -> std::io::Result<Conn> {
         Address::Unix(path) => {
             let s = tokio::net::UnixStream::connect(path).await?;
             let (r, w) = s.into_split();
-            Ok(Conn { read: Box::new(r), write: Box::new(w), peer: addr.to_string() })
+            Ok(Conn {
+                read: Box::new(r),
+                write: Box::new(w),
+                peer: addr.to_string(),
+            })
         }
         Address::Vsock { cid, port } => {
-            let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?;
+            let s =
+                tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?;
             let (r, w) = s.into_split();
-            Ok(Conn { read: Box::new(r), write: Box::new(w), peer: addr.to_string() })
+            Ok(Conn {
+                read: Box::new(r),
+                write: Box::new(w),
+                peer: addr.to_string(),
+            })
         }
     }
 }
@@ -127,18 +153,36 @@ mod tests {
 
     #[test]
     fn parses_kata_addresses() {
-        assert_eq!("vsock://-1:1024".parse::<Address>().unwrap(), Address::Vsock { cid: u32::MAX, port: 1024 });
-        assert_eq!("vsock://3:1024".parse::<Address>().unwrap(), Address::Vsock { cid: 3, port: 1024 });
+        assert_eq!(
+            "vsock://-1:1024".parse::<Address>().unwrap(),
+            Address::Vsock {
+                cid: u32::MAX,
+                port: 1024
+            }
+        );
+        assert_eq!(
+            "vsock://3:1024".parse::<Address>().unwrap(),
+            Address::Vsock { cid: 3, port: 1024 }
+        );
         assert_eq!(
             "unix:///run/kata-agent.sock".parse::<Address>().unwrap(),
             Address::Unix(PathBuf::from("/run/kata-agent.sock"))
         );
-        assert_eq!("vsock://-1:1024".parse::<Address>().unwrap().to_string(), "vsock://-1:1024");
+        assert_eq!(
+            "vsock://-1:1024".parse::<Address>().unwrap().to_string(),
+            "vsock://-1:1024"
+        );
     }
 
     #[test]
     fn rejects_bad_addresses_with_a_hint() {
-        for bad in ["tcp://1.2.3.4:5", "unix://relative", "vsock://x:1", "vsock://1", "vsock://1:port"] {
+        for bad in [
+            "tcp://1.2.3.4:5",
+            "unix://relative",
+            "vsock://x:1",
+            "vsock://1",
+            "vsock://1:port",
+        ] {
             let e = bad.parse::<Address>().unwrap_err();
             assert!(e.contains(bad), "{e}");
         }

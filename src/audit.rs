@@ -23,15 +23,24 @@ impl Capture {
     /// Creates (truncates) the capture file at `path`.
     pub fn create(path: &Path, unmasked: bool) -> std::io::Result<Capture> {
         let f = File::create(path)?;
-        Ok(Capture { out: Mutex::new(BufWriter::new(f)), unmasked })
+        Ok(Capture {
+            out: Mutex::new(BufWriter::new(f)),
+            unmasked,
+        })
     }
 
     /// Appends one decided input.
     pub fn record(&self, kind: &str, input: &Value) {
-        let request = if self.unmasked { input.clone() } else { mask(input) };
+        let request = if self.unmasked {
+            input.clone()
+        } else {
+            mask(input)
+        };
         let line = json!({ "kind": kind, "request": request });
         if let Ok(mut out) = self.out.lock() {
-            let ok = serde_json::to_writer(&mut *out, &line).is_ok() && out.write_all(b"\n").is_ok() && out.flush().is_ok();
+            let ok = serde_json::to_writer(&mut *out, &line).is_ok()
+                && out.write_all(b"\n").is_ok()
+                && out.flush().is_ok();
             if !ok {
                 tracing::warn!("capture file write failed");
             }
@@ -46,7 +55,9 @@ pub fn mask(v: &Value) -> Value {
             o.iter()
                 .map(|(k, v)| {
                     let masked = match (k.as_str(), v) {
-                        ("Env" | "env", Value::Array(a)) => Value::Array(a.iter().map(mask_env).collect()),
+                        ("Env" | "env", Value::Array(a)) => {
+                            Value::Array(a.iter().map(mask_env).collect())
+                        }
                         ("data", Value::Array(_)) => Value::Array(Vec::new()),
                         _ => mask(v),
                     };
@@ -78,7 +89,10 @@ mod tests {
         let input = json!({"OCI": {"Process": {"Env": ["PATH=/bin", "SECRET=hunter2", "NOEQ"], "Args": ["sh"]}},
                            "data": [1, 2, 3], "path": "/run/x"});
         let m = mask(&input);
-        assert_eq!(m["OCI"]["Process"]["Env"], json!(["PATH=<masked>", "SECRET=<masked>", "NOEQ"]));
+        assert_eq!(
+            m["OCI"]["Process"]["Env"],
+            json!(["PATH=<masked>", "SECRET=<masked>", "NOEQ"])
+        );
         assert_eq!(m["OCI"]["Process"]["Args"], json!(["sh"]));
         assert_eq!(m["data"], json!([]));
         assert_eq!(m["path"], json!("/run/x"));
@@ -92,8 +106,14 @@ mod tests {
         c.record("ExecProcessRequest", &json!({"process": {"Env": ["A=b"]}}));
         c.record("CopyFileRequest", &json!({"path": "/x"}));
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0], json!({"kind": "ExecProcessRequest", "request": {"process": {"Env": ["A=<masked>"]}}}));
+        assert_eq!(
+            lines[0],
+            json!({"kind": "ExecProcessRequest", "request": {"process": {"Env": ["A=<masked>"]}}})
+        );
     }
 }

@@ -84,12 +84,27 @@ impl ServeArgs {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
-        let listen = self.listen.clone().or(cfg.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let agent = self.agent.clone().or(cfg.agent).unwrap_or_else(|| DEFAULT_AGENT.to_string());
-        let shape = self.input_shape.or(cfg.policy.input_shape).unwrap_or_default();
+        let listen = self
+            .listen
+            .clone()
+            .or(cfg.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let agent = self
+            .agent
+            .clone()
+            .or(cfg.agent)
+            .unwrap_or_else(|| DEFAULT_AGENT.to_string());
+        let shape = self
+            .input_shape
+            .or(cfg.policy.input_shape)
+            .unwrap_or_default();
         Ok(ServeSettings {
-            listen: listen.parse::<Address>().map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
-            agent: agent.parse::<Address>().map_err(|e| anyhow::anyhow!("--agent: {e}"))?,
+            listen: listen
+                .parse::<Address>()
+                .map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
+            agent: agent
+                .parse::<Address>()
+                .map_err(|e| anyhow::anyhow!("--agent: {e}"))?,
             policy_file: self.policy.clone().or(cfg.policy.file),
             rego: self.rego.or(cfg.policy.rego).unwrap_or_default(),
             input_shape: shape,
@@ -107,13 +122,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Parses the process arguments, runs the subcommand and returns the exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
-    let default_log = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    if let Err(e) = crate::logging::init(cli.log.as_deref().unwrap_or(default_log), cli.log_json, cli.decision_log.as_deref()) {
+    let default_log = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    if let Err(e) = crate::logging::init(
+        cli.log.as_deref().unwrap_or(default_log),
+        cli.log_json,
+        cli.decision_log.as_deref(),
+    ) {
         eprintln!("agent-warden: error: {e:#}");
         return 1;
     }
     let result: anyhow::Result<i32> = match cli.command {
-        Command::Serve(args) => args.settings().and_then(|s| runtime()?.block_on(crate::server::serve(s))).map(|_| 0),
+        Command::Serve(args) => args
+            .settings()
+            .and_then(|s| runtime()?.block_on(crate::server::serve(s)))
+            .map(|_| 0),
         Command::Endpoints => {
             print!("{}", crate::methods::listing());
             Ok(0)

@@ -43,7 +43,17 @@ use serde_json::{Map, Value};
 use crate::protocols::agent::CopyFileRequest;
 
 /// Which kata-agent version's input shape to reproduce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputShape {
     /// Current kata-agent (protos/ as they are; CopyFile with file_type/symlink_target).

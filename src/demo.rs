@@ -32,19 +32,35 @@ impl DemoAgent {
 
 #[async_trait::async_trait]
 impl agent_ttrpc::AgentService for DemoAgent {
-    async fn create_sandbox(&self, _: &TtrpcContext, _: agent::CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw();
         Ok(Empty::new())
     }
-    async fn create_container(&self, _: &TtrpcContext, _: agent::CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw();
         Ok(Empty::new())
     }
-    async fn start_container(&self, _: &TtrpcContext, _: agent::StartContainerRequest) -> ttrpc::Result<Empty> {
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw();
         Ok(Empty::new())
     }
-    async fn exec_process(&self, _: &TtrpcContext, _: agent::ExecProcessRequest) -> ttrpc::Result<Empty> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw();
         Ok(Empty::new())
     }
@@ -58,9 +74,16 @@ impl agent_ttrpc::AgentService for DemoAgent {
         _: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         self.saw();
-        Ok(agent::ReadStreamResponse { data: b"secret output of the workload\n".to_vec(), ..Default::default() })
+        Ok(agent::ReadStreamResponse {
+            data: b"secret output of the workload\n".to_vec(),
+            ..Default::default()
+        })
     }
-    async fn set_policy(&self, _: &TtrpcContext, _: agent::SetPolicyRequest) -> ttrpc::Result<Empty> {
+    async fn set_policy(
+        &self,
+        _: &TtrpcContext,
+        _: agent::SetPolicyRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw();
         Ok(Empty::new())
     }
@@ -68,7 +91,11 @@ impl agent_ttrpc::AgentService for DemoAgent {
 
 #[async_trait::async_trait]
 impl health_ttrpc::Health for DemoAgent {
-    async fn check(&self, _: &TtrpcContext, _: health::CheckRequest) -> ttrpc::Result<health::HealthCheckResponse> {
+    async fn check(
+        &self,
+        _: &TtrpcContext,
+        _: health::CheckRequest,
+    ) -> ttrpc::Result<health::HealthCheckResponse> {
         self.saw();
         Ok(health::HealthCheckResponse {
             status: health::health_check_response::ServingStatus::SERVING.into(),
@@ -78,14 +105,20 @@ impl health_ttrpc::Health for DemoAgent {
 }
 
 /// Starts a demo agent on `socket` (a filesystem path); returns the running server.
-pub async fn start_demo_agent(socket: &std::path::Path, agent: Arc<DemoAgent>) -> anyhow::Result<ttrpc::r#async::Server> {
+pub async fn start_demo_agent(
+    socket: &std::path::Path,
+    agent: Arc<DemoAgent>,
+) -> anyhow::Result<ttrpc::r#async::Server> {
     let mut services = agent_ttrpc::create_agent_service(agent.clone());
     services.extend(health_ttrpc::create_health(agent));
     let mut server = ttrpc::r#async::Server::new()
         .bind(&format!("unix://{}", socket.display()))
         .map_err(|e| anyhow::anyhow!("demo agent cannot listen on {}: {e}", socket.display()))?
         .register_service(services);
-    server.start().await.map_err(|e| anyhow::anyhow!("demo agent failed to start: {e}"))?;
+    server
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("demo agent failed to start: {e}"))?;
     Ok(server)
 }
 
@@ -110,13 +143,22 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
         Some(p) => p,
         None => server::load_policy(None, crate::policy::RegoVersion::V0)?,
     };
-    let mut out = format!("policy: {} (sha256 {})\n", policy.source_name(), policy.digest());
+    let mut out = format!(
+        "policy: {} (sha256 {})\n",
+        policy.source_name(),
+        policy.digest()
+    );
     let guard = Arc::new(Guard::new(policy, InputShape::Current));
     let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let warden = tokio::spawn(server::run(listener, Address::Unix(agent_sock.clone()), guard, async {
-        let _ = stop_rx.await;
-    }));
+    let warden = tokio::spawn(server::run(
+        listener,
+        Address::Unix(agent_sock.clone()),
+        guard,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", warden_sock.display()))
         .await
@@ -128,30 +170,108 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
     let shared = format!("/run/kata-containers/shared/containers/{cid}-resolv.conf");
     let mut line = |what: &str, result: String| out.push_str(&format!("{what:<44} {result}\n"));
 
-    line("Health.Check", outcome(health.check(ctx(), &health::CheckRequest::new()).await, |r| format!("status {:?}", r.status)));
-    let req = agent::CreateSandboxRequest { hostname: "demo".into(), sandbox_id: "demo-sandbox".into(), ..Default::default() };
-    line("CreateSandbox", outcome(agent.create_sandbox(ctx(), &req).await, |_| String::new()));
-    let spec = oci::Spec {
-        Process: MessageField::some(oci::Process { Args: vec!["/pause".into()], ..Default::default() }),
+    line(
+        "Health.Check",
+        outcome(
+            health.check(ctx(), &health::CheckRequest::new()).await,
+            |r| format!("status {:?}", r.status),
+        ),
+    );
+    let req = agent::CreateSandboxRequest {
+        hostname: "demo".into(),
+        sandbox_id: "demo-sandbox".into(),
         ..Default::default()
     };
-    let req = agent::CreateContainerRequest { container_id: cid.clone(), OCI: MessageField::some(spec), ..Default::default() };
-    line("CreateContainer /pause", outcome(agent.create_container(ctx(), &req).await, |_| String::new()));
-    let req = agent::StartContainerRequest { container_id: cid.clone(), ..Default::default() };
-    line("StartContainer", outcome(agent.start_container(ctx(), &req).await, |_| String::new()));
-    let req = agent::CopyFileRequest { path: shared, file_mode: 0o100644, data: b"nameserver 10.0.0.10\n".to_vec(), file_size: 21, ..Default::default() };
-    line("CopyFile .../shared/containers/…-resolv.conf", outcome(agent.copy_file(ctx(), &req).await, |_| String::new()));
-    let req = agent::CopyFileRequest { path: "/run/kata-containers/shared/containers/../../../etc/passwd".into(), file_mode: 0o100644, ..Default::default() };
-    line("CopyFile .../shared/containers/../../../etc/passwd", outcome(agent.copy_file(ctx(), &req).await, |_| String::new()));
-    let process = oci::Process { Args: vec!["sh".into(), "-c".into(), "cat /etc/shadow".into()], ..Default::default() };
-    let req = agent::ExecProcessRequest { container_id: cid.clone(), exec_id: "e1".into(), process: MessageField::some(process), ..Default::default() };
-    line("ExecProcess sh -c 'cat /etc/shadow'", outcome(agent.exec_process(ctx(), &req).await, |_| String::new()));
-    let req = agent::ReadStreamRequest { container_id: cid.clone(), exec_id: cid.clone(), len: 1024, ..Default::default() };
-    line("ReadStdout", outcome(agent.read_stdout(ctx(), &req).await, |r| format!("{} bytes of data (the agent sent 30; denied reads are blanked)", r.data.len())));
-    let req = agent::SetPolicyRequest { policy: "package agent_policy\ndefault ExecProcessRequest := true\n".into(), ..Default::default() };
-    line("SetPolicy (allow exec)", outcome(agent.set_policy(ctx(), &req).await, |_| String::new()));
+    line(
+        "CreateSandbox",
+        outcome(agent.create_sandbox(ctx(), &req).await, |_| String::new()),
+    );
+    let spec = oci::Spec {
+        Process: MessageField::some(oci::Process {
+            Args: vec!["/pause".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let req = agent::CreateContainerRequest {
+        container_id: cid.clone(),
+        OCI: MessageField::some(spec),
+        ..Default::default()
+    };
+    line(
+        "CreateContainer /pause",
+        outcome(agent.create_container(ctx(), &req).await, |_| String::new()),
+    );
+    let req = agent::StartContainerRequest {
+        container_id: cid.clone(),
+        ..Default::default()
+    };
+    line(
+        "StartContainer",
+        outcome(agent.start_container(ctx(), &req).await, |_| String::new()),
+    );
+    let req = agent::CopyFileRequest {
+        path: shared,
+        file_mode: 0o100644,
+        data: b"nameserver 10.0.0.10\n".to_vec(),
+        file_size: 21,
+        ..Default::default()
+    };
+    line(
+        "CopyFile .../shared/containers/…-resolv.conf",
+        outcome(agent.copy_file(ctx(), &req).await, |_| String::new()),
+    );
+    let req = agent::CopyFileRequest {
+        path: "/run/kata-containers/shared/containers/../../../etc/passwd".into(),
+        file_mode: 0o100644,
+        ..Default::default()
+    };
+    line(
+        "CopyFile .../shared/containers/../../../etc/passwd",
+        outcome(agent.copy_file(ctx(), &req).await, |_| String::new()),
+    );
+    let process = oci::Process {
+        Args: vec!["sh".into(), "-c".into(), "cat /etc/shadow".into()],
+        ..Default::default()
+    };
+    let req = agent::ExecProcessRequest {
+        container_id: cid.clone(),
+        exec_id: "e1".into(),
+        process: MessageField::some(process),
+        ..Default::default()
+    };
+    line(
+        "ExecProcess sh -c 'cat /etc/shadow'",
+        outcome(agent.exec_process(ctx(), &req).await, |_| String::new()),
+    );
+    let req = agent::ReadStreamRequest {
+        container_id: cid.clone(),
+        exec_id: cid.clone(),
+        len: 1024,
+        ..Default::default()
+    };
+    line(
+        "ReadStdout",
+        outcome(agent.read_stdout(ctx(), &req).await, |r| {
+            format!(
+                "{} bytes of data (the agent sent 30; denied reads are blanked)",
+                r.data.len()
+            )
+        }),
+    );
+    let req = agent::SetPolicyRequest {
+        policy: "package agent_policy\ndefault ExecProcessRequest := true\n".into(),
+        ..Default::default()
+    };
+    line(
+        "SetPolicy (allow exec)",
+        outcome(agent.set_policy(ctx(), &req).await, |_| String::new()),
+    );
 
-    out.push_str(&format!("requests that reached the agent: {}\n", demo_agent.seen.load(Ordering::SeqCst)));
+    out.push_str(&format!(
+        "requests that reached the agent: {}\n",
+        demo_agent.seen.load(Ordering::SeqCst)
+    ));
     let _ = stop_tx.send(());
     let _ = warden.await;
     let _ = agent_server.shutdown().await;

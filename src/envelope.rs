@@ -32,15 +32,29 @@ pub fn response_frame(stream_id: u32, resp: &Response) -> Frame {
 
 /// A successful response frame carrying `payload`.
 pub fn ok_frame(stream_id: u32, payload: &[u8]) -> Frame {
-    let status = Status { code: EnumOrUnknown::new(Code::OK), ..Default::default() };
-    let resp = Response { status: MessageField::some(status), payload: payload.to_vec(), ..Default::default() };
+    let status = Status {
+        code: EnumOrUnknown::new(Code::OK),
+        ..Default::default()
+    };
+    let resp = Response {
+        status: MessageField::some(status),
+        payload: payload.to_vec(),
+        ..Default::default()
+    };
     response_frame(stream_id, &resp)
 }
 
 /// An error response frame: status `code` with `message`, no payload.
 pub fn error_frame(stream_id: u32, code: Code, message: impl Into<String>) -> Frame {
-    let status = Status { code: EnumOrUnknown::new(code), message: message.into(), ..Default::default() };
-    let resp = Response { status: MessageField::some(status), ..Default::default() };
+    let status = Status {
+        code: EnumOrUnknown::new(code),
+        message: message.into(),
+        ..Default::default()
+    };
+    let resp = Response {
+        status: MessageField::some(status),
+        ..Default::default()
+    };
     response_frame(stream_id, &resp)
 }
 

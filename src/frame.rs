@@ -71,11 +71,19 @@ pub struct Frame {
 impl Frame {
     /// Builds a frame from its parts (length is taken from `body`).
     pub fn new(stream_id: u32, kind: u8, flags: u8, body: &[u8]) -> Frame {
-        let header = Header { length: body.len() as u32, stream_id, kind, flags };
+        let header = Header {
+            length: body.len() as u32,
+            stream_id,
+            kind,
+            flags,
+        };
         let mut raw = BytesMut::with_capacity(HEADER_LEN + body.len());
         raw.put_slice(&header.encode());
         raw.put_slice(body);
-        Frame { header, raw: raw.freeze() }
+        Frame {
+            header,
+            raw: raw.freeze(),
+        }
     }
 
     /// The body (protobuf-encoded ttrpc Request or Response).
@@ -123,21 +131,30 @@ async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Resul
 }
 
 /// Reads one frame, skipping (not buffering) bodies over `max_body` bytes.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_body: usize) -> Result<Read, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_body: usize,
+) -> Result<Read, FrameError> {
     let mut hb = [0u8; HEADER_LEN];
     let got = fill(r, &mut hb).await?;
     if got == 0 {
         return Ok(Read::Closed);
     }
     if got < HEADER_LEN {
-        return Err(FrameError::Truncated { got, want: HEADER_LEN });
+        return Err(FrameError::Truncated {
+            got,
+            want: HEADER_LEN,
+        });
     }
     let header = Header::parse(&hb);
     let len = header.length as usize;
     if len > max_body {
         let skipped = tokio::io::copy(&mut r.take(len as u64), &mut tokio::io::sink()).await?;
         if skipped < len as u64 {
-            return Err(FrameError::Truncated { got: HEADER_LEN + skipped as usize, want: HEADER_LEN + len });
+            return Err(FrameError::Truncated {
+                got: HEADER_LEN + skipped as usize,
+                want: HEADER_LEN + len,
+            });
         }
         return Ok(Read::Oversize(header));
     }
@@ -145,9 +162,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_body: usize) -> Res
     raw[..HEADER_LEN].copy_from_slice(&hb);
     let got = fill(r, &mut raw[HEADER_LEN..]).await?;
     if got < len {
-        return Err(FrameError::Truncated { got: HEADER_LEN + got, want: HEADER_LEN + len });
+        return Err(FrameError::Truncated {
+            got: HEADER_LEN + got,
+            want: HEADER_LEN + len,
+        });
     }
-    Ok(Read::Frame(Frame { header, raw: raw.freeze() }))
+    Ok(Read::Frame(Frame {
+        header,
+        raw: raw.freeze(),
+    }))
 }
 
 #[cfg(test)]
@@ -156,7 +179,12 @@ mod tests {
 
     #[test]
     fn header_round_trips_big_endian() {
-        let h = Header { length: 0x0102_0304, stream_id: 7, kind: TYPE_REQUEST, flags: FLAG_REMOTE_CLOSED };
+        let h = Header {
+            length: 0x0102_0304,
+            stream_id: 7,
+            kind: TYPE_REQUEST,
+            flags: FLAG_REMOTE_CLOSED,
+        };
         let b = h.encode();
         assert_eq!(b, [1, 2, 3, 4, 0, 0, 0, 7, 1, 1]);
         assert_eq!(Header::parse(&b), h);
@@ -177,12 +205,22 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(read_frame(&mut r, MAX_BODY).await.unwrap(), Read::Frame(f) if f == b));
-        assert!(matches!(read_frame(&mut r, MAX_BODY).await.unwrap(), Read::Closed));
+        assert!(matches!(
+            read_frame(&mut r, MAX_BODY).await.unwrap(),
+            Read::Closed
+        ));
     }
 
     #[tokio::test]
     async fn oversize_body_is_skipped_and_next_frame_still_reads() {
-        let mut wire = Header { length: 20, stream_id: 5, kind: TYPE_REQUEST, flags: 0 }.encode().to_vec();
+        let mut wire = Header {
+            length: 20,
+            stream_id: 5,
+            kind: TYPE_REQUEST,
+            flags: 0,
+        }
+        .encode()
+        .to_vec();
         wire.extend_from_slice(&[0xAA; 20]);
         wire.extend_from_slice(Frame::new(7, TYPE_REQUEST, 0, b"x").raw());
         let mut r = &wire[..];
@@ -190,16 +228,31 @@ mod tests {
             Read::Oversize(h) => assert_eq!((h.stream_id, h.length), (5, 20)),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(read_frame(&mut r, 10).await.unwrap(), Read::Frame(f) if f.header.stream_id == 7));
+        assert!(
+            matches!(read_frame(&mut r, 10).await.unwrap(), Read::Frame(f) if f.header.stream_id == 7)
+        );
     }
 
     #[tokio::test]
     async fn truncated_header_and_body_are_errors() {
         let mut r: &[u8] = &[0, 0, 0];
-        assert!(matches!(read_frame(&mut r, MAX_BODY).await, Err(FrameError::Truncated { got: 3, want: 10 })));
-        let mut wire = Header { length: 8, stream_id: 1, kind: TYPE_REQUEST, flags: 0 }.encode().to_vec();
+        assert!(matches!(
+            read_frame(&mut r, MAX_BODY).await,
+            Err(FrameError::Truncated { got: 3, want: 10 })
+        ));
+        let mut wire = Header {
+            length: 8,
+            stream_id: 1,
+            kind: TYPE_REQUEST,
+            flags: 0,
+        }
+        .encode()
+        .to_vec();
         wire.extend_from_slice(b"abc");
         let mut r = &wire[..];
-        assert!(matches!(read_frame(&mut r, MAX_BODY).await, Err(FrameError::Truncated { got: 13, want: 18 })));
+        assert!(matches!(
+            read_frame(&mut r, MAX_BODY).await,
+            Err(FrameError::Truncated { got: 13, want: 18 })
+        ));
     }
 }

@@ -6,22 +6,22 @@
 //! decided by `policy`, and either forwarded byte-for-byte or answered with an error.
 //! `storage` owns the encrypted scratch disk. See docs/ARCHITECTURE.md.
 
-pub mod protocols;
-pub mod codec;
+pub mod address;
+pub mod attestation;
+pub mod audit;
 pub mod cli;
-pub mod logging;
+pub mod codec;
+pub mod config;
+pub mod demo;
 pub mod envelope;
 pub mod frame;
+pub mod logging;
 pub mod methods;
-pub mod policy;
-pub mod address;
-pub mod relay;
-pub mod config;
-pub mod server;
-pub mod demo;
 pub mod pathext;
-pub mod tools;
-pub mod audit;
-pub mod storage;
+pub mod policy;
+pub mod protocols;
+pub mod relay;
+pub mod server;
 pub mod sources;
-pub mod attestation;
+pub mod storage;
+pub mod tools;

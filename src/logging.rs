@@ -20,9 +20,16 @@ pub fn init(filter: &str, json: bool, decision_log: Option<&Path>) -> anyhow::Re
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = if json {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     };
     let decisions = match decision_log {
         Some(path) => {
@@ -40,6 +47,9 @@ pub fn init(filter: &str, json: bool, decision_log: Option<&Path>) -> anyhow::Re
         }
         None => None,
     };
-    let _ = tracing_subscriber::registry().with(stderr).with(decisions).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(decisions)
+        .try_init();
     Ok(())
 }

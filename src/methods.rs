@@ -70,10 +70,16 @@ impl MethodTable {
                 let service_name = format!("{}.{}", file.package(), service.proto().name());
                 for m in service.methods() {
                     let name = m.proto().name().to_string();
-                    let handling =
-                        SPECIAL.iter().find(|(n, _)| *n == name).map(|(_, h)| *h).unwrap_or(*default);
+                    let handling = SPECIAL
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, h)| *h)
+                        .unwrap_or(*default);
                     let request = m.input_type();
-                    index.entry(service_name.clone()).or_default().insert(name.clone(), methods.len());
+                    index
+                        .entry(service_name.clone())
+                        .or_default()
+                        .insert(name.clone(), methods.len());
                     methods.push(Method {
                         service: service_name.clone(),
                         name,
@@ -114,7 +120,10 @@ impl MethodTable {
 
     /// The request message descriptor for a policy request type name.
     pub fn request_descriptor(&self, request_type: &str) -> Option<&MessageDescriptor> {
-        self.methods.iter().find(|m| m.request_type == request_type).map(|m| &m.request)
+        self.methods
+            .iter()
+            .find(|m| m.request_type == request_type)
+            .map(|m| &m.request)
     }
 }
 
@@ -122,7 +131,10 @@ impl MethodTable {
 pub fn table() -> &'static MethodTable {
     static TABLE: OnceLock<MethodTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        MethodTable::build(&[(agent::file_descriptor(), Handling::Policy), (health::file_descriptor(), Handling::Passthrough)])
+        MethodTable::build(&[
+            (agent::file_descriptor(), Handling::Policy),
+            (health::file_descriptor(), Handling::Passthrough),
+        ])
     })
 }
 
@@ -136,7 +148,10 @@ pub fn listing() -> String {
             Handling::Passthrough => "no policy",
             Handling::SetPolicy => "policy, answered by agent-warden",
         };
-        out.push_str(&format!("{}/{}\t{}\t{}\n", m.service, m.name, m.request_type, how));
+        out.push_str(&format!(
+            "{}/{}\t{}\t{}\n",
+            m.service, m.name, m.request_type, how
+        ));
     }
     out
 }
@@ -148,8 +163,16 @@ mod tests {
     #[test]
     fn has_all_42_agent_rpcs_and_2_health_rpcs() {
         let t = table();
-        let agent = t.all().iter().filter(|m| m.service == "grpc.AgentService").count();
-        let health = t.all().iter().filter(|m| m.service == "grpc.Health").count();
+        let agent = t
+            .all()
+            .iter()
+            .filter(|m| m.service == "grpc.AgentService")
+            .count();
+        let health = t
+            .all()
+            .iter()
+            .filter(|m| m.service == "grpc.Health")
+            .count();
         assert_eq!((agent, health), (42, 2));
     }
 
@@ -167,17 +190,37 @@ mod tests {
             ("CreateContainer", "CreateContainerRequest"),
         ];
         for (method, ty) in cases {
-            assert_eq!(t.lookup("grpc.AgentService", method).unwrap().request_type, ty, "{method}");
+            assert_eq!(
+                t.lookup("grpc.AgentService", method).unwrap().request_type,
+                ty,
+                "{method}"
+            );
         }
     }
 
     #[test]
     fn handling_health_passthrough_and_read_stream_blanking() {
         let t = table();
-        assert_eq!(t.lookup("grpc.Health", "Check").unwrap().handling, Handling::Passthrough);
-        assert_eq!(t.lookup("grpc.Health", "Version").unwrap().handling, Handling::Passthrough);
-        assert_eq!(t.lookup("grpc.AgentService", "ReadStderr").unwrap().handling, Handling::PolicyBlankDataOnDeny);
-        assert_eq!(t.lookup("grpc.AgentService", "ExecProcess").unwrap().handling, Handling::Policy);
+        assert_eq!(
+            t.lookup("grpc.Health", "Check").unwrap().handling,
+            Handling::Passthrough
+        );
+        assert_eq!(
+            t.lookup("grpc.Health", "Version").unwrap().handling,
+            Handling::Passthrough
+        );
+        assert_eq!(
+            t.lookup("grpc.AgentService", "ReadStderr")
+                .unwrap()
+                .handling,
+            Handling::PolicyBlankDataOnDeny
+        );
+        assert_eq!(
+            t.lookup("grpc.AgentService", "ExecProcess")
+                .unwrap()
+                .handling,
+            Handling::Policy
+        );
         assert!(t.lookup("grpc.AgentService", "Nope").is_none());
         assert!(t.lookup("grpc.Other", "CreateContainer").is_none());
     }
@@ -185,6 +228,8 @@ mod tests {
     #[test]
     fn listing_has_one_line_per_rpc() {
         assert_eq!(listing().lines().count(), 44);
-        assert!(listing().contains("grpc.AgentService/ReadStdout\tReadStreamRequest\tpolicy (deny blanks data)"));
+        assert!(listing().contains(
+            "grpc.AgentService/ReadStdout\tReadStreamRequest\tpolicy (deny blanks data)"
+        ));
     }
 }

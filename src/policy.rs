@@ -15,7 +15,17 @@ use regorus::Engine;
 use sha2::{Digest, Sha256};
 
 /// The Rego language version a policy is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RegoVersion {
     /// Rego v0 (what kata-agent and genpolicy use; `import rego.v1` opts a module into v1).
@@ -49,7 +59,10 @@ pub enum Decision {
     Allow,
     /// Denied. `reason` is short and readable (sent to the host); `detail` is everything
     /// the policy printed (logged).
-    Deny { reason: String, detail: String },
+    Deny {
+        reason: String,
+        detail: String,
+    },
     /// The engine failed; the request is denied.
     Error(String),
 }
@@ -64,7 +77,10 @@ impl Decision {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {source_name}: {message}")]
-    Invalid { source_name: String, message: String },
+    Invalid {
+        source_name: String,
+        message: String,
+    },
 }
 
 /// A loaded, checked policy.
@@ -88,7 +104,10 @@ pub type StateOps = json_patch::Patch;
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy").field("source", &self.source_name).field("digest", &self.digest).finish()
+        f.debug_struct("Policy")
+            .field("source", &self.source_name)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -99,7 +118,8 @@ fn new_engine(version: RegoVersion) -> Engine {
     // sections, exceed 1 MiB / 20,000 lines: regorus's defaults would refuse them.
     let big = regorus::utils::limits::PolicyLengthConfig {
         max_col: std::num::NonZeroU32::MAX,
-        max_file_bytes: std::num::NonZeroUsize::new(64 << 20).unwrap_or(std::num::NonZeroUsize::MAX),
+        max_file_bytes: std::num::NonZeroUsize::new(64 << 20)
+            .unwrap_or(std::num::NonZeroUsize::MAX),
         max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
     };
     engine.set_policy_length_config(big);
@@ -121,23 +141,41 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Policy {
     /// Parses `text` (named `source_name` in messages) as Rego `version` and checks that
     /// it declares `package agent_policy`.
-    pub fn load(source_name: &str, text: &str, version: RegoVersion) -> Result<Policy, PolicyError> {
-        let invalid = |message: String| PolicyError::Invalid { source_name: source_name.to_string(), message };
+    pub fn load(
+        source_name: &str,
+        text: &str,
+        version: RegoVersion,
+    ) -> Result<Policy, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            source_name: source_name.to_string(),
+            message,
+        };
         let mut engine = new_engine(version);
         let package = match engine.add_policy(source_name.to_string(), text.to_string()) {
             Ok(p) => p,
             Err(e) => {
                 let other = version.other();
-                let hint = if new_engine(other).add_policy(source_name.to_string(), text.to_string()).is_ok() {
-                    format!(" (it does parse as Rego {0}: set `rego = \"{0}\"` / `--rego {0}`)", other.name())
+                let hint = if new_engine(other)
+                    .add_policy(source_name.to_string(), text.to_string())
+                    .is_ok()
+                {
+                    format!(
+                        " (it does parse as Rego {0}: set `rego = \"{0}\"` / `--rego {0}`)",
+                        other.name()
+                    )
                 } else {
                     String::new()
                 };
-                return Err(invalid(format!("failed to parse as Rego {}: {e}{hint}", version.name())));
+                return Err(invalid(format!(
+                    "failed to parse as Rego {}: {e}{hint}",
+                    version.name()
+                )));
             }
         };
         if package != "data.agent_policy" {
-            return Err(invalid(format!("declares {package}, but agent-warden needs `package agent_policy`")));
+            return Err(invalid(format!(
+                "declares {package}, but agent-warden needs `package agent_policy`"
+            )));
         }
         let mut policy = Policy {
             engine: Mutex::new(engine),
@@ -150,13 +188,17 @@ impl Policy {
         };
         // Evaluating once at load also prepares the engine, so the first real request
         // does not pay for it.
-        policy.permissive = match policy.eval("AllowRequestsFailingPolicy", regorus::Value::new_object()) {
-            Ok((Some(regorus::Value::Bool(b)), _)) => b,
-            Ok(_) => false,
-            Err(e) => return Err(invalid(format!("does not compile: {e}"))),
-        };
+        policy.permissive =
+            match policy.eval("AllowRequestsFailingPolicy", regorus::Value::new_object()) {
+                Ok((Some(regorus::Value::Bool(b)), _)) => b,
+                Ok(_) => false,
+                Err(e) => return Err(invalid(format!("does not compile: {e}"))),
+            };
         if policy.permissive {
-            tracing::warn!(source = source_name, "AllowRequestsFailingPolicy is true: denials will be logged and allowed");
+            tracing::warn!(
+                source = source_name,
+                "AllowRequestsFailingPolicy is true: denials will be logged and allowed"
+            );
         }
         Ok(policy)
     }
@@ -178,10 +220,17 @@ impl Policy {
 
     /// Applies state operations (paths under `/pstate`) from an earlier decision.
     pub fn apply_ops(&self, ops: &StateOps) -> Result<(), String> {
-        let mut state = self.state.lock().map_err(|_| "policy state lock poisoned".to_string())?;
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| "policy state lock poisoned".to_string())?;
         let mut doc = serde_json::json!({ "pstate": state.clone() });
-        json_patch::patch(&mut doc, ops).map_err(|e| format!("cannot apply policy state operations: {e}"))?;
-        *state = doc.get_mut("pstate").map(serde_json::Value::take).unwrap_or_default();
+        json_patch::patch(&mut doc, ops)
+            .map_err(|e| format!("cannot apply policy state operations: {e}"))?;
+        *state = doc
+            .get_mut("pstate")
+            .map(serde_json::Value::take)
+            .unwrap_or_default();
         Ok(())
     }
 
@@ -201,21 +250,36 @@ impl Policy {
     }
 
     /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
-    pub fn eval(&self, name: &str, input: regorus::Value) -> Result<(Option<regorus::Value>, Vec<String>), String> {
-        let mut engine = self.engine.lock().map_err(|_| "policy engine lock poisoned".to_string())?;
+    pub fn eval(
+        &self,
+        name: &str,
+        input: regorus::Value,
+    ) -> Result<(Option<regorus::Value>, Vec<String>), String> {
+        let mut engine = self
+            .engine
+            .lock()
+            .map_err(|_| "policy engine lock poisoned".to_string())?;
         let state = self.state();
         if state.as_object().is_some_and(|o| !o.is_empty()) {
-            let data = serde_json::from_value::<regorus::Value>(serde_json::json!({ "pstate": state }))
-                .map_err(|e| format!("policy state: {e}"))?;
+            let data =
+                serde_json::from_value::<regorus::Value>(serde_json::json!({ "pstate": state }))
+                    .map_err(|e| format!("policy state: {e}"))?;
             engine.clear_data();
-            engine.add_data(data).map_err(|e| format!("policy state: {e}"))?;
+            engine
+                .add_data(data)
+                .map_err(|e| format!("policy state: {e}"))?;
         }
         engine.set_input(input);
         let query = format!("data.agent_policy.{name}");
         let result = engine.eval_query(query, false);
         let prints = engine.take_prints().unwrap_or_default();
         let results = result.map_err(|e| e.to_string())?;
-        let value = results.result.into_iter().next().and_then(|r| r.expressions.into_iter().next()).map(|e| e.value);
+        let value = results
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map(|e| e.value);
         Ok((value, prints))
     }
 
@@ -226,27 +290,47 @@ impl Policy {
 
     /// Like [`Policy::decide`], and also returns the state operations an allowing
     /// `{"allowed": true, "ops": [...]}` result asked for (`None` when there are none).
-    pub fn decide_with_ops(&self, request_type: &str, input: &serde_json::Value) -> (Decision, Option<StateOps>) {
+    pub fn decide_with_ops(
+        &self,
+        request_type: &str,
+        input: &serde_json::Value,
+    ) -> (Decision, Option<StateOps>) {
         let started = Instant::now();
         let input = match serde_json::from_value::<regorus::Value>(input.clone()) {
             Ok(v) => v,
-            Err(e) => return (Decision::Error(format!("cannot convert input for the engine: {e}")), None),
+            Err(e) => {
+                return (
+                    Decision::Error(format!("cannot convert input for the engine: {e}")),
+                    None,
+                )
+            }
         };
         let result = match self.eval(request_type, input) {
             Err(e) => (Decision::Error(e), None),
             Ok((value, prints)) => {
                 let ops = match &value {
-                    Some(v @ regorus::Value::Object(_)) if v["ops"] != regorus::Value::Undefined => Some(&v["ops"]),
+                    Some(v @ regorus::Value::Object(_))
+                        if v["ops"] != regorus::Value::Undefined =>
+                    {
+                        Some(&v["ops"])
+                    }
                     _ => None,
                 };
                 match ops.map(ops_from_value) {
                     Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
-                    Some(Ok(ops)) => (interpret(request_type, value, prints), Some(ops).filter(|o| !o.0.is_empty())),
+                    Some(Ok(ops)) => (
+                        interpret(request_type, value, prints),
+                        Some(ops).filter(|o| !o.0.is_empty()),
+                    ),
                     None => (interpret(request_type, value, prints), None),
                 }
             }
         };
-        tracing::trace!(request_type, elapsed_us = started.elapsed().as_micros() as u64, "evaluated");
+        tracing::trace!(
+            request_type,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "evaluated"
+        );
         result
     }
 }
@@ -254,7 +338,8 @@ impl Policy {
 /// Reads the `ops` of a result as an RFC 6902 patch confined to `/pstate`.
 fn ops_from_value(v: &regorus::Value) -> Result<StateOps, String> {
     let json = serde_json::to_value(v).map_err(|e| format!("policy ops: {e}"))?;
-    let patch: StateOps = serde_json::from_value(json).map_err(|e| format!("policy ops are not a JSON patch: {e}"))?;
+    let patch: StateOps = serde_json::from_value(json)
+        .map_err(|e| format!("policy ops are not a JSON patch: {e}"))?;
     for op in &patch.0 {
         let path = match op {
             json_patch::PatchOperation::Add(o) => &o.path,
@@ -287,9 +372,14 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
             let detail = prints.join("\n");
             let reason = match (&value, allowed) {
                 (None, _) | (Some(regorus::Value::Undefined), _) => {
-                    format!("rule data.agent_policy.{request_type} is undefined (denied by default)")
+                    format!(
+                        "rule data.agent_policy.{request_type} is undefined (denied by default)"
+                    )
                 }
-                (Some(_), None) => "the rule's value is neither a bool nor an object with a bool `allowed`".to_string(),
+                (Some(_), None) => {
+                    "the rule's value is neither a bool nor an object with a bool `allowed`"
+                        .to_string()
+                }
                 (Some(_), Some(_)) if !prints.is_empty() => shorten(&prints),
                 _ => "the policy returned false".to_string(),
             };
@@ -300,7 +390,12 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
 
 /// A short reason from the policy's prints: the last lines, up to [`MAX_REASON`] bytes.
 fn shorten(prints: &[String]) -> String {
-    let joined = prints.iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("; ");
+    let joined = prints
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     if joined.len() <= MAX_REASON {
         return joined;
     }
@@ -335,32 +430,49 @@ StartContainerRequest if {
     #[test]
     fn bool_true_allows_false_denies() {
         let p = load();
-        assert_eq!(p.decide("CreateContainerRequest", &json!({"container_id": "ok"})), Decision::Allow);
-        assert!(matches!(p.decide("CreateContainerRequest", &json!({"container_id": "x"})),
-            Decision::Deny { reason, .. } if reason == "the policy returned false"));
+        assert_eq!(
+            p.decide("CreateContainerRequest", &json!({"container_id": "ok"})),
+            Decision::Allow
+        );
+        assert!(
+            matches!(p.decide("CreateContainerRequest", &json!({"container_id": "x"})),
+            Decision::Deny { reason, .. } if reason == "the policy returned false")
+        );
     }
 
     #[test]
     fn object_with_allowed_true_allows() {
-        assert_eq!(load().decide("ExecProcessRequest", &json!({})), Decision::Allow);
+        assert_eq!(
+            load().decide("ExecProcessRequest", &json!({})),
+            Decision::Allow
+        );
     }
 
     #[test]
     fn undefined_rule_denies() {
         let d = load().decide("CopyFileRequest", &json!({}));
-        assert!(matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")), "{d:?}");
+        assert!(
+            matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn undefined_body_denies_with_prints_as_reason() {
         let d = load().decide("StartContainerRequest", &json!({"container_id": "c1"}));
-        assert!(matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")), "{d:?}");
+        assert!(
+            matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn non_bool_value_denies() {
         let d = load().decide("ReadStreamRequest", &json!({}));
-        assert!(matches!(d, Decision::Deny { ref reason, .. } if reason.contains("neither a bool")), "{d:?}");
+        assert!(
+            matches!(d, Decision::Deny { ref reason, .. } if reason.contains("neither a bool")),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -379,16 +491,28 @@ StartContainerRequest if {
     #[test]
     fn parse_error_suggests_other_version() {
         let broken = "package agent_policy\nX { true \n";
-        let e = Policy::load("p.rego", broken, RegoVersion::V0).unwrap_err().to_string();
-        assert!(e.contains("failed to parse as Rego v0") && !e.contains("it does parse"), "{e}");
+        let e = Policy::load("p.rego", broken, RegoVersion::V0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failed to parse as Rego v0") && !e.contains("it does parse"),
+            "{e}"
+        );
         let v0_only = "package agent_policy\nX { true }\n";
-        let e = Policy::load("p.rego", v0_only, RegoVersion::V1).unwrap_err().to_string();
-        assert!(e.contains("failed to parse as Rego v1") && e.contains("set `rego = \"v0\"`"), "{e}");
+        let e = Policy::load("p.rego", v0_only, RegoVersion::V1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failed to parse as Rego v1") && e.contains("set `rego = \"v0\"`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_package_is_refused() {
-        let e = Policy::load("p.rego", "package other\nx := 1\n", RegoVersion::V0).unwrap_err().to_string();
+        let e = Policy::load("p.rego", "package other\nx := 1\n", RegoVersion::V0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("package agent_policy"), "{e}");
     }
 
@@ -401,7 +525,10 @@ StartContainerRequest if {
 
     #[test]
     fn digest_is_sha256_of_text() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(load().digest(), sha256_hex(V1.as_bytes()));
     }
 }

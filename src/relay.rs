@@ -21,7 +21,10 @@ use tokio::sync::mpsc;
 use crate::address::{Conn, ReadHalf, WriteHalf};
 use crate::codec::{self, InputShape};
 use crate::envelope::{self, Code};
-use crate::frame::{self, Frame, Read, FLAG_NO_DATA, FLAG_REMOTE_OPEN, MAX_BODY, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
+use crate::frame::{
+    self, Frame, Read, FLAG_NO_DATA, FLAG_REMOTE_OPEN, MAX_BODY, TYPE_DATA, TYPE_REQUEST,
+    TYPE_RESPONSE,
+};
 use crate::methods::{self, Handling};
 use crate::policy::{Decision, Policy, StateOps};
 
@@ -61,7 +64,11 @@ struct Pending {
 
 impl Pending {
     fn plain(hook: Option<Hook>) -> Pending {
-        Pending { blank_data: false, hook, ops: None }
+        Pending {
+            blank_data: false,
+            hook,
+            ops: None,
+        }
     }
 }
 
@@ -138,19 +145,29 @@ impl Guard {
                     "data frames are not supported: AgentService has no streaming methods",
                 ));
             }
-            return Verdict::Close(format!("unexpected frame type {} from the host on stream {id}", h.kind));
+            return Verdict::Close(format!(
+                "unexpected frame type {} from the host on stream {id}",
+                h.kind
+            ));
         }
-        if id % 2 == 0 {
-            return Verdict::Close(format!("stream id {id} is even; host stream ids must be odd"));
+        if id.is_multiple_of(2) {
+            return Verdict::Close(format!(
+                "stream id {id} is even; host stream ids must be odd"
+            ));
         }
         if busy {
-            return Verdict::Close(format!("stream id {id} reused while a request on it is still in flight"));
+            return Verdict::Close(format!(
+                "stream id {id} reused while a request on it is still in flight"
+            ));
         }
         if h.flags & (FLAG_REMOTE_OPEN | FLAG_NO_DATA) != 0 {
             return Verdict::Reply(envelope::error_frame(
                 id,
                 Code::INVALID_ARGUMENT,
-                format!("streaming requests are not supported (frame flags {:#04x})", h.flags),
+                format!(
+                    "streaming requests are not supported (frame flags {:#04x})",
+                    h.flags
+                ),
             ));
         }
         let req = match envelope::decode_request(f.body()) {
@@ -162,7 +179,10 @@ impl Guard {
             return Verdict::Reply(envelope::error_frame(
                 id,
                 Code::UNIMPLEMENTED,
-                format!("{}/{}: unknown service or method (not forwarded)", req.service, req.method),
+                format!(
+                    "{}/{}: unknown service or method (not forwarded)",
+                    req.service, req.method
+                ),
             ));
         };
         let hook = self.hooks.get(&m.request_type).cloned();
@@ -215,33 +235,53 @@ impl Guard {
             }
         }
         if audit_allowed {
-            tracing::warn!(decision_id, request_type = ty, reason, "AllowRequestsFailingPolicy: denied request allowed");
+            tracing::warn!(
+                decision_id,
+                request_type = ty,
+                reason,
+                "AllowRequestsFailingPolicy: denied request allowed"
+            );
             decision = Decision::Allow;
         }
         let ops = ops.map(|o| (policy.clone(), o));
         match decision {
-            Decision::Allow if m.handling == Handling::SetPolicy => Verdict::Reply(self.set_policy(id, &input)),
-            Decision::Allow => Verdict::Forward(Pending { blank_data: false, hook, ops }),
-            _ if m.handling == Handling::PolicyBlankDataOnDeny => {
-                Verdict::Forward(Pending { blank_data: true, hook, ops: None })
+            Decision::Allow if m.handling == Handling::SetPolicy => {
+                Verdict::Reply(self.set_policy(id, &input))
             }
-            Decision::Deny { .. } if self.endpoint_list => {
-                Verdict::Reply(envelope::error_frame(id, Code::UNIMPLEMENTED, format!("{ty} is blocked")))
-            }
+            Decision::Allow => Verdict::Forward(Pending {
+                blank_data: false,
+                hook,
+                ops,
+            }),
+            _ if m.handling == Handling::PolicyBlankDataOnDeny => Verdict::Forward(Pending {
+                blank_data: true,
+                hook,
+                ops: None,
+            }),
+            Decision::Deny { .. } if self.endpoint_list => Verdict::Reply(envelope::error_frame(
+                id,
+                Code::UNIMPLEMENTED,
+                format!("{ty} is blocked"),
+            )),
             Decision::Deny { reason, .. } => Verdict::Reply(envelope::error_frame(
                 id,
                 Code::PERMISSION_DENIED,
                 format!("{ty} is blocked by policy: {reason}"),
             )),
-            Decision::Error(e) => {
-                Verdict::Reply(envelope::error_frame(id, Code::INTERNAL, format!("{ty}: internal error: {e}")))
-            }
+            Decision::Error(e) => Verdict::Reply(envelope::error_frame(
+                id,
+                Code::INTERNAL,
+                format!("{ty}: internal error: {e}"),
+            )),
         }
     }
 
     /// Answers an allowed SetPolicy: compile the new policy completely, then swap.
     fn set_policy(&self, id: u32, input: &serde_json::Value) -> Frame {
-        let text = input.get("policy").and_then(|p| p.as_str()).unwrap_or_default();
+        let text = input
+            .get("policy")
+            .and_then(|p| p.as_str())
+            .unwrap_or_default();
         let old = self.policy();
         match Policy::load("SetPolicy", text, old.version()) {
             Ok(new) => {
@@ -295,8 +335,16 @@ fn finish(p: Pending, f: Frame) -> Frame {
 pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
     let conn = guard.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::info!(conn, host = %host.peer, agent = %agent.peer, "connection opened");
-    let Conn { read: mut host_read, write: host_write, .. } = host;
-    let Conn { read: mut agent_read, write: mut agent_write, .. } = agent;
+    let Conn {
+        read: mut host_read,
+        write: host_write,
+        ..
+    } = host;
+    let Conn {
+        read: mut agent_read,
+        write: mut agent_write,
+        ..
+    } = agent;
     let inflight: Inflight = Mutex::new(HashMap::new());
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let writer = tokio::spawn(write_host(host_write, rx));
@@ -340,8 +388,16 @@ async fn host_to_agent(
             Ok(Read::Frame(f)) => f,
             Ok(Read::Closed) => return "host closed the connection".into(),
             Ok(Read::Oversize(h)) => {
-                tracing::warn!(conn, stream = h.stream_id, length = h.length, "oversize frame discarded");
-                let msg = format!("message length {} exceeds the maximum message size of {MAX_BODY}", h.length);
+                tracing::warn!(
+                    conn,
+                    stream = h.stream_id,
+                    length = h.length,
+                    "oversize frame discarded"
+                );
+                let msg = format!(
+                    "message length {} exceeds the maximum message size of {MAX_BODY}",
+                    h.length
+                );
                 let f = envelope::error_frame(h.stream_id, Code::INVALID_ARGUMENT, msg);
                 if tx.send(f.raw().clone()).await.is_err() {
                     return "host writer gone".into();
@@ -372,14 +428,22 @@ async fn host_to_agent(
     }
 }
 
-async fn agent_to_host(agent: &mut ReadHalf, inflight: &Inflight, tx: &mpsc::Sender<Bytes>) -> String {
+async fn agent_to_host(
+    agent: &mut ReadHalf,
+    inflight: &Inflight,
+    tx: &mpsc::Sender<Bytes>,
+) -> String {
     loop {
         let f = match frame::read_frame(agent, MAX_BODY).await {
             Ok(Read::Frame(f)) => f,
             Ok(Read::Closed) => return "agent closed the connection".into(),
             Ok(Read::Oversize(h)) => {
                 lock(inflight).remove(&h.stream_id);
-                let f = envelope::error_frame(h.stream_id, Code::INTERNAL, "agent response exceeded the maximum message size");
+                let f = envelope::error_frame(
+                    h.stream_id,
+                    Code::INTERNAL,
+                    "agent response exceeded the maximum message size",
+                );
                 if tx.send(f.raw().clone()).await.is_err() {
                     return "host writer gone".into();
                 }
@@ -388,11 +452,18 @@ async fn agent_to_host(agent: &mut ReadHalf, inflight: &Inflight, tx: &mpsc::Sen
             Err(e) => return format!("agent: {e}"),
         };
         if f.header.kind != TYPE_RESPONSE {
-            tracing::warn!(stream = f.header.stream_id, kind = f.header.kind, "unexpected frame type from the agent, dropped");
+            tracing::warn!(
+                stream = f.header.stream_id,
+                kind = f.header.kind,
+                "unexpected frame type from the agent, dropped"
+            );
             continue;
         }
         let Some(p) = lock(inflight).remove(&f.header.stream_id) else {
-            tracing::warn!(stream = f.header.stream_id, "agent answered a stream with no request in flight, dropped");
+            tracing::warn!(
+                stream = f.header.stream_id,
+                "agent answered a stream with no request in flight, dropped"
+            );
             continue;
         };
         let out = finish(p, f);

@@ -34,9 +34,17 @@ pub fn load_policy(file: Option<&PathBuf>, rego: RegoVersion) -> anyhow::Result<
                 .map_err(|e| anyhow::anyhow!("cannot read policy {}: {e}", path.display()))?;
             Policy::load(&path.display().to_string(), &text, rego)?
         }
-        None => Policy::load("embedded coco-default.rego", DEFAULT_POLICY, RegoVersion::V0)?,
+        None => Policy::load(
+            "embedded coco-default.rego",
+            DEFAULT_POLICY,
+            RegoVersion::V0,
+        )?,
     };
-    tracing::info!(source = policy.source_name(), digest = policy.digest(), "policy loaded");
+    tracing::info!(
+        source = policy.source_name(),
+        digest = policy.digest(),
+        "policy loaded"
+    );
     Ok(policy)
 }
 
@@ -67,7 +75,12 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 /// Accepts host connections on `listener` until `shutdown` completes; each one is
 /// relayed to a new connection to `agent`. After shutdown no new connection is
 /// accepted and open ones get up to [`DRAIN`] to finish before they are dropped.
-pub async fn run(listener: Listener, agent: Address, guard: Arc<Guard>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: Listener,
+    agent: Address,
+    guard: Arc<Guard>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -94,9 +107,18 @@ pub async fn run(listener: Listener, agent: Address, guard: Arc<Guard>, shutdown
     }
     drop(listener);
     if !conns.is_empty() {
-        tracing::info!(connections = conns.len(), "waiting for open connections to finish");
-        if tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!(connections = conns.len(), "drain deadline passed; dropping open connections");
+        tracing::info!(
+            connections = conns.len(),
+            "waiting for open connections to finish"
+        );
+        if tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = conns.len(),
+                "drain deadline passed; dropping open connections"
+            );
             conns.abort_all();
         }
     }
@@ -106,8 +128,9 @@ pub async fn run(listener: Listener, agent: Address, guard: Arc<Guard>, shutdown
 pub async fn serve(s: ServeSettings) -> anyhow::Result<()> {
     let policy = load_policy(s.policy_file.as_ref(), s.rego)?;
     let guard = Arc::new(Guard::new(policy, s.input_shape));
-    let listener =
-        Listener::bind(&s.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
+    let listener = Listener::bind(&s.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
     tracing::info!(listen = %s.listen, agent = %s.agent, "agent-warden is serving");
     run(listener, s.agent, guard, shutdown_signal()).await;
     tracing::info!("shutting down");
@@ -117,7 +140,10 @@ pub async fn serve(s: ServeSettings) -> anyhow::Result<()> {
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

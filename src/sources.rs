@@ -27,10 +27,14 @@ struct EndpointSection {
 /// types allowed, all others denied. A file without `[endpoints]` allows nothing; a
 /// name that is not a request type is an error that lists the valid names.
 pub fn endpoint_list_policy(toml_text: &str) -> Result<String, String> {
-    let list: EndpointList = toml::from_str(toml_text).map_err(|e| format!("invalid endpoint list: {e}"))?;
+    let list: EndpointList =
+        toml::from_str(toml_text).map_err(|e| format!("invalid endpoint list: {e}"))?;
     let allowed = list.endpoints.map(|e| e.allowed).unwrap_or_default();
     let valid = methods::table().policy_request_types();
-    let unknown: Vec<&String> = allowed.iter().filter(|a| !valid.contains(&a.as_str())).collect();
+    let unknown: Vec<&String> = allowed
+        .iter()
+        .filter(|a| !valid.contains(&a.as_str()))
+        .collect();
     if !unknown.is_empty() {
         return Err(format!(
             "endpoint list names unknown request types {unknown:?}; valid names: {}",
@@ -80,17 +84,27 @@ pub struct Loaded {
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
 
 /// Loads the policy from initdata, if initdata is configured.
 fn load_initdata(s: &PolicySources) -> anyhow::Result<Option<Loaded>> {
     let (location, init) = if let Some(path) = &s.initdata {
-        (path.display().to_string(), attestation::load_initdata(path)?)
+        (
+            path.display().to_string(),
+            attestation::load_initdata(path)?,
+        )
     } else if let Some(dev) = &s.initdata_scan {
         match attestation::scan_for_initdata(dev)? {
-            Some((path, raw)) => (path.display().to_string(), attestation::parse_initdata(&raw)?),
-            None => anyhow::bail!("no initdata device found under {} (looked at vd* and sd*)", dev.display()),
+            Some((path, raw)) => (
+                path.display().to_string(),
+                attestation::parse_initdata(&raw)?,
+            ),
+            None => anyhow::bail!(
+                "no initdata device found under {} (looked at vd* and sd*)",
+                dev.display()
+            ),
         }
     } else {
         return Ok(None);
@@ -102,7 +116,11 @@ fn load_initdata(s: &PolicySources) -> anyhow::Result<Option<Loaded>> {
         initdata = %location, algorithm = init.algorithm.name(), digest = %attestation::to_hex(&digest),
         "policy taken from initdata"
     );
-    Ok(Some(Loaded { policy, origin: Origin::Initdata { location, digest }, initdata_config: init.warden_config }))
+    Ok(Some(Loaded {
+        policy,
+        origin: Origin::Initdata { location, digest },
+        initdata_config: init.warden_config,
+    }))
 }
 
 impl Loaded {
@@ -111,7 +129,10 @@ impl Loaded {
     pub fn expected_digest(&self) -> Vec<u8> {
         match &self.origin {
             Origin::Initdata { digest, .. } => digest.clone(),
-            _ => attestation::digest(attestation::Algorithm::Sha256, self.policy.text().as_bytes()),
+            _ => attestation::digest(
+                attestation::Algorithm::Sha256,
+                self.policy.text().as_bytes(),
+            ),
         }
     }
 }
@@ -123,16 +144,36 @@ pub fn load(s: &PolicySources) -> anyhow::Result<Loaded> {
     }
     if let Some(path) = &s.policy_file {
         let policy = Policy::load(&path.display().to_string(), &read(path, "policy")?, s.rego)?;
-        return Ok(Loaded { policy, origin: Origin::File(path.clone()), initdata_config: None });
+        return Ok(Loaded {
+            policy,
+            origin: Origin::File(path.clone()),
+            initdata_config: None,
+        });
     }
     if let Some(path) = &s.endpoint_list {
         let rego = endpoint_list_policy(&read(path, "endpoint list")?)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let policy = Policy::load(&format!("endpoint list {}", path.display()), &rego, RegoVersion::V0)?;
-        return Ok(Loaded { policy, origin: Origin::EndpointList(path.clone()), initdata_config: None });
+        let policy = Policy::load(
+            &format!("endpoint list {}", path.display()),
+            &rego,
+            RegoVersion::V0,
+        )?;
+        return Ok(Loaded {
+            policy,
+            origin: Origin::EndpointList(path.clone()),
+            initdata_config: None,
+        });
     }
-    let policy = Policy::load("embedded coco-default.rego", DEFAULT_POLICY, RegoVersion::V0)?;
-    Ok(Loaded { policy, origin: Origin::Embedded, initdata_config: None })
+    let policy = Policy::load(
+        "embedded coco-default.rego",
+        DEFAULT_POLICY,
+        RegoVersion::V0,
+    )?;
+    Ok(Loaded {
+        policy,
+        origin: Origin::Embedded,
+        initdata_config: None,
+    })
 }
 
 #[cfg(test)]
@@ -142,8 +183,10 @@ mod tests {
 
     #[test]
     fn endpoint_list_allows_listed_types_only() {
-        let rego = endpoint_list_policy("[endpoints]\nallowed = [\"CreateContainerRequest\", \"StartContainerRequest\"]\n")
-            .unwrap();
+        let rego = endpoint_list_policy(
+            "[endpoints]\nallowed = [\"CreateContainerRequest\", \"StartContainerRequest\"]\n",
+        )
+        .unwrap();
         let p = Policy::load("list", &rego, RegoVersion::V0).unwrap();
         assert!(p.decide("CreateContainerRequest", &json!({})).is_allowed());
         assert!(p.decide("StartContainerRequest", &json!({})).is_allowed());
@@ -162,7 +205,11 @@ mod tests {
     #[test]
     fn endpoint_list_with_unknown_name_lists_valid_names() {
         let e = endpoint_list_policy("[endpoints]\nallowed = [\"CreateContainer\"]\n").unwrap_err();
-        assert!(e.contains("\"CreateContainer\"") && e.contains("CreateContainerRequest, CreateSandboxRequest"), "{e}");
+        assert!(
+            e.contains("\"CreateContainer\"")
+                && e.contains("CreateContainerRequest, CreateSandboxRequest"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -173,10 +220,17 @@ mod tests {
         std::fs::write(&init, toml).unwrap();
         let pol = dir.path().join("p.rego");
         std::fs::write(&pol, "package agent_policy\n").unwrap();
-        let s = PolicySources { initdata: Some(init), policy_file: Some(pol), ..Default::default() };
+        let s = PolicySources {
+            initdata: Some(init),
+            policy_file: Some(pol),
+            ..Default::default()
+        };
         let loaded = load(&s).unwrap();
         assert!(matches!(loaded.origin, Origin::Initdata { .. }));
-        assert_eq!(loaded.expected_digest(), attestation::digest(attestation::Algorithm::Sha384, toml.as_bytes()));
+        assert_eq!(
+            loaded.expected_digest(),
+            attestation::digest(attestation::Algorithm::Sha384, toml.as_bytes())
+        );
         assert!(loaded.policy.decide("X", &json!({})).is_allowed());
     }
 
@@ -184,7 +238,10 @@ mod tests {
     fn initdata_scan_without_a_device_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vda"), b"not initdata").unwrap();
-        let s = PolicySources { initdata_scan: Some(dir.path().to_path_buf()), ..Default::default() };
+        let s = PolicySources {
+            initdata_scan: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
         let e = load(&s).err().unwrap().to_string();
         assert!(e.contains("no initdata device found"), "{e}");
     }
@@ -196,7 +253,11 @@ mod tests {
         std::fs::write(&pol, "package agent_policy\ndefault X := true\n").unwrap();
         let list = dir.path().join("l.toml");
         std::fs::write(&list, "[endpoints]\nallowed = []\n").unwrap();
-        let mut s = PolicySources { policy_file: Some(pol.clone()), endpoint_list: Some(list.clone()), ..Default::default() };
+        let mut s = PolicySources {
+            policy_file: Some(pol.clone()),
+            endpoint_list: Some(list.clone()),
+            ..Default::default()
+        };
         assert_eq!(load(&s).unwrap().origin, Origin::File(pol));
         s.policy_file = None;
         assert_eq!(load(&s).unwrap().origin, Origin::EndpointList(list));

@@ -35,10 +35,18 @@ fn parse_inputs(text: &str) -> Vec<(String, Value)> {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let rest = l.strip_prefix("[\"ep\":\"").expect("line starts with [\"ep\":\"");
+            let rest = l
+                .strip_prefix("[\"ep\":\"")
+                .expect("line starts with [\"ep\":\"");
             let (ty, rest) = rest.split_once("\",").expect("type then input");
-            let json = rest.trim_end_matches(',').strip_suffix(']').expect("line ends with ]");
-            (ty.to_string(), serde_json::from_str(json).expect("input is JSON"))
+            let json = rest
+                .trim_end_matches(',')
+                .strip_suffix(']')
+                .expect("line ends with ]");
+            (
+                ty.to_string(),
+                serde_json::from_str(json).expect("input is JSON"),
+            )
         })
         .collect()
 }
@@ -62,8 +70,15 @@ impl KataReference {
     fn allowed(&self, ty: &str, input: &Value) -> bool {
         let mut e = self.0.clone();
         e.set_input_json(&input.to_string()).unwrap();
-        let r = e.eval_query(format!("data.agent_policy.{ty}"), false).unwrap();
-        match r.result.first().and_then(|r| r.expressions.first()).map(|e| &e.value) {
+        let r = e
+            .eval_query(format!("data.agent_policy.{ty}"), false)
+            .unwrap();
+        match r
+            .result
+            .first()
+            .and_then(|r| r.expressions.first())
+            .map(|e| &e.value)
+        {
             Some(regorus::Value::Bool(b)) => *b,
             Some(v @ regorus::Value::Object(_)) => v["allowed"] == regorus::Value::Bool(true),
             _ => false,
@@ -74,7 +89,11 @@ impl KataReference {
 /// Sends one policy input as its protobuf request through agent-warden; true if it
 /// was not blocked by policy.
 async fn send(client: &ttrpc::r#async::Client, shape: InputShape, ty: &str, input: &Value) -> bool {
-    let method = methods::table().all().iter().find(|m| m.request_type == ty).expect("known request type");
+    let method = methods::table()
+        .all()
+        .iter()
+        .find(|m| m.request_type == ty)
+        .expect("known request type");
     let msg = codec::from_policy_input(&method.request, input, shape)
         .unwrap_or_else(|e| panic!("{ty}: cannot encode recorded input: {e}"));
     let payload = msg.write_to_bytes_dyn().unwrap();
@@ -88,7 +107,11 @@ async fn send(client: &ttrpc::r#async::Client, shape: InputShape, ty: &str, inpu
     match client.request(req).await {
         Ok(_) => true,
         Err(ttrpc::Error::RpcStatus(s)) if s.code.value() == 7 => {
-            assert!(s.message.starts_with(&format!("{ty} is blocked by policy")), "{}", s.message);
+            assert!(
+                s.message.starts_with(&format!("{ty} is blocked by policy")),
+                "{}",
+                s.message
+            );
             false
         }
         Err(ttrpc::Error::RpcStatus(s)) => {
@@ -123,7 +146,9 @@ fn variants(ty: &str, input: &Value) -> Vec<(&'static str, Value)> {
                     env.push(json!("LD_PRELOAD=/tmp/evil.so"));
                 }
             });
-            edit("create: other command line", &|v| v["OCI"]["Process"]["Args"] = json!(["/bin/sh", "-c", "id"]));
+            edit("create: other command line", &|v| {
+                v["OCI"]["Process"]["Args"] = json!(["/bin/sh", "-c", "id"])
+            });
             edit("create: host bind mount", &|v| {
                 if let Some(m) = v["OCI"]["Mounts"].as_array_mut() {
                     m.push(json!({"destination": "/host", "source": "/", "type_": "bind", "options": ["rbind", "rw"]}));
@@ -131,7 +156,9 @@ fn variants(ty: &str, input: &Value) -> Vec<(&'static str, Value)> {
             });
         }
         "CopyFileRequest" => {
-            edit("copy: outside shared dir", &|v| v["path"] = json!("/etc/passwd"));
+            edit("copy: outside shared dir", &|v| {
+                v["path"] = json!("/etc/passwd")
+            });
             edit("copy: dot-dot escape", &|v| {
                 v["path"] = json!("/run/kata-containers/shared/containers/../../../etc/shadow")
             });
@@ -151,22 +178,37 @@ fn variants(ty: &str, input: &Value) -> Vec<(&'static str, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() {
     let Some(dir) = peers_dir() else { return };
-    let mut scenarios: Vec<PathBuf> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("policy.rego").is_file()).collect();
+    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("policy.rego").is_file())
+        .collect();
     scenarios.sort();
-    assert!(scenarios.len() >= 6, "expected the six genpolicy scenarios, found {}", scenarios.len());
+    assert!(
+        scenarios.len() >= 6,
+        "expected the six genpolicy scenarios, found {}",
+        scenarios.len()
+    );
     let (mut recorded, mut hostile, mut hostile_denied) = (0, 0, 0);
     for scenario in &scenarios {
         let name = scenario.file_name().unwrap().to_string_lossy().to_string();
         let policy = std::fs::read_to_string(scenario.join("policy.rego")).unwrap();
         let inputs = parse_inputs(&std::fs::read_to_string(scenario.join("inputs.txt")).unwrap());
         let outputs: Vec<bool> =
-            serde_json::from_str(&std::fs::read_to_string(scenario.join("outputs.json")).unwrap()).unwrap();
-        assert_eq!(inputs.len(), outputs.len(), "{name}: inputs and outputs differ in length");
+            serde_json::from_str(&std::fs::read_to_string(scenario.join("outputs.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            inputs.len(),
+            outputs.len(),
+            "{name}: inputs and outputs differ in length"
+        );
 
         // Two older kata-agent versions recorded these: the later one already sent
         // the stdio vsock ports in CreateContainerRequest.
-        let shape = if inputs.iter().any(|(ty, v)| ty == "CreateContainerRequest" && v.get("stdin_port").is_some()) {
+        let shape = if inputs
+            .iter()
+            .any(|(ty, v)| ty == "CreateContainerRequest" && v.get("stdin_port").is_some())
+        {
             InputShape::LegacyStreamPorts
         } else {
             InputShape::Legacy
@@ -178,11 +220,23 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
         let mut seen_types = std::collections::HashSet::new();
         for (i, ((ty, input), expected)) in inputs.iter().zip(&outputs).enumerate() {
             if ty == "AllowRequestsFailingPolicy" {
-                let (v, _) = h.guard.policy().eval(ty, regorus::Value::new_object()).unwrap();
-                assert_eq!(v == Some(regorus::Value::Bool(true)), *expected, "{name} line {i}: {ty}");
+                let (v, _) = h
+                    .guard
+                    .policy()
+                    .eval(ty, regorus::Value::new_object())
+                    .unwrap();
+                assert_eq!(
+                    v == Some(regorus::Value::Bool(true)),
+                    *expected,
+                    "{name} line {i}: {ty}"
+                );
                 continue;
             }
-            assert_eq!(send(&client, shape, ty, input).await, *expected, "{name} line {i}: {ty}");
+            assert_eq!(
+                send(&client, shape, ty, input).await,
+                *expected,
+                "{name} line {i}: {ty}"
+            );
             recorded += 1;
             if !seen_types.insert(ty.clone()) {
                 continue; // one set of variants per request type and scenario
@@ -190,7 +244,10 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
             for (label, variant) in variants(ty, input) {
                 let want = reference.allowed(ty, &variant);
                 let got = send(&client, shape, ty, &variant).await;
-                assert_eq!(got, want, "{name}: variant {label:?} of line {i}: agent-warden {got}, kata-style {want}");
+                assert_eq!(
+                    got, want,
+                    "{name}: variant {label:?} of line {i}: agent-warden {got}, kata-style {want}"
+                );
                 hostile += 1;
                 hostile_denied += usize::from(!got);
             }
@@ -199,5 +256,8 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
     }
     eprintln!("compat: {recorded} recorded requests, {hostile} hostile variants ({hostile_denied} denied)");
     assert!(recorded >= 150, "only {recorded} recorded requests checked");
-    assert!(hostile >= 30 && hostile_denied >= 25, "{hostile} variants, {hostile_denied} denied");
+    assert!(
+        hostile >= 30 && hostile_denied >= 25,
+        "{hostile} variants, {hostile_denied} denied"
+    );
 }

@@ -30,16 +30,30 @@ default WaitProcessRequest := false
 "#;
 
 fn exec(cid: &str) -> agent::ExecProcessRequest {
-    let process = oci::Process { Args: vec!["/bin/ls".into()], Env: vec!["TOKEN=s3cret".into()], ..Default::default() };
-    agent::ExecProcessRequest { container_id: cid.into(), process: MessageField::some(process), ..Default::default() }
+    let process = oci::Process {
+        Args: vec!["/bin/ls".into()],
+        Env: vec!["TOKEN=s3cret".into()],
+        ..Default::default()
+    };
+    agent::ExecProcessRequest {
+        container_id: cid.into(),
+        process: MessageField::some(process),
+        ..Default::default()
+    }
 }
 
 fn guard(policy: &str) -> Guard {
-    Guard::new(Policy::load("test.rego", policy, RegoVersion::V0).unwrap(), InputShape::Current)
+    Guard::new(
+        Policy::load("test.rego", policy, RegoVersion::V0).unwrap(),
+        InputShape::Current,
+    )
 }
 
 fn set_policy(text: &str) -> agent::SetPolicyRequest {
-    agent::SetPolicyRequest { policy: text.into(), ..Default::default() }
+    agent::SetPolicyRequest {
+        policy: text.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,12 +62,21 @@ async fn allowed_set_policy_swaps_and_is_not_forwarded() {
     let c = h.agent_client().await;
     assert_eq!(status(c.exec_process(ctx(), &exec("c1")).await).0, 7);
     let old = h.guard.policy().digest().to_string();
-    c.set_policy(ctx(), &set_policy(PERMISSIVE_EXEC)).await.unwrap();
+    c.set_policy(ctx(), &set_policy(PERMISSIVE_EXEC))
+        .await
+        .unwrap();
     assert_ne!(h.guard.policy().digest(), old);
     c.exec_process(ctx(), &exec("c1")).await.unwrap();
     // The new policy denies SetPolicy: no way back.
-    assert_eq!(status(c.set_policy(ctx(), &set_policy(SWAPPABLE)).await).0, 7);
-    assert_eq!(h.agent.calls(), vec!["ExecProcess"], "SetPolicy never reaches the agent");
+    assert_eq!(
+        status(c.set_policy(ctx(), &set_policy(SWAPPABLE)).await).0,
+        7
+    );
+    assert_eq!(
+        h.agent.calls(),
+        vec!["ExecProcess"],
+        "SetPolicy never reaches the agent"
+    );
     h.stop().await;
 }
 
@@ -64,7 +87,10 @@ async fn denied_set_policy_keeps_the_old_policy() {
     let old = h.guard.policy().digest().to_string();
     let (code, msg) = status(c.set_policy(ctx(), &set_policy(SWAPPABLE)).await);
     assert_eq!(code, 7);
-    assert!(msg.starts_with("SetPolicyRequest is blocked by policy"), "{msg}");
+    assert!(
+        msg.starts_with("SetPolicyRequest is blocked by policy"),
+        "{msg}"
+    );
     assert_eq!(h.guard.policy().digest(), old);
     h.stop().await;
 }
@@ -74,13 +100,23 @@ async fn broken_policy_is_kept_out() {
     let h = Harness::start(SWAPPABLE).await;
     let c = h.agent_client().await;
     let old = h.guard.policy().digest().to_string();
-    let (code, msg) = status(c.set_policy(ctx(), &set_policy("package agent_policy\nx {")).await);
+    let (code, msg) = status(
+        c.set_policy(ctx(), &set_policy("package agent_policy\nx {"))
+            .await,
+    );
     assert_eq!(code, 3, "{msg}");
     assert!(msg.contains("failed to parse"), "{msg}");
-    let (code, _) = status(c.set_policy(ctx(), &set_policy("package other\nx := 1\n")).await);
+    let (code, _) = status(
+        c.set_policy(ctx(), &set_policy("package other\nx := 1\n"))
+            .await,
+    );
     assert_eq!(code, 3);
     assert_eq!(h.guard.policy().digest(), old);
-    assert_eq!(status(c.exec_process(ctx(), &exec("c1")).await).0, 7, "old policy still enforced");
+    assert_eq!(
+        status(c.exec_process(ctx(), &exec("c1")).await).0,
+        7,
+        "old policy still enforced"
+    );
     h.stop().await;
 }
 
@@ -90,13 +126,29 @@ async fn in_flight_requests_finish_under_the_old_policy() {
     let c = h.agent_client().await;
     let c2 = c.clone();
     let wait = tokio::spawn(async move {
-        c2.wait_process(ctx(), &agent::WaitProcessRequest { container_id: "c1".into(), ..Default::default() }).await
+        c2.wait_process(
+            ctx(),
+            &agent::WaitProcessRequest {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.agent.calls(), vec!["WaitProcess"]);
-    c.set_policy(ctx(), &set_policy(PERMISSIVE_EXEC)).await.unwrap();
+    c.set_policy(ctx(), &set_policy(PERMISSIVE_EXEC))
+        .await
+        .unwrap();
     // The new policy denies WaitProcess, but the one in flight was decided before.
-    assert_eq!(status(c.wait_process(ctx(), &agent::WaitProcessRequest::default()).await).0, 7);
+    assert_eq!(
+        status(
+            c.wait_process(ctx(), &agent::WaitProcessRequest::default())
+                .await
+        )
+        .0,
+        7
+    );
     h.agent.release(1);
     assert_eq!(wait.await.unwrap().unwrap().status, 42);
     h.stop().await;
@@ -130,17 +182,34 @@ ExecProcessRequest if data.pstate.containers[input.container_id]
 async fn state_follows_successful_creates_only() {
     let h = Harness::start(STATEFUL).await;
     let c = h.agent_client().await;
-    let create = |id: &str| agent::CreateContainerRequest { container_id: id.into(), ..Default::default() };
-    assert_eq!(status(c.exec_process(ctx(), &exec("c1")).await).0, 7, "unknown container");
+    let create = |id: &str| agent::CreateContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        status(c.exec_process(ctx(), &exec("c1")).await).0,
+        7,
+        "unknown container"
+    );
     c.create_container(ctx(), &create("c1")).await.unwrap();
     c.exec_process(ctx(), &exec("c1")).await.unwrap();
     c.create_container(ctx(), &create("c2")).await.unwrap();
     c.exec_process(ctx(), &exec("c2")).await.unwrap();
-    assert_eq!(status(c.exec_process(ctx(), &exec("c3")).await).0, 7, "never created");
+    assert_eq!(
+        status(c.exec_process(ctx(), &exec("c3")).await).0,
+        7,
+        "never created"
+    );
     // The agent fails this create: no state may be left behind.
-    assert_eq!(status(c.create_container(ctx(), &create("fail-1")).await).0, 13);
+    assert_eq!(
+        status(c.create_container(ctx(), &create("fail-1")).await).0,
+        13
+    );
     assert_eq!(status(c.exec_process(ctx(), &exec("fail-1")).await).0, 7);
-    assert_eq!(h.guard.policy().state(), serde_json::json!({"containers": {"c1": true, "c2": true}}));
+    assert_eq!(
+        h.guard.policy().state(),
+        serde_json::json!({"containers": {"c1": true, "c2": true}})
+    );
     h.stop().await;
 }
 
@@ -157,10 +226,13 @@ async fn allow_requests_failing_policy_forwards_denials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_endpoint_list_blocks_with_unimplemented() {
-    let rego = endpoint_list_policy("[endpoints]\nallowed = [\"CreateContainerRequest\"]\n").unwrap();
+    let rego =
+        endpoint_list_policy("[endpoints]\nallowed = [\"CreateContainerRequest\"]\n").unwrap();
     let h = Harness::start_guard(guard(&rego).with_endpoint_list(true)).await;
     let c = h.agent_client().await;
-    c.create_container(ctx(), &agent::CreateContainerRequest::default()).await.unwrap();
+    c.create_container(ctx(), &agent::CreateContainerRequest::default())
+        .await
+        .unwrap();
     let (code, msg) = status(c.exec_process(ctx(), &exec("c1")).await);
     assert_eq!((code, msg.as_str()), (12, "ExecProcessRequest is blocked"));
     assert_eq!(h.agent.calls(), vec!["CreateContainer"]);
@@ -171,13 +243,18 @@ async fn legacy_endpoint_list_blocks_with_unimplemented() {
 async fn capture_records_masked_replayable_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("capture.jsonl");
-    let h = Harness::start_guard(guard(SWAPPABLE).with_capture(Capture::create(&path, false).unwrap())).await;
+    let h =
+        Harness::start_guard(guard(SWAPPABLE).with_capture(Capture::create(&path, false).unwrap()))
+            .await;
     let c = h.agent_client().await;
     let _ = c.exec_process(ctx(), &exec("c1")).await;
     let text = std::fs::read_to_string(&path).unwrap();
     let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(line["kind"], "ExecProcessRequest");
-    assert_eq!(line["request"]["process"]["Env"], serde_json::json!(["TOKEN=<masked>"]));
+    assert_eq!(
+        line["request"]["process"]["Env"],
+        serde_json::json!(["TOKEN=<masked>"])
+    );
     assert!(!text.contains("s3cret"));
     h.stop().await;
 }

@@ -31,7 +31,10 @@ ReadStreamRequest if input.container_id == "open"
 "#;
 
 fn exec(args: &[&str]) -> agent::ExecProcessRequest {
-    let process = oci::Process { Args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let process = oci::Process {
+        Args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
     agent::ExecProcessRequest {
         container_id: "c1".into(),
         exec_id: "e1".into(),
@@ -41,7 +44,10 @@ fn exec(args: &[&str]) -> agent::ExecProcessRequest {
 }
 
 fn create(id: &str) -> agent::CreateContainerRequest {
-    agent::CreateContainerRequest { container_id: id.into(), ..Default::default() }
+    agent::CreateContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    }
 }
 
 /// Splits a recorded byte stream into frames.
@@ -68,7 +74,11 @@ async fn allowed_request_reaches_agent_byte_for_byte() {
     assert_eq!(h.agent.calls(), vec!["CreateContainer", "ExecProcess"]);
     let sent = h.host_tap.sent_to_server();
     assert!(!sent.is_empty());
-    assert_eq!(h.agent_tap.sent_to_server(), sent, "the agent must receive exactly the host's bytes");
+    assert_eq!(
+        h.agent_tap.sent_to_server(),
+        sent,
+        "the agent must receive exactly the host's bytes"
+    );
     h.stop().await;
 }
 
@@ -78,7 +88,10 @@ async fn denied_request_gets_permission_denied_and_never_reaches_agent() {
     let c = h.agent_client().await;
     let (code, msg) = status(c.exec_process(ctx(), &exec(&["sh", "-c", "id"])).await);
     assert_eq!(code, 7);
-    assert!(msg.starts_with("ExecProcessRequest is blocked by policy: "), "{msg}");
+    assert!(
+        msg.starts_with("ExecProcessRequest is blocked by policy: "),
+        "{msg}"
+    );
     assert!(msg.contains("checking exec of sh -c id"), "{msg}");
     settle().await;
     assert!(h.agent.calls().is_empty());
@@ -90,10 +103,16 @@ async fn denied_request_gets_permission_denied_and_never_reaches_agent() {
 async fn undefined_rule_is_denied() {
     let h = Harness::start(POLICY).await;
     let c = h.agent_client().await;
-    let req = agent::CopyFileRequest { path: "/run/x".into(), ..Default::default() };
+    let req = agent::CopyFileRequest {
+        path: "/run/x".into(),
+        ..Default::default()
+    };
     let (code, msg) = status(c.copy_file(ctx(), &req).await);
     assert_eq!(code, 7);
-    assert!(msg.contains("CopyFileRequest is blocked by policy") && msg.contains("undefined"), "{msg}");
+    assert!(
+        msg.contains("CopyFileRequest is blocked by policy") && msg.contains("undefined"),
+        "{msg}"
+    );
     h.stop().await;
 }
 
@@ -101,7 +120,11 @@ async fn undefined_rule_is_denied() {
 async fn unknown_method_and_service_are_unimplemented_and_not_forwarded() {
     let h = Harness::start(&allow_all()).await;
     let c = h.client().await;
-    for (service, method) in [("grpc.AgentService", "Bogus"), ("grpc.Other", "CreateContainer"), ("", "")] {
+    for (service, method) in [
+        ("grpc.AgentService", "Bogus"),
+        ("grpc.Other", "CreateContainer"),
+        ("", ""),
+    ] {
         let req = ttrpc::proto::Request {
             service: service.into(),
             method: method.into(),
@@ -125,7 +148,10 @@ async fn health_check_passes_without_policy() {
     let h = Harness::start("package agent_policy\n").await;
     let c = health_ttrpc::HealthClient::new(h.client().await);
     let r = c.check(ctx(), &health::CheckRequest::new()).await.unwrap();
-    assert_eq!(r.status.enum_value(), Ok(health::health_check_response::ServingStatus::SERVING));
+    assert_eq!(
+        r.status.enum_value(),
+        Ok(health::health_check_response::ServingStatus::SERVING)
+    );
     assert_eq!(h.agent.calls(), vec!["Check"]);
     h.stop().await;
 }
@@ -134,14 +160,22 @@ async fn health_check_passes_without_policy() {
 async fn denied_read_stdout_is_forwarded_and_blanked() {
     let h = Harness::start(POLICY).await;
     let c = h.agent_client().await;
-    let read = |cid: &str| agent::ReadStreamRequest { container_id: cid.into(), len: 100, ..Default::default() };
+    let read = |cid: &str| agent::ReadStreamRequest {
+        container_id: cid.into(),
+        len: 100,
+        ..Default::default()
+    };
     let denied = c.read_stdout(ctx(), &read("closed")).await.unwrap();
     assert!(denied.data.is_empty(), "denied read must come back empty");
     let denied_err = c.read_stderr(ctx(), &read("closed")).await.unwrap();
     assert!(denied_err.data.is_empty());
     let allowed = c.read_stdout(ctx(), &read("open")).await.unwrap();
     assert_eq!(allowed.data, STDOUT_DATA);
-    assert_eq!(h.agent.calls(), vec!["ReadStdout", "ReadStderr", "ReadStdout"], "the agent still performs the reads");
+    assert_eq!(
+        h.agent.calls(),
+        vec!["ReadStdout", "ReadStderr", "ReadStdout"],
+        "the agent still performs the reads"
+    );
     h.stop().await;
 }
 
@@ -154,10 +188,15 @@ async fn hundred_concurrent_calls_with_long_polls_do_not_block_each_other() {
         let c = c.clone();
         polls.push(tokio::spawn(async move {
             if i % 2 == 0 {
-                let req = agent::WaitProcessRequest { container_id: "c1".into(), ..Default::default() };
+                let req = agent::WaitProcessRequest {
+                    container_id: "c1".into(),
+                    ..Default::default()
+                };
                 c.wait_process(ctx(), &req).await.map(|r| r.status)
             } else {
-                c.get_oom_event(ctx(), &agent::GetOOMEventRequest::new()).await.map(|_| 42)
+                c.get_oom_event(ctx(), &agent::GetOOMEventRequest::new())
+                    .await
+                    .map(|_| 42)
             }
         }));
     }
@@ -166,20 +205,37 @@ async fn hundred_concurrent_calls_with_long_polls_do_not_block_each_other() {
         let c = c.clone();
         quick.push(tokio::spawn(async move {
             if i % 3 == 0 {
-                c.exec_process(ctx(), &exec(&["rm", "-rf", "/"])).await.is_err()
+                c.exec_process(ctx(), &exec(&["rm", "-rf", "/"]))
+                    .await
+                    .is_err()
             } else {
-                c.create_container(ctx(), &create(&format!("c{i}"))).await.is_ok()
+                c.create_container(ctx(), &create(&format!("c{i}")))
+                    .await
+                    .is_ok()
             }
         }));
     }
     // All 90 quick calls finish while the 10 long polls are still parked in the agent.
     for q in quick {
-        assert!(tokio::time::timeout(Duration::from_secs(20), q).await.expect("quick call stuck").unwrap());
+        assert!(tokio::time::timeout(Duration::from_secs(20), q)
+            .await
+            .expect("quick call stuck")
+            .unwrap());
     }
-    assert!(polls.iter().all(|p| !p.is_finished()), "long polls must still be waiting");
+    assert!(
+        polls.iter().all(|p| !p.is_finished()),
+        "long polls must still be waiting"
+    );
     h.agent.release(10);
     for p in polls {
-        assert_eq!(tokio::time::timeout(Duration::from_secs(20), p).await.unwrap().unwrap().unwrap(), 42);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(20), p)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+            42
+        );
     }
     let calls = h.agent.calls();
     assert_eq!(calls.iter().filter(|c| *c == "CreateContainer").count(), 60);
@@ -193,15 +249,27 @@ async fn agent_receives_exactly_the_allowed_frames() {
     let c = h.agent_client().await;
     c.create_container(ctx(), &create("a")).await.unwrap();
     assert!(c.exec_process(ctx(), &exec(&["bash"])).await.is_err());
-    c.start_container(ctx(), &agent::StartContainerRequest { container_id: "a".into(), ..Default::default() })
+    c.start_container(
+        ctx(),
+        &agent::StartContainerRequest {
+            container_id: "a".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(c
+        .exec_process(ctx(), &exec(&["cat", "/etc/shadow"]))
         .await
-        .unwrap();
-    assert!(c.exec_process(ctx(), &exec(&["cat", "/etc/shadow"])).await.is_err());
+        .is_err());
     c.exec_process(ctx(), &exec(&["/bin/ls"])).await.unwrap();
     settle().await;
     let sent = frames(&h.host_tap.sent_to_server()).await;
     assert_eq!(sent.len(), 5);
-    let expected: Vec<u8> = [0, 2, 4].iter().flat_map(|&i| sent[i].raw().to_vec()).collect();
+    let expected: Vec<u8> = [0, 2, 4]
+        .iter()
+        .flat_map(|&i| sent[i].raw().to_vec())
+        .collect();
     assert_eq!(h.agent_tap.sent_to_server(), expected);
     h.stop().await;
 }
@@ -209,19 +277,40 @@ async fn agent_receives_exactly_the_allowed_frames() {
 // ---- hostile input on raw sockets -------------------------------------------------
 
 fn request_frame(stream: u32, flags: u8, service: &str, method: &str, payload: Vec<u8>) -> Frame {
-    let req = ttrpc::proto::Request { service: service.into(), method: method.into(), payload, ..Default::default() };
+    let req = ttrpc::proto::Request {
+        service: service.into(),
+        method: method.into(),
+        payload,
+        ..Default::default()
+    };
     Frame::new(stream, TYPE_REQUEST, flags, &req.write_to_bytes().unwrap())
 }
 
 fn create_frame(stream: u32) -> Frame {
-    request_frame(stream, 0, "grpc.AgentService", "CreateContainer", create("x").write_to_bytes().unwrap())
+    request_frame(
+        stream,
+        0,
+        "grpc.AgentService",
+        "CreateContainer",
+        create("x").write_to_bytes().unwrap(),
+    )
 }
 
 async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
-    match tokio::time::timeout(Duration::from_secs(10), frame::read_frame(s, frame::MAX_BODY)).await.ok()? {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        frame::read_frame(s, frame::MAX_BODY),
+    )
+    .await
+    .ok()?
+    {
         Ok(Read::Frame(f)) => {
             let r = envelope::decode_response(f.body()).unwrap();
-            Some((f.header.stream_id, envelope::status_code(&r), r.status.message.clone()))
+            Some((
+                f.header.stream_id,
+                envelope::status_code(&r),
+                r.status.message.clone(),
+            ))
         }
         _ => None,
     }
@@ -236,7 +325,14 @@ async fn oversize_frame_is_refused_without_closing_the_connection() {
     let h = Harness::start(&allow_all()).await;
     let mut s = raw(&h).await;
     let len = frame::MAX_BODY + 1;
-    let mut wire = Header { length: len as u32, stream_id: 1, kind: TYPE_REQUEST, flags: 0 }.encode().to_vec();
+    let mut wire = Header {
+        length: len as u32,
+        stream_id: 1,
+        kind: TYPE_REQUEST,
+        flags: 0,
+    }
+    .encode()
+    .to_vec();
     wire.resize(frame::HEADER_LEN + len, 0x5a);
     s.write_all(&wire).await.unwrap();
     let (id, code, msg) = read_reply(&mut s).await.expect("a reply");
@@ -253,7 +349,9 @@ async fn oversize_frame_is_refused_without_closing_the_connection() {
 async fn data_frames_and_streaming_flags_get_invalid_argument() {
     let h = Harness::start(&allow_all()).await;
     let mut s = raw(&h).await;
-    s.write_all(Frame::new(1, TYPE_DATA, 0, b"xyz").raw()).await.unwrap();
+    s.write_all(Frame::new(1, TYPE_DATA, 0, b"xyz").raw())
+        .await
+        .unwrap();
     let (id, code, msg) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (1, 3));
     assert!(msg.contains("data frames are not supported"), "{msg}");
@@ -262,7 +360,10 @@ async fn data_frames_and_streaming_flags_get_invalid_argument() {
     s.write_all(f.raw()).await.unwrap();
     let (id, code, msg) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (3, 3));
-    assert!(msg.contains("streaming requests are not supported"), "{msg}");
+    assert!(
+        msg.contains("streaming requests are not supported"),
+        "{msg}"
+    );
     settle().await;
     assert!(h.agent.calls().is_empty());
     assert!(h.agent_tap.sent_to_server().is_empty());
@@ -275,7 +376,10 @@ async fn even_stream_id_closes_the_connection() {
     let mut s = raw(&h).await;
     s.write_all(create_frame(2).raw()).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0, "connection must be closed");
     assert!(h.agent.calls().is_empty());
     h.stop().await;
@@ -286,14 +390,28 @@ async fn invalid_protobuf_gets_invalid_argument() {
     let h = Harness::start(&allow_all()).await;
     let mut s = raw(&h).await;
     // A valid envelope around a payload that is not a CreateContainerRequest.
-    s.write_all(request_frame(1, 0, "grpc.AgentService", "CreateContainer", vec![0x0a, 0xff, 0xff]).raw())
-        .await
-        .unwrap();
+    s.write_all(
+        request_frame(
+            1,
+            0,
+            "grpc.AgentService",
+            "CreateContainer",
+            vec![0x0a, 0xff, 0xff],
+        )
+        .raw(),
+    )
+    .await
+    .unwrap();
     let (id, code, msg) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (1, 3));
-    assert!(msg.starts_with("CreateContainerRequest: malformed request payload"), "{msg}");
+    assert!(
+        msg.starts_with("CreateContainerRequest: malformed request payload"),
+        "{msg}"
+    );
     // An envelope that is not a ttrpc Request at all.
-    s.write_all(Frame::new(3, TYPE_REQUEST, 0, &[0xff; 7]).raw()).await.unwrap();
+    s.write_all(Frame::new(3, TYPE_REQUEST, 0, &[0xff; 7]).raw())
+        .await
+        .unwrap();
     let (id, code, msg) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (3, 3));
     assert!(msg.contains("malformed ttrpc request envelope"), "{msg}");
@@ -302,7 +420,9 @@ async fn invalid_protobuf_gets_invalid_argument() {
     env.extend_from_slice(&[0x0a, 17]);
     env.extend_from_slice(b"grpc.AgentService");
     env.extend_from_slice(&[0x12, 2, 0xc3, 0x28]);
-    s.write_all(Frame::new(5, TYPE_REQUEST, 0, &env).raw()).await.unwrap();
+    s.write_all(Frame::new(5, TYPE_REQUEST, 0, &env).raw())
+        .await
+        .unwrap();
     let (id, code, _) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (5, 3));
     settle().await;

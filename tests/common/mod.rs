@@ -27,7 +27,10 @@ pub struct RecordingAgent {
 
 impl Default for RecordingAgent {
     fn default() -> Self {
-        RecordingAgent { calls: Mutex::new(Vec::new()), long_polls: Semaphore::new(0) }
+        RecordingAgent {
+            calls: Mutex::new(Vec::new()),
+            long_polls: Semaphore::new(0),
+        }
     }
 }
 
@@ -46,18 +49,33 @@ impl RecordingAgent {
 
 #[async_trait::async_trait]
 impl agent_ttrpc::AgentService for RecordingAgent {
-    async fn create_container(&self, _: &TtrpcContext, r: agent::CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        r: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw("CreateContainer");
         if r.container_id.starts_with("fail") {
-            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, "agent: create failed")));
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                "agent: create failed",
+            )));
         }
         Ok(Empty::new())
     }
-    async fn start_container(&self, _: &TtrpcContext, _: agent::StartContainerRequest) -> ttrpc::Result<Empty> {
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw("StartContainer");
         Ok(Empty::new())
     }
-    async fn exec_process(&self, _: &TtrpcContext, _: agent::ExecProcessRequest) -> ttrpc::Result<Empty> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw("ExecProcess");
         Ok(Empty::new())
     }
@@ -65,11 +83,19 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         self.saw("CopyFile");
         Ok(Empty::new())
     }
-    async fn create_sandbox(&self, _: &TtrpcContext, _: agent::CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw("CreateSandbox");
         Ok(Empty::new())
     }
-    async fn destroy_sandbox(&self, _: &TtrpcContext, _: agent::DestroySandboxRequest) -> ttrpc::Result<Empty> {
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: agent::DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw("DestroySandbox");
         Ok(Empty::new())
     }
@@ -81,7 +107,11 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         self.saw("UpdateInterface");
         Ok(r.interface.unwrap_or_default())
     }
-    async fn update_routes(&self, _: &TtrpcContext, r: agent::UpdateRoutesRequest) -> ttrpc::Result<agent::Routes> {
+    async fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        r: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
         self.saw("UpdateRoutes");
         Ok(r.routes.unwrap_or_default())
     }
@@ -93,7 +123,11 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         self.saw("UpdateEphemeralMounts");
         Ok(Empty::new())
     }
-    async fn online_cpu_mem(&self, _: &TtrpcContext, _: agent::OnlineCPUMemRequest) -> ttrpc::Result<Empty> {
+    async fn online_cpu_mem(
+        &self,
+        _: &TtrpcContext,
+        _: agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
         self.saw("OnlineCPUMem");
         Ok(Empty::new())
     }
@@ -105,13 +139,27 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         self.saw("GetGuestDetails");
         Ok(agent::GuestDetailsResponse::default())
     }
-    async fn read_stdout(&self, _: &TtrpcContext, _: agent::ReadStreamRequest) -> ttrpc::Result<agent::ReadStreamResponse> {
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
         self.saw("ReadStdout");
-        Ok(agent::ReadStreamResponse { data: STDOUT_DATA.to_vec(), ..Default::default() })
+        Ok(agent::ReadStreamResponse {
+            data: STDOUT_DATA.to_vec(),
+            ..Default::default()
+        })
     }
-    async fn read_stderr(&self, _: &TtrpcContext, _: agent::ReadStreamRequest) -> ttrpc::Result<agent::ReadStreamResponse> {
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
         self.saw("ReadStderr");
-        Ok(agent::ReadStreamResponse { data: STDOUT_DATA.to_vec(), ..Default::default() })
+        Ok(agent::ReadStreamResponse {
+            data: STDOUT_DATA.to_vec(),
+            ..Default::default()
+        })
     }
     async fn wait_process(
         &self,
@@ -122,20 +170,34 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         if let Ok(p) = self.long_polls.acquire().await {
             p.forget();
         }
-        Ok(agent::WaitProcessResponse { status: 42, ..Default::default() })
+        Ok(agent::WaitProcessResponse {
+            status: 42,
+            ..Default::default()
+        })
     }
-    async fn get_oom_event(&self, _: &TtrpcContext, _: agent::GetOOMEventRequest) -> ttrpc::Result<agent::OOMEvent> {
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
         self.saw("GetOOMEvent");
         if let Ok(p) = self.long_polls.acquire().await {
             p.forget();
         }
-        Ok(agent::OOMEvent { container_id: "c1".into(), ..Default::default() })
+        Ok(agent::OOMEvent {
+            container_id: "c1".into(),
+            ..Default::default()
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl health_ttrpc::Health for RecordingAgent {
-    async fn check(&self, _: &TtrpcContext, _: health::CheckRequest) -> ttrpc::Result<health::HealthCheckResponse> {
+    async fn check(
+        &self,
+        _: &TtrpcContext,
+        _: health::CheckRequest,
+    ) -> ttrpc::Result<health::HealthCheckResponse> {
         self.saw("Check");
         Ok(health::HealthCheckResponse {
             status: health::health_check_response::ServingStatus::SERVING.into(),
@@ -173,7 +235,11 @@ impl Tap {
     }
 }
 
-async fn copy(mut r: tokio::net::unix::OwnedReadHalf, mut w: tokio::net::unix::OwnedWriteHalf, rec: Arc<Mutex<Vec<u8>>>) {
+async fn copy(
+    mut r: tokio::net::unix::OwnedReadHalf,
+    mut w: tokio::net::unix::OwnedWriteHalf,
+    rec: Arc<Mutex<Vec<u8>>>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         match r.read(&mut buf).await {
@@ -229,7 +295,9 @@ impl Harness {
         server.start().await.unwrap();
         let agent_tap = Tap::start(&agent_front, agent_sock).await;
         let guard = Arc::new(guard);
-        let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await.unwrap();
+        let listener = Listener::bind(&Address::Unix(warden_sock.clone()))
+            .await
+            .unwrap();
         tokio::spawn(agent_warden::server::run(
             listener,
             Address::Unix(agent_front),
@@ -237,12 +305,23 @@ impl Harness {
             std::future::pending::<()>(),
         ));
         let host_tap = Tap::start(&host_sock, warden_sock.clone()).await;
-        Harness { dir, host_sock, warden_sock, agent, host_tap, agent_tap, guard, server }
+        Harness {
+            dir,
+            host_sock,
+            warden_sock,
+            agent,
+            host_tap,
+            agent_tap,
+            guard,
+            server,
+        }
     }
 
     /// A real ttrpc client (the host), through the host tap.
     pub async fn client(&self) -> ttrpc::r#async::Client {
-        ttrpc::r#async::Client::connect(&format!("unix://{}", self.host_sock.display())).await.unwrap()
+        ttrpc::r#async::Client::connect(&format!("unix://{}", self.host_sock.display()))
+            .await
+            .unwrap()
     }
 
     pub async fn agent_client(&self) -> agent_ttrpc::AgentServiceClient {
@@ -269,5 +348,9 @@ pub fn status<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (i32, String) {
 
 /// The allow-all policy shipped in policies/.
 pub fn allow_all() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/allow-all.rego")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/allow-all.rego"
+    ))
+    .unwrap()
 }
