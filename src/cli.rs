@@ -5,11 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::address::Address;
 use crate::codec::InputShape;
-use crate::config::{Config, DEFAULT_AGENT, DEFAULT_LISTEN};
+use crate::config::{AuditSection, Config, LimitsSection, PolicySection, SetPolicySetting};
 use crate::policy::RegoVersion;
-use crate::server::ServeSettings;
 
 /// agent-warden: guards the Kata Containers guest agent with a Rego policy.
 #[derive(Debug, Parser)]
@@ -43,10 +41,11 @@ pub enum Command {
     Storage(crate::storage::StorageArgs),
 }
 
-/// Flags of `agent-warden serve` (each overrides the configuration file).
+/// Flags of `agent-warden serve` (each overrides the configuration file and the
+/// configuration carried in initdata).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Configuration file (TOML).
+    /// Configuration file (TOML; see src/config.rs for every key).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where the host connects [default: vsock://-1:1024].
@@ -55,15 +54,49 @@ pub struct ServeArgs {
     /// Where kata-agent listens [default: unix:///run/kata-agent.sock].
     #[arg(long)]
     pub agent: Option<String>,
+    /// Initdata document holding the policy (TOML, gzip, or the block-device image).
+    #[arg(long, value_name = "FILE")]
+    pub initdata: Option<PathBuf>,
+    /// Look for an initdata block device (vd*, sd*) under DIR.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "/dev")]
+    pub initdata_scan: Option<PathBuf>,
     /// Policy file (Rego, package agent_policy) [default: embedded coco-default].
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy.
+    #[arg(long, value_name = "FILE")]
+    pub endpoints: Option<PathBuf>,
     /// Rego version of the policy [default: v0, as kata-agent].
     #[arg(long, value_enum)]
     pub rego: Option<RegoVersion>,
     /// Policy input shape: current kata-agent, or an older kata-agent's (legacy, legacy-stream-ports).
     #[arg(long, value_enum)]
     pub input_shape: Option<InputShape>,
+    /// Whether SetPolicy may replace the policy [default: auto = forbid for initdata policies].
+    #[arg(long, value_enum)]
+    pub set_policy: Option<SetPolicySetting>,
+    /// Refuse to serve unless the TEE reports the policy's digest: snp[:TSM_ROOT],
+    /// snp-report:DIR, tdx[:DEVICE], tdx-sysfs[:PATH], tdx-quote[:TSM_ROOT], file:PATH.
+    #[arg(long, value_name = "SOURCE")]
+    pub require_evidence: Option<String>,
+    /// Record every decided input to FILE (JSON lines, for `policy replay`).
+    #[arg(long, value_name = "FILE")]
+    pub capture: Option<PathBuf>,
+    /// Keep env values and byte payloads in the capture (masked by default).
+    #[arg(long)]
+    pub capture_unmasked: bool,
+    /// Most host connections served at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most requests in flight per host connection.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Time limit of one policy evaluation, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub eval_timeout_ms: Option<u64>,
+    /// Scratch disk device (sets [storage] device): a path or MAJ:MIN.
+    #[arg(long, value_name = "PATH|MAJ:MIN")]
+    pub storage_device: Option<String>,
 }
 
 /// Flags of `agent-warden demo`.
@@ -78,37 +111,42 @@ pub struct DemoArgs {
 }
 
 impl ServeArgs {
-    /// Merges flags over the configuration file over the defaults.
-    pub fn settings(&self) -> anyhow::Result<ServeSettings> {
-        let cfg = match &self.config {
+    /// The configuration file (or an empty layer) and the flags as a layer of their own.
+    pub fn layers(&self) -> anyhow::Result<(Config, Config)> {
+        let file = match &self.config {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
-        let listen = self
-            .listen
-            .clone()
-            .or(cfg.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let agent = self
-            .agent
-            .clone()
-            .or(cfg.agent)
-            .unwrap_or_else(|| DEFAULT_AGENT.to_string());
-        let shape = self
-            .input_shape
-            .or(cfg.policy.input_shape)
-            .unwrap_or_default();
-        Ok(ServeSettings {
-            listen: listen
-                .parse::<Address>()
-                .map_err(|e| anyhow::anyhow!("--listen: {e}"))?,
-            agent: agent
-                .parse::<Address>()
-                .map_err(|e| anyhow::anyhow!("--agent: {e}"))?,
-            policy_file: self.policy.clone().or(cfg.policy.file),
-            rego: self.rego.or(cfg.policy.rego).unwrap_or_default(),
-            input_shape: shape,
-        })
+        let storage = self.storage_device.as_ref().map(|d| {
+            let mut t = toml::Table::new();
+            t.insert("device".into(), toml::Value::String(d.clone()));
+            t
+        });
+        let flags = Config {
+            listen: self.listen.clone(),
+            agent: self.agent.clone(),
+            policy: PolicySection {
+                initdata: self.initdata.clone(),
+                initdata_scan: self.initdata_scan.clone(),
+                file: self.policy.clone(),
+                endpoints: self.endpoints.clone(),
+                rego: self.rego,
+                input_shape: self.input_shape,
+                set_policy: self.set_policy,
+                require_evidence: self.require_evidence.clone(),
+            },
+            audit: AuditSection {
+                capture: self.capture.clone(),
+                capture_unmasked: self.capture_unmasked.then_some(true),
+            },
+            limits: LimitsSection {
+                max_connections: self.max_connections,
+                max_in_flight: self.max_in_flight,
+                eval_timeout_ms: self.eval_timeout_ms,
+            },
+            storage,
+        };
+        Ok((file, flags))
     }
 }
 
@@ -137,8 +175,8 @@ pub fn run() -> i32 {
     }
     let result: anyhow::Result<i32> = match cli.command {
         Command::Serve(args) => args
-            .settings()
-            .and_then(|s| runtime()?.block_on(crate::server::serve(s)))
+            .layers()
+            .and_then(|(file, flags)| runtime()?.block_on(crate::server::serve(file, flags)))
             .map(|_| 0),
         Command::Endpoints => {
             print!("{}", crate::methods::listing());

@@ -1,5 +1,7 @@
-//! The server: loads what `serve` needs, binds the listener, and pairs every
-//! accepted host connection with a fresh connection to the agent.
+//! The server: resolves what `serve` needs (configuration layers, the policy and
+//! where it came from, the evidence check, the scratch disk), binds the listener, and
+//! pairs every accepted host connection with a fresh connection to the agent. On
+//! SIGTERM/SIGINT it stops accepting, drains, and tears the scratch disk down.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -7,23 +9,97 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address::{self, Address, Listener};
+use crate::attestation::{self, EvidenceSource};
 use crate::codec::InputShape;
+use crate::config::{Config, LimitsSection, SetPolicySetting, DEFAULT_AGENT, DEFAULT_LISTEN};
 use crate::policy::{Policy, RegoVersion};
-use crate::relay::{self, Guard};
+use crate::relay::{self, Guard, Hook, SetPolicyMode};
+use crate::sources::{self, Loaded, Origin, PolicySources};
+use crate::storage::{self, Report, SetupAt, StorageConfig, StorageError};
 
 /// The embedded default policy (policies/coco-default.rego).
 pub const DEFAULT_POLICY: &str = include_str!("../policies/coco-default.rego");
 /// The embedded allow-all policy (policies/allow-all.rego).
 pub const ALLOW_ALL_POLICY: &str = include_str!("../policies/allow-all.rego");
 
-/// Everything `serve` needs, resolved from configuration and flags.
+/// Everything `serve` needs besides the policy, resolved from the configuration layers.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub listen: Address,
     pub agent: Address,
-    pub policy_file: Option<PathBuf>,
-    pub rego: RegoVersion,
     pub input_shape: InputShape,
+    pub set_policy: SetPolicySetting,
+    pub require_evidence: Option<EvidenceSource>,
+    /// Capture file, and whether it keeps env values and payloads unmasked.
+    pub capture: Option<(PathBuf, bool)>,
+    pub limits: LimitsSection,
+    /// The scratch disk, when `[storage]` names a device.
+    pub storage: Option<StorageConfig>,
+}
+
+/// Where the policy comes from, per the `[policy]` table.
+pub fn policy_sources(cfg: &Config) -> PolicySources {
+    PolicySources {
+        initdata: cfg.policy.initdata.clone(),
+        initdata_scan: cfg.policy.initdata_scan.clone(),
+        policy_file: cfg.policy.file.clone(),
+        endpoint_list: cfg.policy.endpoints.clone(),
+        rego: cfg.policy.rego.unwrap_or_default(),
+    }
+}
+
+impl ServeSettings {
+    /// Resolves and checks the settings of a (merged) configuration.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<ServeSettings> {
+        let listen = cfg.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let agent = cfg.agent.as_deref().unwrap_or(DEFAULT_AGENT);
+        let require_evidence = match &cfg.policy.require_evidence {
+            Some(spec) => Some(
+                spec.parse::<EvidenceSource>()
+                    .map_err(|e| anyhow::anyhow!("require_evidence: {e}"))?,
+            ),
+            None => None,
+        };
+        let storage = match &cfg.storage {
+            Some(table) => {
+                let sc: StorageConfig = toml::Value::Table(table.clone())
+                    .try_into()
+                    .map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))?;
+                if sc.device.is_some() {
+                    sc.validate(true)
+                        .map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))?;
+                    Some(sc)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        if cfg.limits.max_connections == Some(0) || cfg.limits.max_in_flight == Some(0) {
+            anyhow::bail!("[limits]: max_connections and max_in_flight must be at least 1");
+        }
+        if cfg.limits.eval_timeout_ms == Some(0) {
+            anyhow::bail!("[limits]: eval_timeout_ms must be at least 1");
+        }
+        Ok(ServeSettings {
+            listen: listen
+                .parse::<Address>()
+                .map_err(|e| anyhow::anyhow!("listen: {e}"))?,
+            agent: agent
+                .parse::<Address>()
+                .map_err(|e| anyhow::anyhow!("agent: {e}"))?,
+            input_shape: cfg.policy.input_shape.unwrap_or_default(),
+            set_policy: cfg.policy.set_policy.unwrap_or_default(),
+            require_evidence,
+            capture: cfg
+                .audit
+                .capture
+                .clone()
+                .map(|p| (p, cfg.audit.capture_unmasked.unwrap_or(false))),
+            limits: cfg.limits.clone(),
+            storage,
+        })
+    }
 }
 
 /// Loads the configured policy (or the embedded default) and checks it.
@@ -46,6 +122,99 @@ pub fn load_policy(file: Option<&PathBuf>, rego: RegoVersion) -> anyhow::Result<
         "policy loaded"
     );
     Ok(policy)
+}
+
+/// What `serve` prepared before listening: the settings, the policy and its origin.
+pub struct Prepared {
+    pub settings: ServeSettings,
+    pub loaded: Loaded,
+}
+
+/// Loads the policy from the configured source and, when it came from initdata that
+/// carries an `agent-warden.toml`, puts that configuration between the file and the
+/// flags. Nothing is listened on or set up yet.
+pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
+    let base = file.clone().overlay(flags.clone());
+    let loaded = sources::load(&policy_sources(&base))?;
+    let cfg = match &loaded.initdata_config {
+        Some(text) => {
+            let layer = Config::parse(text, "from initdata (agent-warden.toml)")?;
+            layer.check_initdata_layer()?;
+            tracing::info!("configuration from initdata applied (flags still override it)");
+            file.overlay(layer).overlay(flags)
+        }
+        None => base,
+    };
+    let settings = ServeSettings::from_config(&cfg)?;
+    tracing::info!(
+        source = loaded.policy.source_name(),
+        origin = ?loaded.origin,
+        policy_digest = loaded.policy.digest(),
+        expected_evidence = %attestation::to_hex(&loaded.expected_digest()),
+        "policy loaded"
+    );
+    Ok(Prepared { settings, loaded })
+}
+
+/// Compares the policy's expected digest with what the TEE reports; an error names
+/// both values and refuses to serve.
+pub fn check_evidence(src: &EvidenceSource, loaded: &Loaded) -> anyhow::Result<()> {
+    let expected = loaded.expected_digest();
+    attestation::check_evidence(src, &expected).map_err(|e| {
+        anyhow::anyhow!("refusing to serve: the policy is not the one attestation measured: {e}")
+    })?;
+    tracing::info!(evidence = %src, digest = %attestation::to_hex(&expected), "evidence matches the policy digest");
+    Ok(())
+}
+
+/// Builds the guard for a prepared policy: SetPolicy mode, endpoint-list answers,
+/// capture, limits, and the scratch-disk teardown after DestroySandbox.
+pub fn build_guard(
+    settings: &ServeSettings,
+    loaded: Loaded,
+    teardown: Option<Hook>,
+) -> anyhow::Result<Guard> {
+    let set_policy = match (settings.set_policy, &loaded.origin) {
+        (SetPolicySetting::Forbid, _) | (SetPolicySetting::Auto, Origin::Initdata { .. }) => {
+            SetPolicyMode::Forbidden
+        }
+        _ => SetPolicyMode::PolicyDecides,
+    };
+    let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
+    let mut guard = Guard::new(loaded.policy, settings.input_shape)
+        .with_set_policy(set_policy)
+        .with_endpoint_list(endpoint_list);
+    if let Some((path, unmasked)) = &settings.capture {
+        let capture = crate::audit::Capture::create(path, *unmasked)
+            .map_err(|e| anyhow::anyhow!("cannot create capture file {}: {e}", path.display()))?;
+        guard = guard.with_capture(capture);
+    }
+    if let Some(hook) = teardown {
+        guard = guard.with_hook("DestroySandboxRequest", hook);
+    }
+    Ok(guard)
+}
+
+/// A storage operation (the real one, or a test double's).
+pub type StorageOp = Arc<dyn Fn(&StorageConfig) -> Result<Report, StorageError> + Send + Sync>;
+
+/// The hook run after the agent answered DestroySandbox successfully: tear the
+/// scratch disk down (on a blocking thread) and log what was done.
+pub fn teardown_hook(cfg: StorageConfig, teardown: StorageOp) -> Hook {
+    Arc::new(move || match teardown(&cfg) {
+        Ok(r) => tracing::info!(report = %r.summary(), "scratch disk torn down after DestroySandbox"),
+        Err(e) => tracing::error!(error = %e, "scratch disk teardown after DestroySandbox failed"),
+    })
+}
+
+async fn storage_op(cfg: &StorageConfig, op: &StorageOp) -> Result<Report, StorageError> {
+    let (cfg, op) = (cfg.clone(), op.clone());
+    match tokio::task::spawn_blocking(move || op(&cfg)).await {
+        Ok(r) => r,
+        Err(e) => Err(StorageError::Config(format!(
+            "storage task failed: {e}"
+        ))),
+    }
 }
 
 /// How many times, and how far apart, a new host connection tries to reach the agent.
@@ -124,16 +293,68 @@ pub async fn run(
     }
 }
 
-/// `agent-warden serve`: load and check the policy, then listen (never without a policy).
-pub async fn serve(s: ServeSettings) -> anyhow::Result<()> {
-    let policy = load_policy(s.policy_file.as_ref(), s.rego)?;
-    let guard = Arc::new(Guard::new(policy, s.input_shape));
-    let listener = Listener::bind(&s.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", s.listen))?;
-    tracing::info!(listen = %s.listen, agent = %s.agent, "agent-warden is serving");
-    run(listener, s.agent, guard, shutdown_signal()).await;
+/// `agent-warden serve` with the real storage operations. See [`serve_with`].
+pub async fn serve(file: Config, flags: Config) -> anyhow::Result<()> {
+    let setup: StorageOp = Arc::new(storage::setup);
+    let teardown: StorageOp = Arc::new(storage::teardown);
+    serve_with(file, flags, setup, teardown, shutdown_signal()).await
+}
+
+/// `agent-warden serve`: load and check the policy (and the evidence, if required),
+/// set the scratch disk up (if configured for start-up), then listen — never without
+/// a policy. After `shutdown`: drain, then tear the scratch disk down.
+pub async fn serve_with(
+    file: Config,
+    flags: Config,
+    setup: StorageOp,
+    teardown: StorageOp,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Prepared { settings, loaded } = prepare(file, flags)?;
+    if let Some(src) = &settings.require_evidence {
+        check_evidence(src, &loaded)?;
+    }
+    let storage = settings.storage.clone();
+    if let Some(sc) = &storage {
+        if sc.setup_at == SetupAt::Startup {
+            let r = storage_op(sc, &setup)
+                .await
+                .map_err(|e| anyhow::anyhow!("scratch disk setup failed: {e}"))?;
+            tracing::info!(report = %r.summary(), seconds = r.total.as_secs_f64(), "scratch disk ready");
+        }
+    }
+    let hook = storage
+        .clone()
+        .map(|sc| teardown_hook(sc, teardown.clone()));
+    let started = build_guard(&settings, loaded, hook).map(Arc::new);
+    let bound = match started {
+        Ok(guard) => Listener::bind(&settings.listen)
+            .await
+            .map(|l| (l, guard))
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen)),
+        Err(e) => Err(e),
+    };
+    let (listener, guard) = match bound {
+        Ok(v) => v,
+        Err(e) => {
+            // Do not leave the disk set up behind a warden that never served.
+            if let Some(sc) = &storage {
+                if let Err(t) = storage_op(sc, &teardown).await {
+                    tracing::error!(error = %t, "scratch disk teardown after a failed start failed");
+                }
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
+    run(listener, settings.agent.clone(), guard, shutdown).await;
     tracing::info!("shutting down");
+    if let Some(sc) = &storage {
+        let r = storage_op(sc, &teardown)
+            .await
+            .map_err(|e| anyhow::anyhow!("scratch disk teardown at shutdown failed: {e}"))?;
+        tracing::info!(report = %r.summary(), "scratch disk torn down at shutdown");
+    }
     Ok(())
 }
 

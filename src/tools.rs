@@ -101,8 +101,11 @@ pub struct ReplayArgs {
 /// Flags of `policy hash`.
 #[derive(Debug, Args)]
 pub struct HashArgs {
-    /// The file to digest.
+    /// An initdata document (TOML, gzip, or block-device image) or a plain policy file.
     pub file: PathBuf,
+    /// Print only the digest in hex (scripts), not the report with the TEE forms.
+    #[arg(long)]
+    pub hex: bool,
 }
 
 /// Runs a policy tool; returns the process exit code.
@@ -787,15 +790,16 @@ fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> 
 // ---------------------------------------------------------------------------
 // hash
 
-/// The digest `policy hash` prints: sha256 of the bytes, lowercase hex.
-pub fn file_digest(bytes: &[u8]) -> String {
-    crate::policy::sha256_hex(bytes)
-}
-
+/// `policy hash FILE`: the digest attestation should report for FILE (the initdata
+/// digest, or sha256 of a plain policy), with the SNP / TDX / QEMU forms; `--hex` prints
+/// the bare hex digest.
 fn hash(a: &HashArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
-    let bytes = std::fs::read(&a.file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", a.file.display()))?;
-    writeln!(out, "{}", file_digest(&bytes))?;
+    let doc = crate::attestation::load_measured_document(&a.file)?;
+    if a.hex {
+        writeln!(out, "{}", crate::attestation::to_hex(&doc.digest()))?;
+    } else {
+        write!(out, "{}", crate::attestation::render_report(&a.file, &doc))?;
+    }
     Ok(0)
 }
 
@@ -976,13 +980,5 @@ SignalProcessRequest if input.container_id in object.keys(data.pstate.containers
         );
         let w = input_warning("CreateContainerRequest", &json!({"containerid": "c"})).unwrap();
         assert!(w.contains("containerid"), "{w}");
-    }
-
-    #[test]
-    fn hash_is_sha256_hex() {
-        assert_eq!(
-            file_digest(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

@@ -514,12 +514,43 @@ fn replay_exits_non_zero_on_malformed_lines() {
 }
 
 #[test]
-fn hash_prints_the_sha256_of_the_file() {
-    let o = run(&["policy", "hash", "policies/coco-default.rego"]);
-    assert_eq!(o.status.code(), Some(0));
+fn hash_prints_the_sha256_of_a_plain_policy_with_the_tee_forms() {
     let bytes = std::fs::read(Path::new(ROOT).join("policies/coco-default.rego")).unwrap();
-    assert_eq!(
-        stdout(&o),
-        format!("{}\n", agent_warden::policy::sha256_hex(&bytes))
+    let hex = agent_warden::policy::sha256_hex(&bytes);
+    let o = run(&["policy", "hash", "--hex", "policies/coco-default.rego"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{hex}\n"));
+    let o = run(&["policy", "hash", "policies/coco-default.rego"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("digest (hex): {hex}\n")), "{out}");
+    assert!(out.contains("kind: plain policy"), "{out}");
+    // SNP HOSTDATA is the 32-byte digest itself; MRCONFIGID pads it with 16 zero bytes.
+    assert!(
+        out.contains(&format!("snp hostdata (hex, 32 bytes): {hex}\n")),
+        "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "tdx mrconfigid (hex, 48 bytes): {hex}{}\n",
+            "0".repeat(32)
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn hash_of_initdata_is_over_the_decompressed_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"policy.rego\" = '''\npackage agent_policy\n'''\n";
+    let image = agent_warden::attestation::build_initdata_image(toml.as_bytes()).unwrap();
+    let path = dir.path().join("initdata.img");
+    std::fs::write(&path, image).unwrap();
+    let o = run(&["policy", "hash", "--hex", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let want = agent_warden::attestation::to_hex(&agent_warden::attestation::digest(
+        agent_warden::attestation::Algorithm::Sha384,
+        toml.as_bytes(),
+    ));
+    assert_eq!(stdout(&o), format!("{want}\n"));
 }
