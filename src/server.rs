@@ -147,8 +147,7 @@ pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
     };
     let settings = ServeSettings::from_config(&cfg)?;
     tracing::info!(
-        source = loaded.policy.source_name(),
-        origin = ?loaded.origin,
+        origin = %loaded.origin,
         policy_digest = loaded.policy.digest(),
         expected_evidence = %attestation::to_hex(&loaded.expected_digest()),
         "policy loaded"

@@ -64,6 +64,17 @@ pub enum Origin {
     Embedded,
 }
 
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Initdata { location, .. } => write!(f, "initdata {location}"),
+            Origin::File(p) => write!(f, "policy file {}", p.display()),
+            Origin::EndpointList(p) => write!(f, "endpoint list {}", p.display()),
+            Origin::Embedded => f.write_str("embedded default"),
+        }
+    }
+}
+
 /// Where to look for the policy.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySources {
