@@ -477,6 +477,8 @@ fn storage_vm_end_to_end() {
         "idempotent-teardown-plain",
         "clean-after-teardown-plain",
         "no-luks-on-disk-plain",
+        "serve-startup-setup",
+        "serve-sigterm-teardown",
         "tamper-integrity",
         "tamper-plain",
         "second-boot-status-inactive",

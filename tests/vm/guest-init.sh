@@ -227,6 +227,44 @@ tamper() {
     [ $rc -eq 0 ] || { echo "$out" | show; fail "tamper-teardown-$label" "rc=$rc"; }
 }
 
+# serve_lifecycle DEVICE: `agent-warden serve` with [storage] sets the disk up before
+# its listener opens, and tears it down on SIGTERM (exit 0).
+serve_lifecycle() {
+    dev=$1
+    printf '[storage]\ndevice = "%s"\nintegrity = false\n' "$dev" >/tmp/aw.toml
+    rm -f /run/aw.sock
+    t0=$(now)
+    /bin/agent-warden --log info serve --listen unix:///run/aw.sock --agent unix:///run/agent.sock \
+        --config /tmp/aw.toml >/tmp/serve.log 2>&1 &
+    pid=$!
+    i=0
+    while [ ! -S /run/aw.sock ] && [ $i -lt 600 ] && kill -0 $pid 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "AW-TIME serve-start-to-listening-with-setup $(since "$t0")"
+    if [ -S /run/aw.sock ] && grep -q " $MP " /proc/self/mountinfo; then
+        pass serve-startup-setup
+    else
+        show </tmp/serve.log
+        fail serve-startup-setup "no socket or no mount after $i polls"
+    fi
+    echo "$MARKER written while agent-warden serves" >"$MP/served-marker"
+    sync
+    t0=$(now)
+    kill -TERM $pid
+    wait $pid
+    rc=$?
+    echo "AW-TIME serve-sigterm-to-exit $(since "$t0")"
+    why=$(clean)
+    if [ $rc -eq 0 ] && [ -z "$why" ] && grep -q "scratch disk torn down at shutdown" /tmp/serve.log; then
+        pass serve-sigterm-teardown
+    else
+        show </tmp/serve.log
+        fail serve-sigterm-teardown "rc=$rc $why"
+    fi
+}
+
 boot1() {
     echo "AW-INFO boot 1: error paths"
     expect_refusal missing-device "does not exist" --device /dev/vdz
@@ -286,6 +324,7 @@ EOF
     echo "AW-INFO boot 1: lifecycles"
     lifecycle integrity "$(cat /sys/block/vda/dev)" on
     lifecycle plain /dev/vdb off
+    serve_lifecycle /dev/vdb
 
     echo "AW-INFO boot 1: tampering"
     tamper integrity /dev/vdd tamper-int on
