@@ -201,7 +201,9 @@ pub type StorageOp = Arc<dyn Fn(&StorageConfig) -> Result<Report, StorageError> 
 /// scratch disk down (on a blocking thread) and log what was done.
 pub fn teardown_hook(cfg: StorageConfig, teardown: StorageOp) -> Hook {
     Arc::new(move || match teardown(&cfg) {
-        Ok(r) => tracing::info!(report = %r.summary(), "scratch disk torn down after DestroySandbox"),
+        Ok(r) => {
+            tracing::info!(report = %r.summary(), "scratch disk torn down after DestroySandbox")
+        }
         Err(e) => tracing::error!(error = %e, "scratch disk teardown after DestroySandbox failed"),
     })
 }
@@ -210,9 +212,7 @@ async fn storage_op(cfg: &StorageConfig, op: &StorageOp) -> Result<Report, Stora
     let (cfg, op) = (cfg.clone(), op.clone());
     match tokio::task::spawn_blocking(move || op(&cfg)).await {
         Ok(r) => r,
-        Err(e) => Err(StorageError::Config(format!(
-            "storage task failed: {e}"
-        ))),
+        Err(e) => Err(StorageError::Config(format!("storage task failed: {e}"))),
     }
 }
 

@@ -48,7 +48,11 @@ fn wait_for(path: &Path, child: &mut Child) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("agent-warden exited early with {st}");
         }
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -102,7 +106,10 @@ fn a_broken_policy_stops_the_process_before_listening() {
         ],
         &sock,
     );
-    assert!(err.contains("cannot read policy") && err.contains("absent.rego"), "{err}");
+    assert!(
+        err.contains("cannot read policy") && err.contains("absent.rego"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -147,7 +154,10 @@ fn evidence_mismatch_refuses_to_serve_and_names_both_digests() {
         ],
         &sock,
     );
-    assert!(err.contains("refusing to serve") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("refusing to serve") && err.contains("missing"),
+        "{err}"
+    );
 
     // The matching value lets it serve; SIGTERM then stops it with exit 0.
     let ev = d.write("hostdata-ok.hex", &good);
@@ -313,7 +323,11 @@ async fn storage_is_set_up_before_listening_and_torn_down_after_destroy_and_at_s
         assert!(Instant::now() < deadline, "never listened");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(calls.seen(), vec![("setup", false)], "setup before listening");
+    assert_eq!(
+        calls.seen(),
+        vec![("setup", false)],
+        "setup before listening"
+    );
 
     let c = agent_ttrpc::AgentServiceClient::new(
         ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
@@ -325,7 +339,10 @@ async fn storage_is_set_up_before_listening_and_torn_down_after_destroy_and_at_s
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls.seen().len() < 2 {
-        assert!(Instant::now() < deadline, "no teardown after DestroySandbox");
+        assert!(
+            Instant::now() < deadline,
+            "no teardown after DestroySandbox"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(calls.seen()[1].0, "teardown");
@@ -387,7 +404,10 @@ async fn a_denied_destroy_sandbox_does_not_tear_down() {
     );
     assert_eq!(code, 7);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(calls.seen().is_empty(), "on-demand: no setup; denied: no teardown");
+    assert!(
+        calls.seen().is_empty(),
+        "on-demand: no setup; denied: no teardown"
+    );
     assert!(agent.calls().is_empty());
     drop(c);
     stop_tx.send(()).unwrap();
@@ -416,7 +436,10 @@ async fn failed_setup_never_listens_and_failed_bind_tears_down() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(e.contains("scratch disk setup failed: ") && e.contains("setup double fails"), "{e}");
+    assert!(
+        e.contains("scratch disk setup failed: ") && e.contains("setup double fails"),
+        "{e}"
+    );
     assert_eq!(calls.seen(), vec![("setup", false)]);
     assert!(!sock.exists());
 
@@ -466,7 +489,11 @@ async fn initdata_policy_forbids_set_policy_unless_configured_and_carries_config
     )
     .unwrap();
     let p = server::prepare(Config::default(), flags).unwrap();
-    assert_eq!(p.settings.listen.to_string(), listen, "flags win over initdata");
+    assert_eq!(
+        p.settings.listen.to_string(),
+        listen,
+        "flags win over initdata"
+    );
     assert_eq!(p.settings.capture.as_ref().map(|c| &c.0), Some(&capture));
     let guard = server::build_guard(&p.settings, p.loaded, None).unwrap();
     let h = common::Harness::start_guard(guard).await;
@@ -475,8 +502,7 @@ async fn initdata_policy_forbids_set_policy_unless_configured_and_carries_config
         c.set_policy(
             ctx(),
             &agent::SetPolicyRequest {
-                policy: "package agent_policy\ndefault CreateContainerRequest := false\n"
-                    .into(),
+                policy: "package agent_policy\ndefault CreateContainerRequest := false\n".into(),
                 ..Default::default()
             },
         )
