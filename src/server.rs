@@ -240,14 +240,31 @@ async fn connect_agent(agent: &Address) -> std::io::Result<address::Conn> {
 /// How long, after a shutdown signal, connections may take to finish their requests.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
-/// Accepts host connections on `listener` until `shutdown` completes; each one is
-/// relayed to a new connection to `agent`. After shutdown no new connection is
-/// accepted and open ones get up to [`DRAIN`] to finish before they are dropped.
+/// Host connections served at once unless configured (`[limits] max_connections`).
+/// The kata runtime uses a handful; the bound stops a host from exhausting the guest's
+/// file descriptors and memory.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// [`run_with`] with [`DEFAULT_MAX_CONNECTIONS`].
 pub async fn run(
     listener: Listener,
     agent: Address,
     guard: Arc<Guard>,
     shutdown: impl Future<Output = ()>,
+) {
+    run_with(listener, agent, guard, shutdown, DEFAULT_MAX_CONNECTIONS).await
+}
+
+/// Accepts host connections on `listener` until `shutdown` completes; each one is
+/// relayed to a new connection to `agent`. A connection beyond `max_connections` is
+/// closed at once (logged at warn). After shutdown no new connection is accepted and
+/// open ones get up to [`DRAIN`] to finish before they are dropped.
+pub async fn run_with(
+    listener: Listener,
+    agent: Address,
+    guard: Arc<Guard>,
+    shutdown: impl Future<Output = ()>,
+    max_connections: usize,
 ) {
     tokio::pin!(shutdown);
     let mut conns = tokio::task::JoinSet::new();
@@ -264,6 +281,15 @@ pub async fn run(
                 }
             },
         };
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= max_connections {
+            tracing::warn!(
+                limit = max_connections,
+                "connection limit reached; closing the new host connection"
+            );
+            drop(host);
+            continue;
+        }
         let guard = guard.clone();
         let agent = agent.clone();
         conns.spawn(async move {
@@ -346,7 +372,18 @@ pub async fn serve_with(
         }
     };
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
-    run(listener, settings.agent.clone(), guard, shutdown).await;
+    let max_connections = settings
+        .limits
+        .max_connections
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    run_with(
+        listener,
+        settings.agent.clone(),
+        guard,
+        shutdown,
+        max_connections,
+    )
+    .await;
     tracing::info!("shutting down");
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)

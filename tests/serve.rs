@@ -533,3 +533,84 @@ async fn initdata_policy_forbids_set_policy_unless_configured_and_carries_config
     h.stop().await;
     h2.stop().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_and_slots_are_reused() {
+    let d = Dir::new();
+    let (sock, _, _) = d.sock();
+    let (mut agent_server, agent) = start_agent(&d.path("agent.sock")).await;
+    let (file, _) = layers(&d, "");
+    let flags = Config::parse("[limits]\nmax_connections = 2\n", "flags").unwrap();
+    let calls = Arc::new(Calls::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_with(
+        file,
+        flags,
+        calls.op("setup", sock.clone(), false),
+        calls.op("teardown", sock.clone(), false),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connect = || async {
+        agent_ttrpc::AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+                .await
+                .unwrap(),
+        )
+    };
+    let short_ctx = || ttrpc::context::with_timeout(Duration::from_secs(2).as_nanos() as i64);
+    // Two connections, each holding a long poll.
+    let (a, b) = (connect().await, connect().await);
+    // Each task owns its client: the connection closes when its poll completes.
+    let pa = tokio::spawn(async move {
+        a.wait_process(ctx(), &agent::WaitProcessRequest::new())
+            .await
+    });
+    let pb = tokio::spawn(async move {
+        b.wait_process(ctx(), &agent::WaitProcessRequest::new())
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.calls().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "long polls never reached the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A third is closed without reaching the agent.
+    let c = connect().await;
+    let r = c
+        .get_guest_details(short_ctx(), &agent::GuestDetailsRequest::new())
+        .await;
+    assert!(r.is_err(), "third connection served: {r:?}");
+    assert_eq!(agent.calls().len(), 2);
+    drop(c);
+    // Finishing one connection frees its slot.
+    agent.release(1);
+    let (first, other) = tokio::select! { r = pa => (r, pb), r = pb => (r, pa) };
+    first.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = connect().await;
+        if c.get_guest_details(short_ctx(), &agent::GuestDetailsRequest::new())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.release(1);
+    other.await.unwrap().unwrap();
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let _ = agent_server.shutdown().await;
+}
