@@ -568,11 +568,11 @@ async fn connections_beyond_the_limit_are_closed_and_slots_are_reused() {
     // Two connections, each holding a long poll.
     let (a, b) = (connect().await, connect().await);
     // Each task owns its client: the connection closes when its poll completes.
-    let pa = tokio::spawn(async move {
+    let mut pa = tokio::spawn(async move {
         a.wait_process(ctx(), &agent::WaitProcessRequest::new())
             .await
     });
-    let pb = tokio::spawn(async move {
+    let mut pb = tokio::spawn(async move {
         b.wait_process(ctx(), &agent::WaitProcessRequest::new())
             .await
     });
@@ -594,7 +594,7 @@ async fn connections_beyond_the_limit_are_closed_and_slots_are_reused() {
     drop(c);
     // Finishing one connection frees its slot.
     agent.release(1);
-    let (first, other) = tokio::select! { r = pa => (r, pb), r = pb => (r, pa) };
+    let (first, other) = tokio::select! { r = &mut pa => (r, pb), r = &mut pb => (r, pa) };
     first.unwrap().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
