@@ -77,6 +77,15 @@ fn bench(c: &mut Criterion) {
             });
             let json = input.to_string();
             let query = format!("data.agent_policy.{ty}");
+            let rule = query.clone();
+            g.bench_function(format!("{name}/{ty}/eval-rule"), |b| {
+                b.iter(|| {
+                    kata.set_input_json(&json).unwrap();
+                    let r = kata.eval_rule(rule.clone()).unwrap();
+                    let _ = kata.take_prints();
+                    r
+                })
+            });
             g.bench_function(format!("{name}/{ty}/kata-baseline"), |b| {
                 b.iter(|| {
                     kata.set_input_json(&json).unwrap();

@@ -8,8 +8,9 @@
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
 //! denies (fail closed). The reason for a denial is what the policy printed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use regorus::Engine;
 use sha2::{Digest, Sha256};
@@ -85,7 +86,11 @@ pub enum PolicyError {
 
 /// A loaded, checked policy.
 pub struct Policy {
-    engine: Mutex<Engine>,
+    /// The engine, and the state generation its `data.pstate` reflects.
+    engine: Mutex<(Engine, u64)>,
+    /// Bumped by every [`Policy::apply_ops`]; the engine's data is refreshed (which makes
+    /// regorus re-prepare the policy) only when it changed.
+    state_gen: AtomicU64,
     digest: String,
     source_name: String,
     text: String,
@@ -111,8 +116,32 @@ impl std::fmt::Debug for Policy {
     }
 }
 
+/// Default time limit of one policy evaluation. genpolicy's CreateContainerRequest takes
+/// a few ms natively; the limit only stops a policy (or an input crafted against it)
+/// that would hold the connection for good.
+pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+static EVAL_TIMEOUT_US: AtomicU64 = AtomicU64::new(DEFAULT_EVAL_TIMEOUT.as_micros() as u64);
+
+/// Sets the time limit of every policy evaluation in policies loaded from now on
+/// (`[limits] eval_timeout_ms`). An evaluation that runs over fails closed: the request
+/// gets INTERNAL `<T>: internal error: … time limit …` and never reaches the agent.
+pub fn set_eval_timeout(limit: Duration) {
+    let us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX).max(1);
+    EVAL_TIMEOUT_US.store(us, Ordering::Relaxed);
+}
+
+/// The time limit applied to policies loaded from now on.
+pub fn eval_timeout() -> Duration {
+    Duration::from_micros(EVAL_TIMEOUT_US.load(Ordering::Relaxed))
+}
+
 fn new_engine(version: RegoVersion) -> Engine {
     let mut engine = Engine::new();
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: eval_timeout(),
+        check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+    });
     engine.set_rego_v0(version == RegoVersion::V0);
     // genpolicy policies have lines over 1,024 columns and, with large data
     // sections, exceed 1 MiB / 20,000 lines: regorus's defaults would refuse them.
@@ -178,7 +207,8 @@ impl Policy {
             )));
         }
         let mut policy = Policy {
-            engine: Mutex::new(engine),
+            engine: Mutex::new((engine, 0)),
+            state_gen: AtomicU64::new(0),
             digest: sha256_hex(text.as_bytes()),
             source_name: source_name.to_string(),
             text: text.to_string(),
@@ -201,6 +231,18 @@ impl Policy {
             );
         }
         Ok(policy)
+    }
+
+    /// Changes this policy's evaluation time limit (see [`set_eval_timeout`]).
+    pub fn set_timeout(&self, limit: Duration) {
+        if let Ok(mut slot) = self.engine.lock() {
+            slot.0
+                .set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+                    limit,
+                    check_interval: std::num::NonZeroU32::new(64)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
+                });
+        }
     }
 
     /// The Rego version the policy was loaded as.
@@ -231,6 +273,7 @@ impl Policy {
             .get_mut("pstate")
             .map(serde_json::Value::take)
             .unwrap_or_default();
+        self.state_gen.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -255,12 +298,14 @@ impl Policy {
         name: &str,
         input: regorus::Value,
     ) -> Result<(Option<regorus::Value>, Vec<String>), String> {
-        let mut engine = self
+        let mut slot = self
             .engine
             .lock()
             .map_err(|_| "policy engine lock poisoned".to_string())?;
-        let state = self.state();
-        if state.as_object().is_some_and(|o| !o.is_empty()) {
+        let (engine, seen_gen) = &mut *slot;
+        let gen = self.state_gen.load(Ordering::SeqCst);
+        if gen != *seen_gen {
+            let state = self.state();
             let data =
                 serde_json::from_value::<regorus::Value>(serde_json::json!({ "pstate": state }))
                     .map_err(|e| format!("policy state: {e}"))?;
@@ -268,6 +313,7 @@ impl Policy {
             engine
                 .add_data(data)
                 .map_err(|e| format!("policy state: {e}"))?;
+            *seen_gen = gen;
         }
         engine.set_input(input);
         let query = format!("data.agent_policy.{name}");

@@ -42,7 +42,16 @@ pub struct Guard {
     set_policy: SetPolicyMode,
     endpoint_list: bool,
     capture: Option<crate::audit::Capture>,
+    max_in_flight: usize,
 }
+
+/// Requests in flight per host connection unless configured (`[limits] max_in_flight`).
+/// Beyond it a request is answered RESOURCE_EXHAUSTED and not forwarded.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// Responses queued for a host that does not read: the reader of the agent side waits
+/// (and with it the agent) rather than buffering without bound.
+const HOST_QUEUE: usize = 32;
 
 /// Whether SetPolicy may replace the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +99,14 @@ impl Guard {
             set_policy: SetPolicyMode::PolicyDecides,
             endpoint_list: false,
             capture: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+
+    /// Sets the most requests in flight on one host connection (at least 1).
+    pub fn with_max_in_flight(mut self, n: usize) -> Guard {
+        self.max_in_flight = n.max(1);
+        self
     }
 
     /// Sets whether SetPolicy may replace the policy.
@@ -133,8 +149,9 @@ impl Guard {
         }
     }
 
-    /// Judges one frame from the host. `busy` says whether its stream id is in flight.
-    fn judge(&self, conn: u64, f: &Frame, busy: bool) -> Verdict {
+    /// Judges one frame from the host. `busy` says whether its stream id is in flight;
+    /// `in_flight` is how many requests of this connection are.
+    fn judge(&self, conn: u64, f: &Frame, busy: bool, in_flight: usize) -> Verdict {
         let h = f.header;
         let id = h.stream_id;
         if h.kind != TYPE_REQUEST {
@@ -158,6 +175,22 @@ impl Guard {
         if busy {
             return Verdict::Close(format!(
                 "stream id {id} reused while a request on it is still in flight"
+            ));
+        }
+        if in_flight >= self.max_in_flight {
+            tracing::warn!(
+                conn,
+                stream = id,
+                limit = self.max_in_flight,
+                "too many requests in flight, not forwarded"
+            );
+            return Verdict::Reply(envelope::error_frame(
+                id,
+                Code::RESOURCE_EXHAUSTED,
+                format!(
+                    "too many requests in flight on this connection (limit {})",
+                    self.max_in_flight
+                ),
             ));
         }
         if h.flags & (FLAG_REMOTE_OPEN | FLAG_NO_DATA) != 0 {
@@ -346,7 +379,7 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
         ..
     } = agent;
     let inflight: Inflight = Mutex::new(HashMap::new());
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let (tx, rx) = mpsc::channel::<Bytes>(HOST_QUEUE);
     let writer = tokio::spawn(write_host(host_write, rx));
 
     let why = tokio::select! {
@@ -407,8 +440,11 @@ async fn host_to_agent(
             Err(e) => return format!("host: {e}"),
         };
         let id = f.header.stream_id;
-        let busy = lock(inflight).contains_key(&id);
-        match guard.judge(conn, &f, busy) {
+        let (busy, in_flight) = {
+            let t = lock(inflight);
+            (t.contains_key(&id), t.len())
+        };
+        match guard.judge(conn, &f, busy, in_flight) {
             Verdict::Forward(p) => {
                 lock(inflight).insert(id, p);
                 if let Err(e) = agent.write_all(f.raw()).await {

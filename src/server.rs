@@ -135,6 +135,9 @@ pub struct Prepared {
 /// flags. Nothing is listened on or set up yet.
 pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
     let base = file.clone().overlay(flags.clone());
+    if let Some(ms) = base.limits.eval_timeout_ms.filter(|ms| *ms > 0) {
+        crate::policy::set_eval_timeout(Duration::from_millis(ms));
+    }
     let loaded = sources::load(&policy_sources(&base))?;
     let cfg = match &loaded.initdata_config {
         Some(text) => {
@@ -146,6 +149,11 @@ pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
         None => base,
     };
     let settings = ServeSettings::from_config(&cfg)?;
+    if let Some(ms) = settings.limits.eval_timeout_ms {
+        // The initdata layer may set it too: applies to this policy and later ones.
+        crate::policy::set_eval_timeout(Duration::from_millis(ms));
+        loaded.policy.set_timeout(Duration::from_millis(ms));
+    }
     tracing::info!(
         origin = %loaded.origin,
         policy_digest = loaded.policy.digest(),
@@ -182,7 +190,13 @@ pub fn build_guard(
     let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
     let mut guard = Guard::new(loaded.policy, settings.input_shape)
         .with_set_policy(set_policy)
-        .with_endpoint_list(endpoint_list);
+        .with_endpoint_list(endpoint_list)
+        .with_max_in_flight(
+            settings
+                .limits
+                .max_in_flight
+                .unwrap_or(relay::DEFAULT_MAX_IN_FLIGHT),
+        );
     if let Some((path, unmasked)) = &settings.capture {
         let capture = crate::audit::Capture::create(path, *unmasked)
             .map_err(|e| anyhow::anyhow!("cannot create capture file {}: {e}", path.display()))?;

@@ -142,11 +142,17 @@ impl agent_ttrpc::AgentService for RecordingAgent {
     async fn read_stdout(
         &self,
         _: &TtrpcContext,
-        _: agent::ReadStreamRequest,
+        r: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
         self.saw("ReadStdout");
+        // Large reads get that many bytes (to fill socket buffers in backpressure tests).
+        let data = if r.len >= 65536 {
+            vec![b'x'; r.len as usize]
+        } else {
+            STDOUT_DATA.to_vec()
+        };
         Ok(agent::ReadStreamResponse {
-            data: STDOUT_DATA.to_vec(),
+            data,
             ..Default::default()
         })
     }
