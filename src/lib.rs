@@ -11,6 +11,7 @@ pub mod attestation;
 pub mod audit;
 pub mod cli;
 pub mod codec;
+pub(crate) mod compiled;
 pub mod config;
 pub mod demo;
 pub mod envelope;

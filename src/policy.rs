@@ -101,6 +101,11 @@ pub struct Policy {
     /// and changes only through [`Policy::apply_ops`]. It belongs to this policy: a
     /// replaced policy starts over.
     state: Mutex<serde_json::Value>,
+    /// The compiled fast path, built on first use (`None` inside: not available).
+    compiled: std::sync::OnceLock<Option<crate::compiled::Compiled>>,
+    fast_path: bool,
+    /// How many allows came from the compiled fast path.
+    fast_allows: AtomicU64,
 }
 
 /// RFC 6902 operations a policy asked for (on `/pstate/...`), to apply once the agent
@@ -120,6 +125,15 @@ impl std::fmt::Debug for Policy {
 /// a few ms natively; the limit only stops a policy (or an input crafted against it)
 /// that would hold the connection for good.
 pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+static FAST_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the compiled fast path (see [`crate::compiled`]) on or off for policies loaded
+/// from now on. On by default; decisions are the same either way (only allows come from
+/// it), so this exists for measurements and as an escape hatch.
+pub fn set_compiled_fast_path(on: bool) {
+    FAST_PATH.store(on, Ordering::Relaxed);
+}
 
 static EVAL_TIMEOUT_US: AtomicU64 = AtomicU64::new(DEFAULT_EVAL_TIMEOUT.as_micros() as u64);
 
@@ -215,6 +229,9 @@ impl Policy {
             version,
             permissive: false,
             state: Mutex::new(serde_json::json!({})),
+            compiled: std::sync::OnceLock::new(),
+            fast_path: FAST_PATH.load(Ordering::Relaxed),
+            fast_allows: AtomicU64::new(0),
         };
         // Evaluating once at load also prepares the engine, so the first real request
         // does not pay for it.
@@ -235,6 +252,9 @@ impl Policy {
 
     /// Changes this policy's evaluation time limit (see [`set_eval_timeout`]).
     pub fn set_timeout(&self, limit: Duration) {
+        if let Some(Some(c)) = self.compiled.get() {
+            c.set_timeout(limit);
+        }
         if let Ok(mut slot) = self.engine.lock() {
             slot.0
                 .set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
@@ -290,6 +310,64 @@ impl Policy {
     /// The policy text.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// This policy without the compiled fast path: every decision by the interpreter.
+    pub fn without_fast_path(mut self) -> Policy {
+        self.fast_path = false;
+        self
+    }
+
+    /// How many allows the compiled fast path has given.
+    pub fn fast_allows(&self) -> u64 {
+        self.fast_allows.load(Ordering::Relaxed)
+    }
+
+    /// The compiled fast path, built on first use.
+    fn compiled(&self) -> Option<&crate::compiled::Compiled> {
+        if !self.fast_path {
+            return None;
+        }
+        self.compiled
+            .get_or_init(|| {
+                let mut engine = new_engine(self.version);
+                let text = crate::compiled::strip_prints(&self.text);
+                match engine.add_policy(self.source_name.clone(), text) {
+                    Ok(_) => Some(crate::compiled::Compiled::new(engine, eval_timeout())),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no compiled fast path for this policy");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// An allow decided by the compiled fast path; `None` when the interpreter must
+    /// decide (anything but a clean allow).
+    fn fast(
+        &self,
+        request_type: &str,
+        input: &regorus::Value,
+    ) -> Option<(Decision, Option<StateOps>)> {
+        let compiled = self.compiled()?;
+        let data = if self.state_gen.load(Ordering::SeqCst) > 0 {
+            Some(
+                serde_json::from_value::<regorus::Value>(
+                    serde_json::json!({ "pstate": self.state() }),
+                )
+                .ok()?,
+            )
+        } else {
+            None
+        };
+        let value = compiled.eval(request_type, input, data.as_ref())?;
+        let (decision, ops) = conclude(request_type, Some(value), Vec::new());
+        if decision != Decision::Allow {
+            return None;
+        }
+        self.fast_allows.fetch_add(1, Ordering::Relaxed);
+        Some((decision, ops))
     }
 
     /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
@@ -351,26 +429,12 @@ impl Policy {
                 )
             }
         };
+        if let Some(fast) = self.fast(request_type, &input) {
+            return fast;
+        }
         let result = match self.eval(request_type, input) {
             Err(e) => (Decision::Error(e), None),
-            Ok((value, prints)) => {
-                let ops = match &value {
-                    Some(v @ regorus::Value::Object(_))
-                        if v["ops"] != regorus::Value::Undefined =>
-                    {
-                        Some(&v["ops"])
-                    }
-                    _ => None,
-                };
-                match ops.map(ops_from_value) {
-                    Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
-                    Some(Ok(ops)) => (
-                        interpret(request_type, value, prints),
-                        Some(ops).filter(|o| !o.0.is_empty()),
-                    ),
-                    None => (interpret(request_type, value, prints), None),
-                }
-            }
+            Ok((value, prints)) => conclude(request_type, value, prints),
         };
         tracing::trace!(
             request_type,
@@ -378,6 +442,28 @@ impl Policy {
             "evaluated"
         );
         result
+    }
+}
+
+/// A rule's value (and prints) as a decision and the state operations it asked for.
+fn conclude(
+    request_type: &str,
+    value: Option<regorus::Value>,
+    prints: Vec<String>,
+) -> (Decision, Option<StateOps>) {
+    let ops = match &value {
+        Some(v @ regorus::Value::Object(_)) if v["ops"] != regorus::Value::Undefined => {
+            Some(&v["ops"])
+        }
+        _ => None,
+    };
+    match ops.map(ops_from_value) {
+        Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
+        Some(Ok(ops)) => (
+            interpret(request_type, value, prints),
+            Some(ops).filter(|o| !o.0.is_empty()),
+        ),
+        None => (interpret(request_type, value, prints), None),
     }
 }
 

@@ -189,7 +189,7 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
         "expected the six genpolicy scenarios, found {}",
         scenarios.len()
     );
-    let (mut recorded, mut hostile, mut hostile_denied) = (0, 0, 0);
+    let (mut recorded, mut hostile, mut hostile_denied, mut fast_allows) = (0, 0, 0, 0);
     for scenario in &scenarios {
         let name = scenario.file_name().unwrap().to_string_lossy().to_string();
         let policy = std::fs::read_to_string(scenario.join("policy.rego")).unwrap();
@@ -252,9 +252,16 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
                 hostile_denied += usize::from(!got);
             }
         }
+        // Most allows came from the compiled fast path: these decisions checked it.
+        let fast = h.guard.policy().fast_allows();
+        assert!(
+            fast >= 10,
+            "{name}: only {fast} allows from the compiled fast path"
+        );
+        fast_allows += fast;
         h.stop().await;
     }
-    eprintln!("compat: {recorded} recorded requests, {hostile} hostile variants ({hostile_denied} denied)");
+    eprintln!("compat: {recorded} recorded requests, {hostile} hostile variants ({hostile_denied} denied), {fast_allows} allows from the compiled fast path");
     assert!(recorded >= 150, "only {recorded} recorded requests checked");
     assert!(
         hostile >= 30 && hostile_denied >= 25,

@@ -1,0 +1,131 @@
+//! The compiled fast path of [`crate::policy`]: each request type's rule compiled once
+//! (lazily, on its first request) to a regorus RVM program, run in a fresh VM per
+//! request without the engine lock.
+//!
+//! It may only *allow*. A policy's decision is the interpreter's; the VM answers first
+//! because it is several times faster, and whenever it does not produce an allow (a
+//! denial, an error, an instruction or time limit, a rule it cannot compile such as one
+//! calling our `path.*` extensions) the interpreter decides, with its prints as the
+//! reason. The RVM has no `print`, so the program is compiled from the policy text with
+//! its print statements removed (a line that is only `print(...)`); print always
+//! succeeds in Rego, so removing it cannot change a value. A line the removal would
+//! break makes compilation fail, and that rule stays on the interpreter.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::{Program, RegoVM};
+use regorus::{Engine, Value};
+
+/// Compiled programs of one policy, by request type.
+pub(crate) struct Compiled {
+    /// An engine over the print-free text, used only to compile.
+    engine: Mutex<Engine>,
+    programs: Mutex<HashMap<String, Option<Arc<Program>>>>,
+    timeout: Mutex<Duration>,
+}
+
+/// The policy text with statement-only `print(...)` lines blanked (line numbers kept).
+pub(crate) fn strip_prints(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with("print(") && t.ends_with(')') {
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+impl Compiled {
+    /// Prepares the compiling engine; `engine` must already hold the stripped text.
+    pub(crate) fn new(engine: Engine, timeout: Duration) -> Compiled {
+        Compiled {
+            engine: Mutex::new(engine),
+            programs: Mutex::new(HashMap::new()),
+            timeout: Mutex::new(timeout),
+        }
+    }
+
+    pub(crate) fn set_timeout(&self, limit: Duration) {
+        if let Ok(mut t) = self.timeout.lock() {
+            *t = limit;
+        }
+    }
+
+    fn program(&self, request_type: &str) -> Option<Arc<Program>> {
+        if let Some(p) = self.programs.lock().ok()?.get(request_type) {
+            return p.clone();
+        }
+        let entry = format!("data.agent_policy.{request_type}");
+        let program = {
+            let mut engine = self.engine.lock().ok()?;
+            engine
+                .compile_with_entrypoint(&entry.as_str().into())
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    Compiler::compile_from_policy(&c, &[entry.as_str()]).map_err(|e| e.to_string())
+                })
+        };
+        let program = match program {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::debug!(request_type, error = %e, "rule not compiled; the interpreter decides it");
+                None
+            }
+        };
+        if let Ok(mut m) = self.programs.lock() {
+            m.insert(request_type.to_string(), program.clone());
+        }
+        program
+    }
+
+    /// The rule's value from the compiled program, or `None` when the program cannot
+    /// say (not compiled, or the VM failed).
+    pub(crate) fn eval(
+        &self,
+        request_type: &str,
+        input: &Value,
+        data: Option<&Value>,
+    ) -> Option<Value> {
+        let program = self.program(request_type)?;
+        let timeout = self.timeout.lock().map(|t| *t).ok()?;
+        let mut vm = RegoVM::new();
+        vm.load_program(program);
+        vm.set_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
+            limit: timeout,
+            check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+        }));
+        if let Some(d) = data {
+            vm.set_data(d.clone()).ok()?;
+        }
+        vm.set_input(input.clone());
+        match vm.execute_entry_point_by_name(&format!("data.agent_policy.{request_type}")) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::debug!(request_type, error = %e, "compiled evaluation failed; the interpreter decides");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_print_statements_only() {
+        let t = "a {\n    print(\"x\", y)\n    y == 1\n}\nprint_it := 1\n  print(z) # no\n";
+        assert_eq!(
+            strip_prints(t),
+            "a {\n\n    y == 1\n}\nprint_it := 1\n  print(z) # no\n"
+        );
+    }
+}
