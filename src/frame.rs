@@ -7,6 +7,13 @@
 //!
 //! A [`Frame`] keeps the exact bytes it was read from, so the relay can forward it
 //! unchanged.
+// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -120,8 +127,8 @@ pub enum FrameError {
 /// Reads until `buf` is full; returns how many bytes were read before EOF.
 async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
-    while got < buf.len() {
-        let n = r.read(&mut buf[got..]).await?;
+    while let Some(rest) = buf.get_mut(got..).filter(|rest| !rest.is_empty()) {
+        let n = r.read(rest).await?;
         if n == 0 {
             break;
         }
@@ -158,9 +165,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         return Ok(Read::Oversize(header));
     }
-    let mut raw = BytesMut::zeroed(HEADER_LEN + len);
-    raw[..HEADER_LEN].copy_from_slice(&hb);
-    let got = fill(r, &mut raw[HEADER_LEN..]).await?;
+    // Allocated only now that `len` is known to be within `max_body`.
+    let mut raw = BytesMut::with_capacity(HEADER_LEN + len);
+    raw.put_slice(&hb);
+    raw.resize(HEADER_LEN + len, 0);
+    let body = raw.get_mut(HEADER_LEN..).unwrap_or_default();
+    let got = fill(r, body).await?;
     if got < len {
         return Err(FrameError::Truncated {
             got: HEADER_LEN + got,
@@ -174,6 +184,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod envelope;
 pub mod frame;
+pub mod limits;
 pub mod logging;
 pub mod methods;
 pub mod pathext;

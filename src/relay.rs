@@ -8,6 +8,13 @@
 //! connection; nothing waits for a slow (long-poll) answer. When either side closes,
 //! the other is closed; requests still in flight when the agent goes away are answered
 //! UNAVAILABLE.
+// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
