@@ -73,6 +73,58 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+
+    // Ratios from interleaved runs in this process (same agent, same load).
+    use std::time::{Duration, Instant};
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut d, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..3000 {
+        let t = Instant::now();
+        rt.block_on(direct.start_container(ctx(), &req)).unwrap();
+        d.push(t.elapsed());
+        let t = Instant::now();
+        rt.block_on(proxied.start_container(ctx(), &req)).unwrap();
+        p.push(t.elapsed());
+    }
+    let (dmin, dmax) = (*d.iter().min().unwrap(), *d.iter().max().unwrap());
+    let (pmin, pmax) = (*p.iter().min().unwrap(), *p.iter().max().unwrap());
+    let (dm, pm) = (median(d), median(p));
+    let us = |x: Duration| x.as_secs_f64() * 1e6;
+    println!();
+    println!(
+        "relay unary: direct median {:.1} µs (min {:.1}, max {:.0}); agent-warden median {:.1} µs (min {:.1}, max {:.0}); ratio {:.2}x; added {:.1} µs",
+        us(dm), us(dmin), us(dmax), us(pm), us(pmin), us(pmax),
+        us(pm) / us(dm),
+        us(pm) - us(dm)
+    );
+    let burst = |client: &agent_ttrpc::AgentServiceClient| {
+        let t = Instant::now();
+        rt.block_on(async {
+            let calls = (0..64).map(|_| client.start_container(ctx(), &req));
+            for r in futures::future::join_all(calls).await {
+                r.unwrap();
+            }
+        });
+        t.elapsed()
+    };
+    let (mut d, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        d.push(burst(&direct));
+        p.push(burst(&proxied));
+    }
+    let (dm, pm) = (median(d), median(p));
+    println!(
+        "relay 64 in flight: direct {:.0} calls/s, agent-warden {:.0} calls/s; throughput ratio {:.2}",
+        64.0 / dm.as_secs_f64(),
+        64.0 / pm.as_secs_f64(),
+        dm.as_secs_f64() / pm.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench);

@@ -1,0 +1,207 @@
+//! startup: the `agent-warden` binary from process start to accepting connections, with a
+//! ~55 KB genpolicy policy (../shared/peers/kata-genpolicy/web), including loading,
+//! checking and digesting it. Then the footprint of that process: resident memory idle,
+//! and under 64 requests in flight (a recorded CreateContainerRequest and
+//! StartContainerRequest, both allowed by the policy) against a demo agent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_warden::codec::{self, InputShape};
+use agent_warden::demo::{start_demo_agent, DemoAgent};
+use agent_warden::methods;
+use agent_warden::protocols::{agent, agent_ttrpc};
+use criterion::{criterion_group, criterion_main, Criterion};
+use protobuf::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
+
+fn policy_path() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/peers/kata-genpolicy/web/policy.rego");
+    p.is_file().then_some(p)
+}
+
+fn spawn(policy: &Path, sock: &Path, agent: &Path) -> Child {
+    let _ = std::fs::remove_file(sock);
+    Command::new(BIN)
+        .args([
+            "--log",
+            "warn",
+            "serve",
+            "--input-shape",
+            "legacy-stream-ports",
+        ])
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--agent")
+        .arg(format!("unix://{}", agent.display()))
+        .arg("--policy")
+        .arg(policy)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent-warden")
+}
+
+/// Waits until the socket accepts a connection; returns the time since `t0`.
+fn until_listening(sock: &Path, t0: Instant) -> Duration {
+    loop {
+        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never listened");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn stop(mut c: Child) {
+    // SIGTERM, as a guest's init would.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let _ = c.wait();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The web scenario's first recorded CreateContainerRequest, as protobuf.
+fn recorded_create() -> Option<agent::CreateContainerRequest> {
+    let dir = policy_path()?.parent()?.to_path_buf();
+    let inputs = std::fs::read_to_string(dir.join("inputs.txt")).ok()?;
+    let js = inputs.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("[\"ep\":\"CreateContainerRequest\",")?
+            .trim_end_matches(',')
+            .strip_suffix(']')
+            .map(str::to_string)
+    })?;
+    let input: serde_json::Value = serde_json::from_str(&js).ok()?;
+    let desc = methods::table().request_descriptor("CreateContainerRequest")?;
+    let bytes = codec::from_policy_input(desc, &input, InputShape::LegacyStreamPorts)
+        .ok()?
+        .write_to_bytes_dyn()
+        .ok()?;
+    agent::CreateContainerRequest::parse_from_bytes(&bytes).ok()
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(policy) = policy_path() else {
+        eprintln!("startup: no peer policy under ../shared/peers; skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("warden.sock");
+    let agent_sock = dir.path().join("agent.sock");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _agent = rt.block_on(async {
+        start_demo_agent(&agent_sock, Arc::new(DemoAgent::default()))
+            .await
+            .unwrap()
+    });
+
+    let mut times = Vec::new();
+    let mut g = c.benchmark_group("startup");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_millis(500));
+    g.bench_function("start-to-listening/55KB-policy", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t0 = Instant::now();
+                let child = spawn(&policy, &sock, &agent_sock);
+                let d = until_listening(&sock, t0);
+                total += d;
+                times.push(d);
+                stop(child);
+            }
+            total
+        })
+    });
+    g.finish();
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+
+    // Footprint.
+    let child = spawn(&policy, &sock, &agent_sock);
+    until_listening(&sock, Instant::now());
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(child.id());
+    let create = recorded_create().expect("a recorded CreateContainerRequest");
+    let pid = child.id();
+    let (peak, calls) = rt.block_on(async {
+        let client = agent_ttrpc::AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+                .await
+                .unwrap(),
+        );
+        let start = agent::StartContainerRequest {
+            container_id: "c1".into(),
+            ..Default::default()
+        };
+        let ctx = || ttrpc::context::with_timeout(0);
+        let mut peak = 0;
+        let mut calls = 0usize;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            let creates = (0..32).map(|_| client.create_container(ctx(), &create));
+            let starts = (0..32).map(|_| client.start_container(ctx(), &start));
+            let (a, b) = futures::future::join(
+                futures::future::join_all(creates),
+                futures::future::join_all(starts),
+            )
+            .await;
+            for r in a {
+                r.expect("CreateContainer allowed");
+            }
+            for r in b {
+                r.expect("StartContainer allowed");
+            }
+            calls += 64;
+            peak = peak.max(rss_kib(pid));
+        }
+        (peak, calls)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(pid);
+    stop(child);
+
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!();
+    println!(
+        "startup: start to listening with a {} KB policy: median {:.1} ms (min {:.1}, max {:.1}) over {} starts",
+        std::fs::metadata(&policy).map(|m| m.len() / 1000).unwrap_or(0),
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1]),
+        times.len()
+    );
+    println!(
+        "footprint: VmRSS idle {:.1} MiB; under 64 in flight peak {:.1} MiB ({} calls in 3 s); after {:.1} MiB",
+        idle as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        calls,
+        after as f64 / 1024.0
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
