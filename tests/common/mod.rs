@@ -360,3 +360,215 @@ pub fn allow_all() -> String {
     ))
     .unwrap()
 }
+
+// ---- additions for the fault, soak and backpressure tests -------------------------
+
+/// Starts a recording agent (a real ttrpc server) on the unix socket `path`.
+pub async fn start_agent_server(path: &Path) -> (Arc<RecordingAgent>, ttrpc::r#async::Server) {
+    let agent = Arc::new(RecordingAgent::default());
+    let mut services = agent_ttrpc::create_agent_service(agent.clone());
+    services.extend(health_ttrpc::create_health(agent.clone()));
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&format!("unix://{}", path.display()))
+        .unwrap()
+        .register_service(services);
+    server.start().await.unwrap();
+    (agent, server)
+}
+
+/// agent-warden (`server::run`) listening on `listen`, relaying to the agent at
+/// `agent`, until the returned sender is dropped or sent to.
+pub async fn start_warden(
+    listen: &Path,
+    agent: &Path,
+    guard: Arc<Guard>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let listener = Listener::bind(&Address::Unix(listen.to_path_buf()))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(agent_warden::server::run(
+        listener,
+        Address::Unix(agent.to_path_buf()),
+        guard,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    stop
+}
+
+/// A guard running the allow-all policy.
+pub fn allow_all_guard() -> Guard {
+    let policy = Policy::load("allow-all.rego", &allow_all(), RegoVersion::V0).unwrap();
+    Guard::new(policy, InputShape::Current)
+}
+
+/// A kata agent double on raw frames that can crash: it answers each request OK at
+/// once (ReadStdout with `read_len` bytes of data), except WaitProcess, which waits
+/// for a `release`. It counts the bytes it has written, and `crash` drops every
+/// connection and the listener at once, as a dying process would.
+pub struct RawAgent {
+    pub path: PathBuf,
+    /// Method names received, in order.
+    pub seen: Arc<Mutex<Vec<String>>>,
+    /// Bytes written to agent-warden so far.
+    pub written: Arc<std::sync::atomic::AtomicU64>,
+    long_polls: Arc<Semaphore>,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl RawAgent {
+    pub async fn start(path: &Path, read_len: usize) -> RawAgent {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let agent = RawAgent {
+            path: path.to_path_buf(),
+            seen: Arc::default(),
+            written: Arc::default(),
+            long_polls: Arc::new(Semaphore::new(0)),
+            tasks: Arc::default(),
+        };
+        let (seen, written, polls, tasks) = (
+            agent.seen.clone(),
+            agent.written.clone(),
+            agent.long_polls.clone(),
+            agent.tasks.clone(),
+        );
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let c = tokio::spawn(raw_agent_conn(
+                    s,
+                    read_len,
+                    seen.clone(),
+                    written.clone(),
+                    polls.clone(),
+                    t.clone(),
+                ));
+                t.lock().unwrap().push(c.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        agent
+    }
+
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets `n` blocked WaitProcess calls complete.
+    pub fn release(&self, n: usize) {
+        self.long_polls.add_permits(n);
+    }
+
+    /// Every connection and the listener go away at once; the socket file is removed.
+    pub fn crash(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for RawAgent {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn raw_agent_conn(
+    s: tokio::net::UnixStream,
+    read_len: usize,
+    seen: Arc<Mutex<Vec<String>>>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+    polls: Arc<Semaphore>,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+) {
+    use agent_warden::envelope;
+    use agent_warden::frame::{self, Read};
+    use protobuf::Message;
+    let (mut r, mut w) = s.into_split();
+    // Answers are built by the writer, so an agent whose writes block holds only
+    // (stream, method) pairs, as a real agent's queue would.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, String)>();
+    let reader = async move {
+        loop {
+            let f = match frame::read_frame(&mut r, frame::MAX_BODY).await {
+                Ok(Read::Frame(f)) => f,
+                _ => return,
+            };
+            let method = envelope::decode_request(f.body())
+                .map(|r| r.method)
+                .unwrap_or_default();
+            seen.lock().unwrap().push(method.clone());
+            let id = f.header.stream_id;
+            if method == "WaitProcess" {
+                let (tx, polls) = (tx.clone(), polls.clone());
+                let t = tokio::spawn(async move {
+                    if let Ok(p) = polls.acquire().await {
+                        p.forget();
+                    }
+                    let _ = tx.send((id, method));
+                });
+                tasks.lock().unwrap().push(t.abort_handle());
+            } else if tx.send((id, method)).is_err() {
+                return;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((id, method)) = rx.recv().await {
+            let payload = match method.as_str() {
+                "ReadStdout" | "ReadStderr" => agent::ReadStreamResponse {
+                    data: vec![b'x'; read_len],
+                    ..Default::default()
+                }
+                .write_to_bytes()
+                .unwrap(),
+                "WaitProcess" => agent::WaitProcessResponse {
+                    status: 42,
+                    ..Default::default()
+                }
+                .write_to_bytes()
+                .unwrap(),
+                _ => Vec::new(),
+            };
+            let f = envelope::ok_frame(id, &payload);
+            if w.write_all(f.raw()).await.is_err() {
+                return;
+            }
+            written.fetch_add(f.raw().len() as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    tokio::join!(reader, writer);
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Resident set size of this process in KiB (`VmRSS`).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Polls `cond` every 10 ms for up to `secs` seconds; panics with `what` if it never holds.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
