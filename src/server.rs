@@ -281,6 +281,7 @@ pub async fn run_with(
     max_connections: usize,
 ) {
     tokio::pin!(shutdown);
+    let limiter = crate::limits::ConnectionLimiter::new(max_connections);
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let host = tokio::select! {
@@ -296,17 +297,16 @@ pub async fn run_with(
             },
         };
         while conns.try_join_next().is_some() {}
-        if conns.len() >= max_connections {
-            tracing::warn!(
-                limit = max_connections,
-                "connection limit reached; closing the new host connection"
-            );
+        // Beyond the limit the connection is closed at once (refusals are logged,
+        // at most once a second).
+        let Some(permit) = limiter.try_acquire() else {
             drop(host);
             continue;
-        }
+        };
         let guard = guard.clone();
         let agent = agent.clone();
         conns.spawn(async move {
+            let _permit = permit;
             match connect_agent(&agent).await {
                 Ok(a) => relay::relay(guard, host, a).await,
                 Err(e) => tracing::error!(agent = %agent, error = %e, "cannot reach the agent; closing the host connection"),
