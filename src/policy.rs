@@ -84,6 +84,12 @@ pub enum PolicyError {
     },
 }
 
+/// The state generation of an engine that has not been prepared yet.
+const UNPREPARED: u64 = u64::MAX;
+
+/// regorus's `eval_rule` error for a path that names no rule.
+const NOT_A_RULE: &str = "not a valid rule path";
+
 /// A loaded, checked policy.
 pub struct Policy {
     /// The engine, and the state generation its `data.pstate` reflects.
@@ -221,7 +227,8 @@ impl Policy {
             )));
         }
         let mut policy = Policy {
-            engine: Mutex::new((engine, 0)),
+            // Not prepared yet: the first evaluation (below, at load) prepares it.
+            engine: Mutex::new((engine, UNPREPARED)),
             state_gen: AtomicU64::new(0),
             digest: sha256_hex(text.as_bytes()),
             source_name: source_name.to_string(),
@@ -371,40 +378,68 @@ impl Policy {
     }
 
     /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
+    ///
+    /// The shared engine is only locked to bring its `data.pstate` up to date and to
+    /// clone it (a prepared regorus engine clones in about a microsecond, sharing the
+    /// compiled policy); the evaluation runs on the clone, so decisions on different
+    /// connections do not wait for each other. The rule is evaluated with `eval_rule`
+    /// (no query to parse and schedule, ~25 µs less per request than `eval_query`); a
+    /// name that is not a rule path falls back to `eval_query`, which gives exactly
+    /// kata-agent's answer for it (undefined, or a sub-package's document).
     pub fn eval(
         &self,
         name: &str,
         input: regorus::Value,
     ) -> Result<(Option<regorus::Value>, Vec<String>), String> {
-        let mut slot = self
-            .engine
-            .lock()
-            .map_err(|_| "policy engine lock poisoned".to_string())?;
-        let (engine, seen_gen) = &mut *slot;
-        let gen = self.state_gen.load(Ordering::SeqCst);
-        if gen != *seen_gen {
-            let state = self.state();
-            let data =
-                serde_json::from_value::<regorus::Value>(serde_json::json!({ "pstate": state }))
+        let mut engine = {
+            let mut slot = self
+                .engine
+                .lock()
+                .map_err(|_| "policy engine lock poisoned".to_string())?;
+            let (engine, seen_gen) = &mut *slot;
+            let gen = self.state_gen.load(Ordering::SeqCst);
+            if gen != *seen_gen {
+                // State generation 0 is the initial `{}`: no `data.pstate` at all yet.
+                if gen != 0 {
+                    let state = self.state();
+                    let data = serde_json::from_value::<regorus::Value>(
+                        serde_json::json!({ "pstate": state }),
+                    )
                     .map_err(|e| format!("policy state: {e}"))?;
-            engine.clear_data();
-            engine
-                .add_data(data)
-                .map_err(|e| format!("policy state: {e}"))?;
-            *seen_gen = gen;
-        }
+                    engine.clear_data();
+                    engine
+                        .add_data(data)
+                        .map_err(|e| format!("policy state: {e}"))?;
+                }
+                // Prepare (analyse, schedule) the shared engine itself, so that the
+                // clones below start prepared instead of each paying for it.
+                engine
+                    .eval_query("true".to_string(), false)
+                    .map_err(|e| e.to_string())?;
+                let _ = engine.take_prints();
+                *seen_gen = gen;
+            }
+            engine.clone()
+        };
         engine.set_input(input);
-        let query = format!("data.agent_policy.{name}");
-        let result = engine.eval_query(query, false);
+        let path = format!("data.agent_policy.{name}");
+        let value = match engine.eval_rule(path.clone()) {
+            Ok(v) => Ok(Some(v).filter(|v| *v != regorus::Value::Undefined)),
+            Err(e) if e.to_string() == NOT_A_RULE => {
+                let _ = engine.take_prints();
+                engine.eval_query(path, false).map(|results| {
+                    results
+                        .result
+                        .into_iter()
+                        .next()
+                        .and_then(|r| r.expressions.into_iter().next())
+                        .map(|e| e.value)
+                })
+            }
+            Err(e) => Err(e),
+        };
         let prints = engine.take_prints().unwrap_or_default();
-        let results = result.map_err(|e| e.to_string())?;
-        let value = results
-            .result
-            .into_iter()
-            .next()
-            .and_then(|r| r.expressions.into_iter().next())
-            .map(|e| e.value);
-        Ok((value, prints))
+        value.map(|v| (v, prints)).map_err(|e| e.to_string())
     }
 
     /// Decides one request of type `request_type` with `input` (kata's policy JSON).
@@ -420,7 +455,8 @@ impl Policy {
         input: &serde_json::Value,
     ) -> (Decision, Option<StateOps>) {
         let started = Instant::now();
-        let input = match serde_json::from_value::<regorus::Value>(input.clone()) {
+        // Deserialised from the borrowed document: no copy of the input first.
+        let input = match <regorus::Value as serde::Deserialize>::deserialize(input) {
             Ok(v) => v,
             Err(e) => {
                 return (
