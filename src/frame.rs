@@ -23,6 +23,9 @@ pub const HEADER_LEN: usize = 10;
 /// Largest body accepted, as in ttrpc (4 MiB).
 pub const MAX_BODY: usize = 4 << 20;
 
+/// How far ahead of the data received a body buffer is grown.
+const READ_CHUNK: usize = 64 << 10;
+
 /// Message type of a request (host → agent).
 pub const TYPE_REQUEST: u8 = 1;
 /// Message type of a response (agent → host).
@@ -165,17 +168,21 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         return Ok(Read::Oversize(header));
     }
-    // Allocated only now that `len` is known to be within `max_body`.
-    let mut raw = BytesMut::with_capacity(HEADER_LEN + len);
+    // The buffer grows with the bytes that actually arrive (at most `READ_CHUNK` ahead),
+    // never with the length the header claims: a peer announcing 4 MiB and sending
+    // nothing costs nothing.
+    let want = HEADER_LEN + len;
+    let mut raw = BytesMut::with_capacity(HEADER_LEN + len.min(READ_CHUNK));
     raw.put_slice(&hb);
-    raw.resize(HEADER_LEN + len, 0);
-    let body = raw.get_mut(HEADER_LEN..).unwrap_or_default();
-    let got = fill(r, body).await?;
-    if got < len {
-        return Err(FrameError::Truncated {
-            got: HEADER_LEN + got,
-            want: HEADER_LEN + len,
-        });
+    let mut body = r.take(len as u64);
+    while raw.len() < want {
+        raw.reserve((want - raw.len()).min(READ_CHUNK));
+        if body.read_buf(&mut raw).await? == 0 {
+            return Err(FrameError::Truncated {
+                got: raw.len(),
+                want,
+            });
+        }
     }
     Ok(Read::Frame(Frame {
         header,
@@ -247,6 +254,47 @@ mod tests {
         assert!(
             matches!(read_frame(&mut r, 10).await.unwrap(), Read::Frame(f) if f.header.stream_id == 7)
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_arriving_in_small_pieces_is_read_exactly() {
+        let body: Vec<u8> = (0..(1u32 << 20) + 7).map(|i| (i % 251) as u8).collect();
+        let f = Frame::new(9, TYPE_REQUEST, 0, &body);
+        let (mut w, mut r) = tokio::io::duplex(1000);
+        let wire = f.raw().clone();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in wire.chunks(997) {
+                w.write_all(piece).await.unwrap();
+            }
+        });
+        match read_frame(&mut r, MAX_BODY).await.unwrap() {
+            Read::Frame(g) => assert_eq!(g, f),
+            other => panic!("unexpected {other:?}"),
+        }
+        writer.await.unwrap();
+        assert!(matches!(
+            read_frame(&mut r, MAX_BODY).await.unwrap(),
+            Read::Closed
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_announced_body_that_never_comes_is_truncated() {
+        let mut wire = Header {
+            length: MAX_BODY as u32,
+            stream_id: 1,
+            kind: TYPE_REQUEST,
+            flags: 0,
+        }
+        .encode()
+        .to_vec();
+        wire.extend_from_slice(b"12345");
+        let mut r = &wire[..];
+        assert!(matches!(
+            read_frame(&mut r, MAX_BODY).await,
+            Err(FrameError::Truncated { got: 15, want }) if want == HEADER_LEN + MAX_BODY
+        ));
     }
 
     #[tokio::test]

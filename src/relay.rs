@@ -481,7 +481,14 @@ async fn agent_to_host(
             Ok(Read::Frame(f)) => f,
             Ok(Read::Closed) => return "agent closed the connection".into(),
             Ok(Read::Oversize(h)) => {
-                lock(inflight).remove(&h.stream_id);
+                if lock(inflight).remove(&h.stream_id).is_none() {
+                    tracing::warn!(
+                        stream = h.stream_id,
+                        length = h.length,
+                        "oversize agent frame for no request in flight, dropped"
+                    );
+                    continue;
+                }
                 let f = envelope::error_frame(
                     h.stream_id,
                     Code::INTERNAL,
@@ -513,5 +520,86 @@ async fn agent_to_host(
         if tx.send(out.raw().clone()).await.is_err() {
             return "host writer gone".into();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use crate::frame::{Header, TYPE_REQUEST};
+    use crate::policy::RegoVersion;
+    use protobuf::Message;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    fn conn(s: DuplexStream) -> Conn {
+        let (r, w) = tokio::io::split(s);
+        Conn {
+            read: Box::new(r),
+            write: Box::new(w),
+            peer: "test".into(),
+        }
+    }
+
+    fn start_request(id: u32) -> Frame {
+        let req = envelope::Request {
+            service: "grpc.AgentService".into(),
+            method: "StartContainer".into(),
+            ..Default::default()
+        };
+        Frame::new(id, TYPE_REQUEST, 0, &req.write_to_bytes().unwrap())
+    }
+
+    async fn oversize(w: &mut DuplexStream, id: u32) {
+        let len = MAX_BODY + 1;
+        let h = Header {
+            length: len as u32,
+            stream_id: id,
+            kind: TYPE_RESPONSE,
+            flags: 0,
+        };
+        w.write_all(&h.encode()).await.unwrap();
+        w.write_all(&vec![0u8; len]).await.unwrap();
+    }
+
+    /// Regression: an oversize agent frame for a stream with nothing in flight used to
+    /// be answered to the host anyway (an unsolicited INTERNAL response).
+    #[tokio::test]
+    async fn oversize_agent_frames_answer_only_streams_in_flight() {
+        let policy = Policy::load(
+            "allow-all.rego",
+            crate::server::ALLOW_ALL_POLICY,
+            RegoVersion::V0,
+        )
+        .unwrap();
+        let guard = Arc::new(Guard::new(policy, InputShape::Current));
+        let (mut host, host_side) = tokio::io::duplex(1 << 16);
+        let (mut agent, agent_side) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(relay(guard, conn(host_side), conn(agent_side)));
+        host.write_all(start_request(1).raw()).await.unwrap();
+        match frame::read_frame(&mut agent, MAX_BODY).await.unwrap() {
+            Read::Frame(f) => assert_eq!(f, start_request(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        oversize(&mut agent, 7).await;
+        oversize(&mut agent, 1).await;
+        match frame::read_frame(&mut host, MAX_BODY).await.unwrap() {
+            Read::Frame(f) => {
+                assert_eq!(
+                    f.header.stream_id, 1,
+                    "only the stream in flight is answered"
+                );
+                let r = envelope::decode_response(f.body()).unwrap();
+                assert_eq!(envelope::status_code(&r), Code::INTERNAL as i32);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        drop(host);
+        relay.await.unwrap();
     }
 }

@@ -291,3 +291,73 @@ async fn a_huge_frame_body_is_discarded_without_being_buffered() {
     }
     assert_eq!(agent.calls(), vec!["StartContainer"]);
 }
+
+/// Hosts that announce 4 MiB frames and then send almost nothing must not make
+/// agent-warden hold 4 MiB each: the body buffer grows with the bytes that arrive,
+/// not with the length the header claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_but_unsent_bodies_do_not_reserve_memory() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent_sock = dir.path().join("agent.sock");
+    let warden_sock = dir.path().join("warden.sock");
+    let (agent, _server) = start_agent_server(&agent_sock).await;
+    let _stop = start_warden(&warden_sock, &agent_sock, Arc::new(allow_all_guard())).await;
+    const HOSTS: usize = 128;
+    // A few near-limit frames first, read, refused and freed: the allocator now has
+    // 4 MiB blocks to hand out again (they would be touched if zeroed up front).
+    let mut s = UnixStream::connect(&warden_sock).await.unwrap();
+    for id in [1u32, 3, 5, 7] {
+        let big = Frame::new(id, TYPE_REQUEST, 0, &vec![0xffu8; frame::MAX_BODY]);
+        s.write_all(big.raw()).await.unwrap();
+        match frame::read_frame(&mut s, frame::MAX_BODY).await.unwrap() {
+            Read::Frame(f) => assert_eq!(f.header.stream_id, id),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+    drop(s);
+    let rss_before = rss_kib();
+    let mut hosts = Vec::new();
+    for _ in 0..HOSTS {
+        let mut s = UnixStream::connect(&warden_sock).await.unwrap();
+        let mut wire = Header {
+            length: frame::MAX_BODY as u32,
+            stream_id: 1,
+            kind: TYPE_REQUEST,
+            flags: 0,
+        }
+        .encode()
+        .to_vec();
+        wire.extend_from_slice(&[0x0a; 100]);
+        s.write_all(&wire).await.unwrap();
+        hosts.push(s);
+    }
+    // Every host is being read (each connection is one relay waiting for its body):
+    // a further host is still served.
+    let mut s = UnixStream::connect(&warden_sock).await.unwrap();
+    let req = ttrpc::proto::Request {
+        service: "grpc.AgentService".into(),
+        method: "StartContainer".into(),
+        payload: agent::StartContainerRequest::new()
+            .write_to_bytes()
+            .unwrap(),
+        ..Default::default()
+    };
+    s.write_all(Frame::new(1, TYPE_REQUEST, 0, &req.write_to_bytes().unwrap()).raw())
+        .await
+        .unwrap();
+    match frame::read_frame(&mut s, frame::MAX_BODY).await.unwrap() {
+        Read::Frame(f) => assert_eq!(f.header.stream_id, 1),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss = rss_kib();
+    // 128 × 4 MiB = 512 MiB if the announced lengths were reserved and touched.
+    assert!(
+        rss <= rss_before + RSS_BOUND_KIB,
+        "resident memory rose from {rss_before} KiB to {rss} KiB for {HOSTS} hosts \
+         that announced 4 MiB frames and sent 100 bytes each"
+    );
+    drop(hosts);
+    assert_eq!(agent.calls(), vec!["StartContainer"]);
+}
