@@ -1,6 +1,6 @@
 //! The relay: one host connection paired with one agent connection.
 //!
-//! Two loops run side by side. Host → agent: each frame is judged ([`Guard::judge`])
+//! Two loops run side by side. Host → agent: each frame is judged (`Guard::judge`)
 //! and either forwarded as the exact bytes received, answered in the agent's place
 //! with a ttrpc error, or — for protocol violations — the connection is closed.
 //! Agent → host: responses are relayed unchanged, except that a ReadStdout/ReadStderr
@@ -8,6 +8,15 @@
 //! connection; nothing waits for a slow (long-poll) answer. When either side closes,
 //! the other is closed; requests still in flight when the agent goes away are answered
 //! UNAVAILABLE.
+//!
+//! Limits per connection: at most `max_in_flight` requests forwarded and not yet
+//! answered ([`Guard::with_max_in_flight`], default [`DEFAULT_MAX_IN_FLIGHT`]); a
+//! request beyond it is answered RESOURCE_EXHAUSTED (8) `too many requests in flight
+//! on this connection (limit N)` and not forwarded. Answers waiting for a host that
+//! does not read are bounded (32 frames, 8 MiB); beyond that the agent side is not
+//! read, so the agent's writes block instead of agent-warden's memory growing. There
+//! is no idle timeout: a long poll (WaitProcess, GetOOMEvent) may last as long as the
+//! container runs, as with kata-agent itself.
 // Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
 #![deny(
     clippy::unwrap_used,
@@ -23,7 +32,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::address::{Conn, ReadHalf, WriteHalf};
 use crate::codec::{self, InputShape};
@@ -56,9 +65,12 @@ pub struct Guard {
 /// Beyond it a request is answered RESOURCE_EXHAUSTED and not forwarded.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
-/// Responses queued for a host that does not read: the reader of the agent side waits
-/// (and with it the agent) rather than buffering without bound.
+/// Responses queued for a host that does not read, by count and by bytes: when
+/// either is reached the reader of the agent side waits (and with it the agent)
+/// rather than buffering without bound. A single larger frame is still let through
+/// alone.
 const HOST_QUEUE: usize = 32;
+const HOST_QUEUE_BYTES: usize = 8 << 20;
 
 /// Whether SetPolicy may replace the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +352,38 @@ impl Guard {
 
 type Inflight = Mutex<HashMap<u32, Pending>>;
 
+/// The queue to the task that writes to the host, bounded by frames and by bytes.
+struct HostQueue {
+    tx: mpsc::Sender<(Bytes, OwnedSemaphorePermit)>,
+    bytes: Arc<Semaphore>,
+}
+
+/// The host writer is gone.
+struct HostGone;
+
+impl HostQueue {
+    fn new() -> (HostQueue, mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>) {
+        let (tx, rx) = mpsc::channel(HOST_QUEUE);
+        let q = HostQueue {
+            tx,
+            bytes: Arc::new(Semaphore::new(HOST_QUEUE_BYTES)),
+        };
+        (q, rx)
+    }
+
+    /// Queues one frame for the host, waiting while the queue is full.
+    async fn send(&self, b: Bytes) -> Result<(), HostGone> {
+        let n = b.len().clamp(1, HOST_QUEUE_BYTES) as u32;
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| HostGone)?;
+        self.tx.send((b, permit)).await.map_err(|_| HostGone)
+    }
+}
+
 fn lock(m: &Inflight) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -386,7 +430,7 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
         ..
     } = agent;
     let inflight: Inflight = Mutex::new(HashMap::new());
-    let (tx, rx) = mpsc::channel::<Bytes>(HOST_QUEUE);
+    let (tx, rx) = HostQueue::new();
     let writer = tokio::spawn(write_host(host_write, rx));
 
     let why = tokio::select! {
@@ -406,8 +450,9 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
     tracing::info!(conn, reason = %why, "connection closed");
 }
 
-async fn write_host(mut w: WriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(b) = rx.recv().await {
+async fn write_host(mut w: WriteHalf, mut rx: mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>) {
+    // Each frame's permit is held until the frame is written.
+    while let Some((b, _permit)) = rx.recv().await {
         if w.write_all(&b).await.is_err() {
             return;
         }
@@ -421,7 +466,7 @@ async fn host_to_agent(
     host: &mut ReadHalf,
     agent: &mut WriteHalf,
     inflight: &Inflight,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &HostQueue,
 ) -> String {
     loop {
         let f = match frame::read_frame(host, MAX_BODY).await {
@@ -471,11 +516,7 @@ async fn host_to_agent(
     }
 }
 
-async fn agent_to_host(
-    agent: &mut ReadHalf,
-    inflight: &Inflight,
-    tx: &mpsc::Sender<Bytes>,
-) -> String {
+async fn agent_to_host(agent: &mut ReadHalf, inflight: &Inflight, tx: &HostQueue) -> String {
     loop {
         let f = match frame::read_frame(agent, MAX_BODY).await {
             Ok(Read::Frame(f)) => f,
