@@ -11,7 +11,8 @@
 //!   flags) with a decodable envelope naming a known method, each exactly as the
 //!   host sent it;
 //! * SetPolicy never reaches the agent; under the default policy ExecProcess and
-//!   WriteStdin never do either;
+//!   WriteStdin never do either, and CopyFile only with a clean path strictly
+//!   beneath the shared containers directory;
 //! * under the default policy (ReadStreamRequest denied) the agent's ReadStdout /
 //!   ReadStderr data never reaches the host;
 //! * everything the host receives is a sequence of whole response frames.
@@ -27,11 +28,14 @@ use agent_warden::frame::{
     TYPE_RESPONSE,
 };
 use agent_warden::methods;
-use agent_warden::protocols::agent::ReadStreamResponse;
+use agent_warden::protocols::agent::{CopyFileRequest, ReadStreamResponse};
 use fuzz_support::{guard, runtime, AgentMode, ConnFlags, PolicyKind, AGENT_SECRET};
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What policies/coco-default.rego lets CopyFile write beneath.
+const SHARED_DIR: &str = "/run/kata-containers/shared/containers/";
 
 /// Generous: a run normally takes well under a millisecond per request.
 const RUN_LIMIT: Duration = Duration::from_secs(20);
@@ -70,6 +74,20 @@ fn check_forwarded(f: &Frame, host_input: &[u8], flags: ConnFlags) -> String {
             m.name != "ExecProcess" && m.name != "WriteStdin",
             "{} passed the default policy",
             m.name
+        );
+    }
+    if flags.key.policy == PolicyKind::Default && m.name == "CopyFile" {
+        let r = CopyFileRequest::parse_from_bytes(&req.payload).expect("forwarded CopyFile decodes");
+        let rel = r
+            .path
+            .strip_prefix(SHARED_DIR)
+            .unwrap_or_else(|| panic!("CopyFile outside {SHARED_DIR} passed the default policy: {:?}", r.path));
+        assert!(
+            !rel.is_empty()
+                && !rel.ends_with('/')
+                && rel.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+            "CopyFile path not clean and strictly beneath {SHARED_DIR} passed the default policy: {:?}",
+            r.path
         );
     }
     assert!(
