@@ -18,10 +18,13 @@
 #   FUZZ_LOG_DIR     where the per-target logs go (default fuzz/target/fuzz-logs)
 #   FUZZ_ARGS        extra libFuzzer arguments for every target
 #   CARGO_FUZZ_VERSION  version installed when cargo-fuzz is missing (default 0.13.2)
+#   FUZZ_TOOLCHAIN   auto (default: nightly if installed, else the default toolchain),
+#                    default, or a rustup toolchain name (e.g. stable)
+#   FUZZ_TARGET_DIR  cargo target directory (default fuzz/target)
 #
 # Toolchain: cargo-fuzz needs nightly-only compiler flags. If a nightly toolchain is
 # installed it is used; otherwise the default (stable) toolchain is used with
-# RUSTC_BOOTSTRAP=1, which unlocks those flags on stable.
+# RUSTC_BOOTSTRAP=1, which unlocks those flags on stable (checked with stable 1.95).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,12 +52,19 @@ max_len() {
 
 # --- toolchain ----------------------------------------------------------------
 CARGO=(cargo)
-if command -v rustup >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    CARGO=(cargo +nightly)
-    echo "fuzz.sh: using the nightly toolchain"
+case "${FUZZ_TOOLCHAIN:-auto}" in
+    auto)
+        if command -v rustup >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+            CARGO=(cargo +nightly)
+        fi ;;
+    default) ;;
+    *) CARGO=(cargo "+$FUZZ_TOOLCHAIN") ;;
+esac
+if "${CARGO[@]}" --version 2>/dev/null | grep -q nightly; then
+    echo "fuzz.sh: using $("${CARGO[@]}" --version)"
 else
     export RUSTC_BOOTSTRAP=1
-    echo "fuzz.sh: no nightly toolchain; using $(rustc --version) with RUSTC_BOOTSTRAP=1"
+    echo "fuzz.sh: no nightly toolchain; using $("${CARGO[@]}" --version) with RUSTC_BOOTSTRAP=1"
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz ${CARGO_FUZZ_VERSION:-0.13.2} from crates.io"
@@ -65,6 +75,7 @@ fi
 # Release build with debug assertions and overflow checks (-a): an arithmetic
 # overflow on host data is a crash, not a silent wrap.
 FUZZ_FLAGS=(--fuzz-dir fuzz -s "$SANITIZER" -a)
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then FUZZ_FLAGS+=(--target-dir "$FUZZ_TARGET_DIR"); fi
 build_start=$(date +%s)
 echo "fuzz.sh: building ${TARGETS[*]} (sanitizer $SANITIZER)"
 for t in "${TARGETS[@]}"; do
