@@ -408,18 +408,28 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called (not
+/// when the future is first polled), so a signal that arrives while the policy loads or
+/// the scratch disk is set up is not lost: serving then stops as soon as it starts.
+/// Must be called inside the tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    );
+    async move {
+        match streams {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                tracing::warn!("cannot install SIGTERM/SIGINT handlers; stop with SIGKILL");
+                std::future::pending::<()>().await
+            }
+        }
     }
 }

@@ -614,3 +614,35 @@ async fn connections_beyond_the_limit_are_closed_and_slots_are_reused() {
     task.await.unwrap().unwrap();
     let _ = agent_server.shutdown().await;
 }
+
+#[test]
+fn sigterm_during_start_up_is_never_lost() {
+    // A SIGTERM at any moment of start-up ends the process (before the handlers exist
+    // it dies of the signal; after, it exits 0) instead of leaving it serving.
+    let d = Dir::new();
+    let (sock, listen, agent) = d.sock();
+    for delay_ms in [0u64, 2, 5, 10, 15, 20, 30, 40, 60, 100] {
+        let mut child = warden(&["--listen", &listen, "--agent", &agent])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("SIGTERM after {delay_ms} ms was lost: still running after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            status.code() == Some(0) || status.code().is_none(),
+            "after {delay_ms} ms: {status}"
+        );
+        let _ = std::fs::remove_file(&sock);
+    }
+}
