@@ -646,3 +646,85 @@ fn sigterm_during_start_up_is_never_lost() {
         let _ = std::fs::remove_file(&sock);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_lets_in_flight_finish_and_drops_stragglers_after_the_deadline() {
+    let d = Dir::new();
+    let (sock, _, _) = d.sock();
+    let (mut agent_server, agent) = start_agent(&d.path("agent.sock")).await;
+    let (file, flags) = layers(&d, "[storage]\ndevice = \"/dev/vdb\"\n");
+    let calls = Arc::new(Calls::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_with(
+        file,
+        flags,
+        calls.op("setup", sock.clone(), false),
+        calls.op("teardown", sock.clone(), false),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let connect = || async {
+        agent_ttrpc::AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+                .await
+                .unwrap(),
+        )
+    };
+    // Two long polls in flight, on two connections.
+    let (a, b) = (connect().await, connect().await);
+    let pa = tokio::spawn(async move {
+        a.wait_process(ctx(), &agent::WaitProcessRequest::new())
+            .await
+    });
+    let pb = tokio::spawn(async move {
+        b.wait_process(ctx(), &agent::WaitProcessRequest::new())
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.calls().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "long polls never reached the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = Instant::now();
+    stop_tx.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connection is accepted once shutdown began.
+    assert!(
+        tokio::net::UnixStream::connect(&sock).await.is_err(),
+        "still accepting after shutdown"
+    );
+    // One in-flight request finishes normally during the drain.
+    agent.release(1);
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! { r = pa => r, r = pb => r }
+    })
+    .await
+    .expect("the released long poll finished");
+    first.unwrap().unwrap();
+    // The other is never answered: the drain deadline ends it, then storage is torn down.
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("serve returned after the drain deadline")
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= server::DRAIN - Duration::from_millis(500),
+        "returned after {took:?}, before the drain deadline"
+    );
+    assert_eq!(
+        calls.seen().iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec!["setup", "teardown"]
+    );
+    agent.release(1);
+    let _ = agent_server.shutdown().await;
+}
