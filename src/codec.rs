@@ -30,6 +30,13 @@
 //! that the message does not have in the requested shape (naming message and
 //! key), rejects values of the wrong JSON type, and treats a missing key as the
 //! field's default. No function here panics on any input.
+// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 use std::borrow::Cow;
 
 use protobuf::descriptor::field_descriptor_proto::Label;
@@ -683,6 +690,12 @@ fn copy_file_from_json(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
     use crate::protocols::{agent, oci, types};

@@ -10,6 +10,13 @@
 //! its print statements removed (a line that is only `print(...)`); print always
 //! succeeds in Rego, so removing it cannot change a value. A line the removal would
 //! break makes compilation fail, and that rule stays on the interpreter.
+// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -117,6 +124,12 @@ impl Compiled {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 

@@ -18,6 +18,13 @@
 //! true for a malformed `x`. The error aborts the evaluation, and agent-warden
 //! denies a request whose evaluation fails. An undefined argument makes the call
 //! undefined (regorus does not call an extension with undefined arguments).
+// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use regorus::{Engine, Value};
 
@@ -138,7 +145,7 @@ fn depth_below(p: &str, root: &str) -> Option<usize> {
     if p.absolute != root.absolute || !p.parts.starts_with(&root.parts) {
         return None;
     }
-    let rest = &p.parts[root.parts.len()..];
+    let rest = p.parts.get(root.parts.len()..)?;
     // Relative paths only: `../x` is not below `.` (it starts above it).
     if rest.contains(&"..") {
         return None;
@@ -159,6 +166,12 @@ pub fn is_within(p: &str, root: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
 

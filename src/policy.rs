@@ -7,6 +7,13 @@
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
 //! denies (fail closed). The reason for a denial is what the policy printed.
+// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -575,6 +582,12 @@ fn shorten(prints: &[String]) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
     use serde_json::json;
