@@ -289,6 +289,46 @@ async fn start_agent(sock: &Path) -> (ttrpc::r#async::Server, Arc<RecordingAgent
     (server, agent)
 }
 
+/// `serve_with` running with storage doubles until `stop_tx` is sent.
+struct Serving {
+    calls: Arc<Calls>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts `serve_with(file, flags)` and waits until it listens on `sock`.
+async fn serving(file: Config, flags: Config, sock: &Path) -> Serving {
+    let calls = Arc::new(Calls::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve_with(
+        file,
+        flags,
+        calls.op("setup", sock.to_path_buf(), false),
+        calls.op("teardown", sock.to_path_buf(), false),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Serving {
+        calls,
+        stop_tx,
+        task,
+    }
+}
+
+async fn client(sock: &Path) -> agent_ttrpc::AgentServiceClient {
+    agent_ttrpc::AgentServiceClient::new(
+        ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+            .await
+            .unwrap(),
+    )
+}
+
 fn layers(d: &Dir, extra: &str) -> (Config, Config) {
     let (_, listen, agent) = d.sock();
     let file = Config::parse(
@@ -307,33 +347,18 @@ async fn storage_is_set_up_before_listening_and_torn_down_after_destroy_and_at_s
     let (sock, _, _) = d.sock();
     let (mut agent_server, agent) = start_agent(&d.path("agent.sock")).await;
     let (file, flags) = layers(&d, "[storage]\ndevice = \"/dev/vdb\"\n");
-    let calls = Arc::new(Calls::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_with(
-        file,
-        flags,
-        calls.op("setup", sock.clone(), false),
-        calls.op("teardown", sock.clone(), false),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let Serving {
+        calls,
+        stop_tx,
+        task,
+    } = serving(file, flags, &sock).await;
     assert_eq!(
         calls.seen(),
         vec![("setup", false)],
         "setup before listening"
     );
 
-    let c = agent_ttrpc::AgentServiceClient::new(
-        ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .unwrap(),
-    );
+    let c = client(&sock).await;
     c.destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
         .await
         .unwrap();
@@ -377,27 +402,12 @@ async fn a_denied_destroy_sandbox_does_not_tear_down() {
         "test",
     )
     .unwrap();
-    let calls = Arc::new(Calls::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_with(
-        file,
-        Config::default(),
-        calls.op("setup", sock.clone(), false),
-        calls.op("teardown", sock.clone(), false),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let c = agent_ttrpc::AgentServiceClient::new(
-        ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .unwrap(),
-    );
+    let Serving {
+        calls,
+        stop_tx,
+        task,
+    } = serving(file, Config::default(), &sock).await;
+    let c = client(&sock).await;
     let (code, _) = status(
         c.destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
             .await,
@@ -541,29 +551,8 @@ async fn connections_beyond_the_limit_are_closed_and_slots_are_reused() {
     let (mut agent_server, agent) = start_agent(&d.path("agent.sock")).await;
     let (file, _) = layers(&d, "");
     let flags = Config::parse("[limits]\nmax_connections = 2\n", "flags").unwrap();
-    let calls = Arc::new(Calls::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_with(
-        file,
-        flags,
-        calls.op("setup", sock.clone(), false),
-        calls.op("teardown", sock.clone(), false),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let connect = || async {
-        agent_ttrpc::AgentServiceClient::new(
-            ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-                .await
-                .unwrap(),
-        )
-    };
+    let Serving { stop_tx, task, .. } = serving(file, flags, &sock).await;
+    let connect = || client(&sock);
     let short_ctx = || ttrpc::context::with_timeout(Duration::from_secs(2).as_nanos() as i64);
     // Two connections, each holding a long poll.
     let (a, b) = (connect().await, connect().await);
@@ -653,29 +642,12 @@ async fn shutdown_stops_accepting_lets_in_flight_finish_and_drops_stragglers_aft
     let (sock, _, _) = d.sock();
     let (mut agent_server, agent) = start_agent(&d.path("agent.sock")).await;
     let (file, flags) = layers(&d, "[storage]\ndevice = \"/dev/vdb\"\n");
-    let calls = Arc::new(Calls::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_with(
-        file,
-        flags,
-        calls.op("setup", sock.clone(), false),
-        calls.op("teardown", sock.clone(), false),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let connect = || async {
-        agent_ttrpc::AgentServiceClient::new(
-            ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-                .await
-                .unwrap(),
-        )
-    };
+    let Serving {
+        calls,
+        stop_tx,
+        task,
+    } = serving(file, flags, &sock).await;
+    let connect = || client(&sock);
     // Two long polls in flight, on two connections.
     let (a, b) = (connect().await, connect().await);
     let pa = tokio::spawn(async move {
