@@ -8,40 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_warden::envelope;
-use agent_warden::frame::{self, Frame, Read, TYPE_REQUEST};
+use agent_warden::frame::{self, Read};
 use agent_warden::protocols::{agent, agent_ttrpc};
 use common::*;
-use protobuf::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 const UNAVAILABLE: i32 = 14;
-
-fn request_frame(stream: u32, method: &str, payload: Vec<u8>) -> Frame {
-    let req = ttrpc::proto::Request {
-        service: "grpc.AgentService".into(),
-        method: method.into(),
-        payload,
-        ..Default::default()
-    };
-    Frame::new(stream, TYPE_REQUEST, 0, &req.write_to_bytes().unwrap())
-}
-
-fn start_frame(stream: u32) -> Frame {
-    let r = agent::StartContainerRequest {
-        container_id: "c1".into(),
-        ..Default::default()
-    };
-    request_frame(stream, "StartContainer", r.write_to_bytes().unwrap())
-}
-
-fn wait_frame(stream: u32) -> Frame {
-    request_frame(
-        stream,
-        "WaitProcess",
-        agent::WaitProcessRequest::new().write_to_bytes().unwrap(),
-    )
-}
 
 /// The next frame as (stream, status code, message); None once the connection closed.
 async fn reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {

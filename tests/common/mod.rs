@@ -572,3 +572,41 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A request frame for `grpc.AgentService/<method>` (flags 0).
+pub fn request_frame(stream: u32, method: &str, payload: Vec<u8>) -> agent_warden::frame::Frame {
+    let req = ttrpc::proto::Request {
+        service: "grpc.AgentService".into(),
+        method: method.into(),
+        payload,
+        ..Default::default()
+    };
+    agent_warden::frame::Frame::new(
+        stream,
+        agent_warden::frame::TYPE_REQUEST,
+        0,
+        &protobuf::Message::write_to_bytes(&req).unwrap(),
+    )
+}
+
+/// StartContainer of `c1`.
+pub fn start_frame(stream: u32) -> agent_warden::frame::Frame {
+    let r = agent::StartContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    request_frame(
+        stream,
+        "StartContainer",
+        protobuf::Message::write_to_bytes(&r).unwrap(),
+    )
+}
+
+/// WaitProcess (a long poll on the recording agent).
+pub fn wait_frame(stream: u32) -> agent_warden::frame::Frame {
+    request_frame(
+        stream,
+        "WaitProcess",
+        protobuf::Message::write_to_bytes(&agent::WaitProcessRequest::new()).unwrap(),
+    )
+}
