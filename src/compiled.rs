@@ -38,8 +38,7 @@ pub(crate) struct Compiled {
 pub(crate) fn strip_prints(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with("print(") && t.ends_with(')') {
+        if is_print_statement(line.trim()) {
             if line.ends_with('\n') {
                 out.push('\n');
             }
@@ -48,6 +47,47 @@ pub(crate) fn strip_prints(text: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `t` is exactly one `print(...)` call: the parenthesis opened by `print(`
+/// closes at the last character (strings skipped). `print(a); deny(b)` or
+/// `print(a) == x` are not, so removing the line can only ever drop a print.
+fn is_print_statement(t: &str) -> bool {
+    let Some(rest) = t.strip_prefix("print(") else {
+        return false;
+    };
+    let mut depth = 1usize;
+    let mut chars = rest.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => loop {
+                match chars.next() {
+                    Some((_, '\\')) => {
+                        chars.next();
+                    }
+                    Some((_, '"')) => break,
+                    Some(_) => {}
+                    None => return false,
+                }
+            },
+            '`' => loop {
+                match chars.next() {
+                    Some((_, '`')) => break,
+                    Some(_) => {}
+                    None => return false,
+                }
+            },
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + c.len_utf8() == rest.len();
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 impl Compiled {
@@ -140,5 +180,27 @@ mod tests {
             strip_prints(t),
             "a {\n\n    y == 1\n}\nprint_it := 1\n  print(z) # no\n"
         );
+    }
+
+    #[test]
+    fn keeps_lines_where_print_is_not_the_whole_statement() {
+        for keep in [
+            "print(a); not allowed(input)",
+            "print(a) == x",
+            "print(\"(\", x) ; y(z)",
+            "print(f(x)) ; g(y)",
+            "print(\"unterminated",
+            "print(a",
+        ] {
+            assert!(!is_print_statement(keep), "{keep}");
+        }
+        for strip in [
+            "print(a)",
+            "print(\"x)\", concat(\",\", [a, b]))",
+            "print(`raw ) text`, {\"k\": f(x)})",
+            "print(\"esc \\\" )\", y)",
+        ] {
+            assert!(is_print_statement(strip), "{strip}");
+        }
     }
 }
