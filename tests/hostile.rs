@@ -17,49 +17,18 @@ use protobuf::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-/// The next frame from the warden as (stream, status code, message); None when the
-/// connection closed (or nothing came within 10 s).
-async fn reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        frame::read_frame(s, frame::MAX_BODY),
-    )
-    .await
-    .ok()?
-    {
-        Ok(Read::Frame(f)) => {
-            let r = envelope::decode_response(f.body()).ok()?;
-            Some((
-                f.header.stream_id,
-                envelope::status_code(&r),
-                r.status.message.clone(),
-            ))
-        }
-        _ => None,
-    }
-}
-
-async fn raw(h: &Harness) -> UnixStream {
-    UnixStream::connect(&h.warden_sock).await.unwrap()
-}
-
 /// Another connection still gets an allowed request through.
 async fn others_unaffected(h: &Harness) {
     let mut s = raw(h).await;
     s.write_all(start_frame(1).raw()).await.unwrap();
-    assert_eq!(reply(&mut s).await.map(|r| (r.0, r.1)), Some((1, 0)));
+    assert_eq!(read_reply(&mut s).await.map(|r| (r.0, r.1)), Some((1, 0)));
 }
 
 async fn wait_calls(h: &Harness, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while h.agent.calls().len() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "agent saw {:?}, expected {n} calls",
-            h.agent.calls()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(10, "the agent to see the expected calls", || {
+        h.agent.calls().len() >= n
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,17 +41,17 @@ async fn requests_beyond_the_in_flight_limit_are_resource_exhausted() {
     s.write_all(wait_frame(3).raw()).await.unwrap();
     wait_calls(&h, 2).await;
     s.write_all(start_frame(5).raw()).await.unwrap();
-    let (id, code, msg) = reply(&mut s).await.unwrap();
+    let (id, code, msg) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (5, 8), "{msg}");
     assert!(msg.contains("limit 2"), "{msg}");
     assert_eq!(h.agent.calls(), vec!["WaitProcess", "WaitProcess"]);
     // One long poll completes: there is room again on the same connection.
     h.agent.release(1);
-    assert_eq!(reply(&mut s).await.map(|r| r.1), Some(0));
+    assert_eq!(read_reply(&mut s).await.map(|r| r.1), Some(0));
     s.write_all(start_frame(7).raw()).await.unwrap();
-    assert_eq!(reply(&mut s).await.map(|r| (r.0, r.1)), Some((7, 0)));
+    assert_eq!(read_reply(&mut s).await.map(|r| (r.0, r.1)), Some((7, 0)));
     h.agent.release(1);
-    assert_eq!(reply(&mut s).await.map(|r| r.1), Some(0));
+    assert_eq!(read_reply(&mut s).await.map(|r| r.1), Some(0));
     h.stop().await;
 }
 
@@ -94,7 +63,7 @@ async fn a_response_frame_from_the_host_closes_its_connection_only() {
     s.write_all(Frame::new(1, TYPE_RESPONSE, 0, &resp).raw())
         .await
         .unwrap();
-    assert_eq!(reply(&mut s).await, None, "closed without an answer");
+    assert_eq!(read_reply(&mut s).await, None, "closed without an answer");
     others_unaffected(&h).await;
     assert_eq!(h.agent.calls(), vec!["StartContainer"]);
     h.stop().await;
@@ -110,7 +79,7 @@ async fn a_stream_id_reused_while_in_flight_closes_the_connection() {
     // The in-flight long poll is answered UNAVAILABLE or dropped; either way the
     // connection ends and the second request never reaches the agent.
     loop {
-        match reply(&mut s).await {
+        match read_reply(&mut s).await {
             None => break,
             Some((1, code, _)) => assert_ne!(code, 0),
             Some(other) => panic!("unexpected {other:?}"),
@@ -128,13 +97,13 @@ async fn a_truncated_header_then_close_reaches_nothing() {
     let mut s = raw(&h).await;
     s.write_all(&start_frame(1).raw()[..5]).await.unwrap();
     s.shutdown().await.unwrap();
-    assert_eq!(reply(&mut s).await, None);
+    assert_eq!(read_reply(&mut s).await, None);
     // A truncated body, too.
     let mut s = raw(&h).await;
     let f = start_frame(1);
     s.write_all(&f.raw()[..f.raw().len() - 3]).await.unwrap();
     s.shutdown().await.unwrap();
-    assert_eq!(reply(&mut s).await, None);
+    assert_eq!(read_reply(&mut s).await, None);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(h.agent.calls().is_empty(), "{:?}", h.agent.calls());
     others_unaffected(&h).await;
@@ -158,7 +127,10 @@ async fn a_host_sending_byte_by_byte_is_served_and_blocks_nobody() {
         slow.write_all(&[*b]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(reply(&mut slow).await.map(|r| (r.0, r.1)), Some((1, 0)));
+    assert_eq!(
+        read_reply(&mut slow).await.map(|r| (r.0, r.1)),
+        Some((1, 0))
+    );
     assert_eq!(h.agent.calls(), vec!["StartContainer", "StartContainer"]);
     h.stop().await;
 }
@@ -188,7 +160,9 @@ async fn a_host_that_stops_reading_blocks_nobody_and_loses_nothing() {
     // Now it reads: every request has exactly one answer, in any order.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..n {
-        let (id, code, msg) = reply(&mut s).await.expect("an answer for every request");
+        let (id, code, msg) = read_reply(&mut s)
+            .await
+            .expect("an answer for every request");
         assert_eq!(code, 0, "{msg}");
         assert!(seen.insert(id), "stream {id} answered twice");
     }
@@ -225,7 +199,7 @@ async fn invalid_utf8_and_unknown_names_are_answered_and_the_connection_goes_on(
     s.write_all(Frame::new(1, TYPE_REQUEST, 0, &env).raw())
         .await
         .unwrap();
-    let (id, code, msg) = reply(&mut s).await.unwrap();
+    let (id, code, msg) = read_reply(&mut s).await.unwrap();
     assert_eq!((id, code), (1, 3), "{msg}");
     assert!(msg.contains("malformed ttrpc request envelope"), "{msg}");
     // An unknown service with a known method name, and an empty service.
@@ -234,7 +208,7 @@ async fn invalid_utf8_and_unknown_names_are_answered_and_the_connection_goes_on(
         s.write_all(Frame::new(stream, TYPE_REQUEST, 0, &env).raw())
             .await
             .unwrap();
-        let (id, code, msg) = reply(&mut s).await.unwrap();
+        let (id, code, msg) = read_reply(&mut s).await.unwrap();
         assert_eq!((id, code), (stream, 12), "{msg}");
         assert!(
             msg.ends_with("unknown service or method (not forwarded)"),
@@ -243,7 +217,7 @@ async fn invalid_utf8_and_unknown_names_are_answered_and_the_connection_goes_on(
     }
     // The connection still serves; only that request reached the agent.
     s.write_all(start_frame(7).raw()).await.unwrap();
-    assert_eq!(reply(&mut s).await.map(|r| (r.0, r.1)), Some((7, 0)));
+    assert_eq!(read_reply(&mut s).await.map(|r| (r.0, r.1)), Some((7, 0)));
     others_unaffected(&h).await;
     assert_eq!(h.agent.calls(), vec!["StartContainer", "StartContainer"]);
     h.stop().await;
@@ -262,7 +236,7 @@ async fn streaming_flags_are_refused_and_unknown_frame_types_close() {
         s.write_all(Frame::new(stream, TYPE_REQUEST, flags, &body).raw())
             .await
             .unwrap();
-        let (id, code, msg) = reply(&mut s).await.unwrap();
+        let (id, code, msg) = read_reply(&mut s).await.unwrap();
         assert_eq!((id, code), (stream, 3), "{msg}");
         assert!(
             msg.contains("streaming requests are not supported"),
@@ -273,7 +247,7 @@ async fn streaming_flags_are_refused_and_unknown_frame_types_close() {
     s.write_all(Frame::new(2, frame::TYPE_DATA, 0, b"x").raw())
         .await
         .unwrap();
-    assert_eq!(reply(&mut s).await.map(|r| (r.0, r.1)), Some((2, 3)));
+    assert_eq!(read_reply(&mut s).await.map(|r| (r.0, r.1)), Some((2, 3)));
     // A frame type ttrpc does not have closes the connection.
     s.write_all(Frame::new(7, 0x7f, 0, &body).raw())
         .await
@@ -301,7 +275,7 @@ async fn even_stream_ids_close_only_that_connection() {
     // The bystander's long poll is still in flight and completes normally.
     h.agent.release(1);
     assert_eq!(
-        reply(&mut bystander).await.map(|r| (r.0, r.1)),
+        read_reply(&mut bystander).await.map(|r| (r.0, r.1)),
         Some((1, 0))
     );
     others_unaffected(&h).await;
@@ -315,7 +289,10 @@ async fn a_stream_id_may_be_used_again_once_answered() {
     let mut s = raw(&h).await;
     for _ in 0..3 {
         s.write_all(start_frame(u32::MAX).raw()).await.unwrap();
-        assert_eq!(reply(&mut s).await.map(|r| (r.0, r.1)), Some((u32::MAX, 0)));
+        assert_eq!(
+            read_reply(&mut s).await.map(|r| (r.0, r.1)),
+            Some((u32::MAX, 0))
+        );
     }
     assert_eq!(h.agent.calls().len(), 3);
     h.stop().await;
@@ -336,7 +313,7 @@ async fn an_oversize_frame_cut_short_closes_without_reaching_the_agent() {
     wire.extend_from_slice(&vec![0u8; 1 << 20]);
     s.write_all(&wire).await.unwrap();
     s.shutdown().await.unwrap();
-    assert_eq!(reply(&mut s).await, None);
+    assert_eq!(read_reply(&mut s).await, None);
     others_unaffected(&h).await;
     assert_eq!(h.agent.calls(), vec!["StartContainer"]);
     assert_eq!(
@@ -410,7 +387,10 @@ async fn a_host_that_stops_reading_backpressures_the_agent_instead_of_buffering(
     // Another host is served meanwhile (a fresh agent connection of its own).
     let mut other = UnixStream::connect(&warden_sock).await.unwrap();
     other.write_all(start_frame(1).raw()).await.unwrap();
-    assert_eq!(reply(&mut other).await.map(|r| (r.0, r.1)), Some((1, 0)));
+    assert_eq!(
+        read_reply(&mut other).await.map(|r| (r.0, r.1)),
+        Some((1, 0))
+    );
     // The host reads: each request is answered exactly once, in full.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..N {

@@ -6,13 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use agent_warden::envelope;
 use agent_warden::frame::{self, Frame, Header, Read, TYPE_DATA, TYPE_REQUEST};
 use agent_warden::protocols::{agent, health, health_ttrpc, oci};
 use common::*;
 use protobuf::{Message, MessageField};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 const POLICY: &str = r#"package agent_policy
 import rego.v1
@@ -294,30 +292,6 @@ fn create_frame(stream: u32) -> Frame {
         "CreateContainer",
         create("x").write_to_bytes().unwrap(),
     )
-}
-
-async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        frame::read_frame(s, frame::MAX_BODY),
-    )
-    .await
-    .ok()?
-    {
-        Ok(Read::Frame(f)) => {
-            let r = envelope::decode_response(f.body()).unwrap();
-            Some((
-                f.header.stream_id,
-                envelope::status_code(&r),
-                r.status.message.clone(),
-            ))
-        }
-        _ => None,
-    }
-}
-
-async fn raw(h: &Harness) -> UnixStream {
-    UnixStream::connect(&h.warden_sock).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use agent_warden::policy::{Policy, RegoVersion};
 use agent_warden::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
 use agent_warden::relay::Guard;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 use ttrpc::r#async::TtrpcContext;
 
@@ -609,4 +610,31 @@ pub fn wait_frame(stream: u32) -> agent_warden::frame::Frame {
         "WaitProcess",
         protobuf::Message::write_to_bytes(&agent::WaitProcessRequest::new()).unwrap(),
     )
+}
+
+/// The next answer on a raw host socket as (stream, status code, message); `None`
+/// when the connection closed or nothing came within 10 s. An undecodable answer panics.
+pub async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        agent_warden::frame::read_frame(s, agent_warden::frame::MAX_BODY),
+    )
+    .await
+    .ok()?
+    {
+        Ok(agent_warden::frame::Read::Frame(f)) => {
+            let r = agent_warden::envelope::decode_response(f.body()).unwrap();
+            Some((
+                f.header.stream_id,
+                agent_warden::envelope::status_code(&r),
+                r.status.message.clone(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A raw host connection straight to agent-warden (no tap).
+pub async fn raw(h: &Harness) -> UnixStream {
+    UnixStream::connect(&h.warden_sock).await.unwrap()
 }
