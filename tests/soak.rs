@@ -16,7 +16,6 @@ use agent_warden::envelope;
 use agent_warden::frame::{self, Frame, Header, Read, TYPE_REQUEST};
 use agent_warden::protocols::{agent, agent_ttrpc};
 use common::*;
-use protobuf::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -271,17 +270,7 @@ async fn a_huge_frame_body_is_discarded_without_being_buffered() {
          {CLAIMED}-byte body streamed through"
     );
     // The same connection still serves, and the agent saw only that request.
-    let req = ttrpc::proto::Request {
-        service: "grpc.AgentService".into(),
-        method: "StartContainer".into(),
-        payload: agent::StartContainerRequest::new()
-            .write_to_bytes()
-            .unwrap(),
-        ..Default::default()
-    };
-    s.write_all(Frame::new(3, TYPE_REQUEST, 0, &req.write_to_bytes().unwrap()).raw())
-        .await
-        .unwrap();
+    s.write_all(start_frame(3).raw()).await.unwrap();
     match frame::read_frame(&mut s, frame::MAX_BODY).await.unwrap() {
         Read::Frame(f) => {
             let r = envelope::decode_response(f.body()).unwrap();
@@ -335,17 +324,7 @@ async fn announced_but_unsent_bodies_do_not_reserve_memory() {
     // Every host is being read (each connection is one relay waiting for its body):
     // a further host is still served.
     let mut s = UnixStream::connect(&warden_sock).await.unwrap();
-    let req = ttrpc::proto::Request {
-        service: "grpc.AgentService".into(),
-        method: "StartContainer".into(),
-        payload: agent::StartContainerRequest::new()
-            .write_to_bytes()
-            .unwrap(),
-        ..Default::default()
-    };
-    s.write_all(Frame::new(1, TYPE_REQUEST, 0, &req.write_to_bytes().unwrap()).raw())
-        .await
-        .unwrap();
+    s.write_all(start_frame(1).raw()).await.unwrap();
     match frame::read_frame(&mut s, frame::MAX_BODY).await.unwrap() {
         Read::Frame(f) => assert_eq!(f.header.stream_id, 1),
         other => panic!("expected a reply, got {other:?}"),
