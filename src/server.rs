@@ -102,20 +102,15 @@ impl ServeSettings {
     }
 }
 
-/// Loads the configured policy (or the embedded default) and checks it.
+/// Loads a policy file (or the embedded default) and checks it, as `serve` does
+/// (`sources::load` with only a policy file configured); for `demo`.
 pub fn load_policy(file: Option<&PathBuf>, rego: RegoVersion) -> anyhow::Result<Policy> {
-    let policy = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read policy {}: {e}", path.display()))?;
-            Policy::load(&path.display().to_string(), &text, rego)?
-        }
-        None => Policy::load(
-            "embedded coco-default.rego",
-            DEFAULT_POLICY,
-            RegoVersion::V0,
-        )?,
-    };
+    let policy = sources::load(&PolicySources {
+        policy_file: file.cloned(),
+        rego,
+        ..Default::default()
+    })?
+    .policy;
     tracing::info!(
         source = policy.source_name(),
         digest = policy.digest(),
