@@ -145,10 +145,7 @@ impl Compiled {
         let timeout = self.timeout.lock().map(|t| *t).ok()?;
         let mut vm = RegoVM::new();
         vm.load_program(program);
-        vm.set_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
-            limit: timeout,
-            check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
-        }));
+        vm.set_execution_timer_config(Some(crate::policy::timer_config(timeout)));
         if let Some(d) = data {
             vm.set_data(d.clone()).ok()?;
         }

@@ -163,12 +163,18 @@ pub fn eval_timeout() -> Duration {
     Duration::from_micros(EVAL_TIMEOUT_US.load(Ordering::Relaxed))
 }
 
+/// regorus's execution timer for a time limit (checked every 64 work units), used by
+/// the interpreter and the compiled fast path alike.
+pub(crate) fn timer_config(limit: Duration) -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit,
+        check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+    }
+}
+
 fn new_engine(version: RegoVersion) -> Engine {
     let mut engine = Engine::new();
-    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-        limit: eval_timeout(),
-        check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
-    });
+    engine.set_execution_timer_config(timer_config(eval_timeout()));
     engine.set_rego_v0(version == RegoVersion::V0);
     // genpolicy policies have lines over 1,024 columns and, with large data
     // sections, exceed 1 MiB / 20,000 lines: regorus's defaults would refuse them.
@@ -270,12 +276,7 @@ impl Policy {
             c.set_timeout(limit);
         }
         if let Ok(mut slot) = self.engine.lock() {
-            slot.0
-                .set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-                    limit,
-                    check_interval: std::num::NonZeroU32::new(64)
-                        .unwrap_or(std::num::NonZeroU32::MIN),
-                });
+            slot.0.set_execution_timer_config(timer_config(limit));
         }
     }
 
