@@ -15,7 +15,7 @@
     clippy::panic
 )]
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Length of the frame header in bytes.
@@ -190,6 +190,128 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }))
 }
 
+/// Bytes asked of the socket at once when no frame is being completed: enough for
+/// dozens of small frames per read.
+const READ_AHEAD: usize = 16 << 10;
+
+/// A buffered frame reader: one `read` takes in as many frames as the peer has
+/// queued, and [`FrameReader::next`] hands them out one by one.
+///
+/// The buffer never holds more than the frame being completed plus 64 KiB:
+/// it grows with the bytes that arrive, not with the length a header announces.
+/// Bodies over the limit are skipped as they arrive, never buffered. `next` is
+/// cancel-safe (its only await is a `read_buf`), so it can sit in a `select!`.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_body: usize,
+    /// An oversize frame being skipped: its header and the body bytes still to drop.
+    skipping: Option<(Header, usize)>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames from `inner`, skipping bodies over `max_body` bytes.
+    pub fn new(inner: R, max_body: usize) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: BytesMut::new(),
+            max_body,
+            skipping: None,
+        }
+    }
+
+    /// Whether [`next`](Self::next) can answer without reading: a whole frame, or the
+    /// end of a skipped one, is buffered.
+    pub fn has_frame(&self) -> bool {
+        match self.skipping {
+            Some((_, left)) => self.buf.len() >= left,
+            None => match self.buffered_header() {
+                Some(h) => {
+                    let len = h.length as usize;
+                    len > self.max_body || self.buf.len() >= HEADER_LEN + len
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn buffered_header(&self) -> Option<Header> {
+        let hb: &[u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        Some(Header::parse(hb))
+    }
+
+    /// The next frame, or `Closed` when the peer closed cleanly between frames.
+    pub async fn next(&mut self) -> Result<Read, FrameError> {
+        loop {
+            if let Some(r) = self.take_buffered() {
+                return Ok(r);
+            }
+            // How many more bytes the frame in progress needs (a header's worth when
+            // not even the header is here); ask for up to READ_CHUNK of it, and for
+            // READ_AHEAD at least, so that small queued frames come in one read.
+            let need = match (self.skipping, self.buffered_header()) {
+                (Some((_, left)), _) => left.saturating_sub(self.buf.len()),
+                (None, Some(h)) => (HEADER_LEN + h.length as usize).saturating_sub(self.buf.len()),
+                (None, None) => HEADER_LEN.saturating_sub(self.buf.len()),
+            };
+            self.buf.reserve(need.clamp(READ_AHEAD, READ_CHUNK));
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() && self.skipping.is_none() {
+                    return Ok(Read::Closed);
+                }
+                return Err(self.eof());
+            }
+        }
+    }
+
+    /// Takes one frame (or the end of a skipped one) out of the buffer.
+    fn take_buffered(&mut self) -> Option<Read> {
+        loop {
+            if let Some((h, left)) = self.skipping {
+                let n = left.min(self.buf.len());
+                self.buf.advance(n);
+                if n < left {
+                    self.skipping = Some((h, left - n));
+                    return None;
+                }
+                self.skipping = None;
+                return Some(Read::Oversize(h));
+            }
+            let h = self.buffered_header()?;
+            let len = h.length as usize;
+            if len > self.max_body {
+                self.buf.advance(HEADER_LEN);
+                self.skipping = Some((h, len));
+                continue;
+            }
+            if self.buf.len() < HEADER_LEN + len {
+                return None;
+            }
+            let raw = self.buf.split_to(HEADER_LEN + len).freeze();
+            return Some(Read::Frame(Frame { header: h, raw }));
+        }
+    }
+
+    /// What the end of the stream means given what is buffered.
+    fn eof(&self) -> FrameError {
+        let got = self.buf.len();
+        match (self.skipping, self.buffered_header()) {
+            (Some((h, left)), _) => FrameError::Truncated {
+                got: HEADER_LEN + h.length as usize - left + got,
+                want: HEADER_LEN + h.length as usize,
+            },
+            (None, Some(h)) => FrameError::Truncated {
+                got,
+                want: HEADER_LEN + h.length as usize,
+            },
+            (None, None) => FrameError::Truncated {
+                got,
+                want: HEADER_LEN,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -318,5 +440,166 @@ mod tests {
             read_frame(&mut r, MAX_BODY).await,
             Err(FrameError::Truncated { got: 13, want: 18 })
         ));
+    }
+
+    /// Splits `wire` into pieces of the given sizes (cycled) on a duplex pipe.
+    fn pieces(wire: Vec<u8>, sizes: &'static [usize]) -> tokio::io::DuplexStream {
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut at = 0;
+            for &n in sizes.iter().cycle() {
+                if at >= wire.len() {
+                    break;
+                }
+                let end = (at + n).min(wire.len());
+                w.write_all(&wire[at..end]).await.unwrap();
+                at = end;
+                tokio::task::yield_now().await;
+            }
+        });
+        r
+    }
+
+    /// Everything `read_frame` makes of `wire`, ending with the first non-frame.
+    async fn all_read_frame(wire: &[u8], max: usize) -> Vec<String> {
+        let mut r = wire;
+        let mut out = Vec::new();
+        loop {
+            let x = read_frame(&mut r, max).await;
+            let end = !matches!(x, Ok(Read::Frame(_)) | Ok(Read::Oversize(_)));
+            out.push(format!("{x:?}"));
+            if end {
+                return out;
+            }
+        }
+    }
+
+    async fn all_frame_reader<R: AsyncRead + Unpin>(r: R, max: usize) -> Vec<String> {
+        let mut r = FrameReader::new(r, max);
+        let mut out = Vec::new();
+        loop {
+            let x = r.next().await;
+            let end = !matches!(x, Ok(Read::Frame(_)) | Ok(Read::Oversize(_)));
+            out.push(format!("{x:?}"));
+            if end {
+                return out;
+            }
+        }
+    }
+
+    /// A stream mixing small, empty, oversize and large frames.
+    fn mixed_wire() -> Vec<u8> {
+        let mut wire = Vec::new();
+        for i in 0..40u32 {
+            let body: Vec<u8> = match i % 5 {
+                0 => vec![],
+                1 => vec![i as u8; 3],
+                2 => vec![0xAB; 300],            // oversize for max = 200
+                3 => vec![7; 150],
+                _ => (0..190).map(|x| x as u8).collect(),
+            };
+            wire.extend_from_slice(Frame::new(2 * i + 1, TYPE_REQUEST, 0, &body).raw());
+        }
+        wire
+    }
+
+    #[tokio::test]
+    async fn frame_reader_agrees_with_read_frame_however_the_bytes_arrive() {
+        let wire = mixed_wire();
+        let want = all_read_frame(&wire, 200).await;
+        assert_eq!(want.len(), 41, "40 frames then Closed: {want:?}");
+        assert!(want.iter().filter(|x| x.contains("Oversize")).count() == 8);
+        for sizes in [&[1usize][..], &[7], &[10], &[11, 3], &[4096], &[299, 1, 17]] {
+            let sizes: &'static [usize] = Box::leak(sizes.to_vec().into_boxed_slice());
+            let got = all_frame_reader(pieces(wire.clone(), sizes), 200).await;
+            assert_eq!(got, want, "pieces of {sizes:?}");
+        }
+        // Every truncation point gives the same error (or Closed) as read_frame.
+        for cut in (0..wire.len()).step_by(37).chain([1, 9, 10, 11, wire.len() - 1]) {
+            let part = &wire[..cut];
+            assert_eq!(
+                all_frame_reader(part, 200).await,
+                all_read_frame(part, 200).await,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn frame_reader_takes_queued_frames_in_one_read() {
+        struct Counting<'a>(&'a [u8], usize);
+        impl AsyncRead for Counting<'_> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.1 += 1;
+                let n = buf.remaining().min(self.0.len());
+                buf.put_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let mut wire = Vec::new();
+        for i in 0..64u32 {
+            wire.extend_from_slice(Frame::new(2 * i + 1, TYPE_REQUEST, 0, &[1; 80]).raw());
+        }
+        let mut r = FrameReader::new(Counting(&wire, 0), MAX_BODY);
+        for i in 0..64u32 {
+            assert!(matches!(r.next().await.unwrap(), Read::Frame(f) if f.header.stream_id == 2 * i + 1));
+        }
+        assert_eq!(r.inner.1, 1, "64 frames of 90 bytes in one read");
+        assert!(!r.has_frame());
+        assert!(matches!(r.next().await.unwrap(), Read::Closed));
+    }
+
+    #[tokio::test]
+    async fn frame_reader_buffer_grows_with_bytes_received_not_announced() {
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        let mut wire = Header {
+            length: MAX_BODY as u32,
+            stream_id: 1,
+            kind: TYPE_REQUEST,
+            flags: 0,
+        }
+        .encode()
+        .to_vec();
+        wire.extend_from_slice(&[5; 100]);
+        use tokio::io::AsyncWriteExt;
+        w.write_all(&wire).await.unwrap();
+        let mut r = FrameReader::new(r, MAX_BODY);
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(pending.is_err(), "the body has not arrived");
+        assert!(!r.has_frame());
+        assert!(
+            r.buf.capacity() <= HEADER_LEN + 100 + READ_CHUNK,
+            "capacity {} for 110 bytes received",
+            r.buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn frame_reader_next_is_cancel_safe() {
+        // Cancel `next` over and over while a frame trickles in: nothing is lost.
+        let wire = mixed_wire();
+        let want = all_read_frame(&wire, 200).await;
+        let mut r = FrameReader::new(pieces(wire, &[3]), 200);
+        let mut got = Vec::new();
+        loop {
+            let x = tokio::select! {
+                biased;
+                x = r.next() => x,
+                _ = tokio::task::yield_now() => continue,
+            };
+            let end = !matches!(x, Ok(Read::Frame(_)) | Ok(Read::Oversize(_)));
+            got.push(format!("{x:?}"));
+            if end {
+                break;
+            }
+        }
+        assert_eq!(got, want);
     }
 }

@@ -1,13 +1,15 @@
-//! The frame decoder (`frame::read_frame`) on arbitrary bytes.
+//! The frame decoders (`frame::read_frame` and the buffered `frame::FrameReader` the
+//! relay uses) on arbitrary bytes.
 //!
 //! Byte 0 picks the body limit (the real 4 MiB, or a small one so the oversize path
 //! is reachable), byte 1 the read size and how often the reader returns `Pending`.
 //! Every frame read must be exactly the bytes it was read from; an oversize frame's
 //! body must have been consumed completely; the loop must end with `Closed` or an
-//! error, never loop or panic.
+//! error, never loop or panic. The buffered reader, fed the same bytes in the same
+//! pieces, must give exactly the same sequence of results.
 #![no_main]
 
-use agent_warden::frame::{self, Header, Read, HEADER_LEN, MAX_BODY};
+use agent_warden::frame::{self, FrameReader, Header, Read, HEADER_LEN, MAX_BODY};
 use fuzz_support::{runtime, Chunked};
 use libfuzzer_sys::fuzz_target;
 
@@ -28,11 +30,13 @@ fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {
         let mut r = Chunked::new(stream, chunk, pending_every);
         let mut pos = 0usize;
+        let mut results = Vec::new();
         loop {
             let before = r.data.len();
             let res = frame::read_frame(&mut r, max_body).await;
             let used = before - r.data.len();
             let consumed = &stream[pos..pos + used];
+            results.push(format!("{res:?}"));
             match res {
                 Ok(Read::Frame(f)) => {
                     assert_eq!(f.raw().as_ref(), consumed, "frame is not the bytes it was read from");
@@ -59,6 +63,11 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             pos += used;
+        }
+        let mut b = FrameReader::new(Chunked::new(stream, chunk, pending_every), max_body);
+        for want in &results {
+            let got = format!("{:?}", b.next().await);
+            assert_eq!(&got, want, "FrameReader disagrees with read_frame");
         }
     });
 });
