@@ -12,6 +12,7 @@ pub mod audit;
 pub mod cli;
 pub mod codec;
 pub(crate) mod compiled;
+pub(crate) mod constant;
 pub mod config;
 pub mod demo;
 pub mod envelope;

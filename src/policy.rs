@@ -119,6 +119,10 @@ pub struct Policy {
     fast_path: bool,
     /// How many allows came from the compiled fast path.
     fast_allows: AtomicU64,
+    /// How many allows came from constant rules.
+    constant_allows: AtomicU64,
+    /// Rules that are `true` whatever the request (see [`crate::constant`]).
+    constant: std::collections::HashSet<String>,
 }
 
 /// RFC 6902 operations a policy asked for (on `/pstate/...`), to apply once the agent
@@ -239,6 +243,7 @@ impl Policy {
                 "declares {package}, but agent-warden needs `package agent_policy`"
             )));
         }
+        let constant = crate::constant::constant_allows(&mut engine);
         let mut policy = Policy {
             // Not prepared yet: the first evaluation (below, at load) prepares it.
             engine: Mutex::new((engine, UNPREPARED)),
@@ -252,6 +257,8 @@ impl Policy {
             compiled: std::sync::OnceLock::new(),
             fast_path: FAST_PATH.load(Ordering::Relaxed),
             fast_allows: AtomicU64::new(0),
+            constant_allows: AtomicU64::new(0),
+            constant,
         };
         // Evaluating once at load also prepares the engine, so the first real request
         // does not pay for it.
@@ -327,7 +334,8 @@ impl Policy {
         &self.text
     }
 
-    /// This policy without the compiled fast path: every decision by the interpreter.
+    /// This policy without the compiled fast path and constant rules: every decision by
+    /// the interpreter.
     pub fn without_fast_path(mut self) -> Policy {
         self.fast_path = false;
         self
@@ -336,6 +344,12 @@ impl Policy {
     /// How many allows the compiled fast path has given.
     pub fn fast_allows(&self) -> u64 {
         self.fast_allows.load(Ordering::Relaxed)
+    }
+
+    /// How many allows came from constant rules (see [`crate::constant`]) without
+    /// any evaluation.
+    pub fn constant_allows(&self) -> u64 {
+        self.constant_allows.load(Ordering::Relaxed)
     }
 
     /// The compiled fast path, built on first use.
@@ -462,6 +476,11 @@ impl Policy {
         request_type: &str,
         input: &serde_json::Value,
     ) -> (Decision, Option<StateOps>) {
+        // A rule that is `true` whatever the request needs no input and no engine.
+        if self.fast_path && self.constant.contains(request_type) {
+            self.constant_allows.fetch_add(1, Ordering::Relaxed);
+            return (Decision::Allow, None);
+        }
         let started = Instant::now();
         // Deserialised from the borrowed document: no copy of the input first.
         let input = match <regorus::Value as serde::Deserialize>::deserialize(input) {

@@ -189,7 +189,8 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
         "expected the six genpolicy scenarios, found {}",
         scenarios.len()
     );
-    let (mut recorded, mut hostile, mut hostile_denied, mut fast_allows) = (0, 0, 0, 0);
+    let (mut recorded, mut hostile, mut hostile_denied, mut fast_allows, mut constant_allows) =
+        (0, 0, 0, 0, 0);
     for scenario in &scenarios {
         let name = scenario.file_name().unwrap().to_string_lossy().to_string();
         let policy = std::fs::read_to_string(scenario.join("policy.rego")).unwrap();
@@ -252,17 +253,24 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
                 hostile_denied += usize::from(!got);
             }
         }
-        // Most allows came from the compiled fast path: these decisions checked it.
+        // Many allows came from the compiled fast path and from constant rules: these
+        // decisions checked both against kata's.
         let fast = h.guard.policy().fast_allows();
+        let constant = h.guard.policy().constant_allows();
         assert!(
-            fast >= 10,
-            "{name}: only {fast} allows from the compiled fast path"
+            fast >= 3 && constant >= 5,
+            "{name}: only {fast} allows from the compiled fast path, {constant} from constant rules"
         );
         fast_allows += fast;
+        constant_allows += constant;
         h.stop().await;
     }
-    eprintln!("compat: {recorded} recorded requests, {hostile} hostile variants ({hostile_denied} denied), {fast_allows} allows from the compiled fast path");
+    eprintln!("compat: {recorded} recorded requests, {hostile} hostile variants ({hostile_denied} denied), {fast_allows} allows from the compiled fast path, {constant_allows} from constant rules");
     assert!(recorded >= 150, "only {recorded} recorded requests checked");
+    assert!(
+        fast_allows >= 60 && constant_allows >= 60,
+        "{fast_allows} compiled and {constant_allows} constant allows"
+    );
     assert!(
         hostile >= 30 && hostile_denied >= 25,
         "{hostile} variants, {hostile_denied} denied"

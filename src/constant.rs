@@ -1,0 +1,150 @@
+//! Rules that allow whatever the request says: `default R := true` where the policy
+//! defines `R` nowhere else.
+//!
+//! genpolicy writes most of the requests a running pod sends this way (StartContainer,
+//! WaitProcess, GetOOMEvent, GuestDetails, …). Their value depends on neither input nor
+//! data, so [`crate::policy`] finds them once, by reading the parsed policy, and answers
+//! them without building an input value or running an engine. Only such allows are
+//! answered here, as with the compiled fast path; a constant `false`, a default with
+//! other definitions beside it, or any other shape is left to the engine.
+//!
+//! The check is deliberately narrow: every module must be `package agent_policy`, and
+//! a name counts once for every rule whose head starts with it (`R`, `R.x`, `R[k]`,
+//! `R(x)`, defaults included), so a constant is a name with exactly one rule, a
+//! `default` without arguments whose value is the literal `true`.
+
+use std::collections::{HashMap, HashSet};
+
+use regorus::unstable::{Expr, Rule, RuleHead};
+use regorus::{Engine, Value};
+
+/// The names of `data.agent_policy` whose value is `true` whatever the input and data.
+pub(crate) fn constant_allows(engine: &mut Engine) -> HashSet<String> {
+    let mut rules: HashMap<String, (usize, bool)> = HashMap::new();
+    for module in engine.get_modules() {
+        if head_path(&module.package.refr).as_deref() != Some(&["agent_policy".to_string()][..])
+        {
+            return HashSet::new();
+        }
+        for rule in &module.policy {
+            let (refr, constant_true) = match rule.as_ref() {
+                Rule::Default {
+                    refr, args, value, ..
+                } => (
+                    refr,
+                    args.is_empty()
+                        && matches!(value.as_ref(), Expr::Bool { value: Value::Bool(true), .. }),
+                ),
+                Rule::Spec { head, .. } => match head {
+                    RuleHead::Compr { refr, .. }
+                    | RuleHead::Set { refr, .. }
+                    | RuleHead::Func { refr, .. } => (refr, false),
+                },
+            };
+            // A head we cannot name is a reason to trust nothing.
+            let Some(name) = head_path(refr).and_then(|p| p.into_iter().next()) else {
+                return HashSet::new();
+            };
+            let entry = rules.entry(name).or_insert((0, false));
+            entry.0 += 1;
+            entry.1 = constant_true;
+        }
+    }
+    rules
+        .into_iter()
+        .filter(|(_, (count, constant_true))| *count == 1 && *constant_true)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The components of a reference written with names only (`a`, `a.b`, `a[k]` → `a`…);
+/// `None` for anything else.
+fn head_path(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Var { span, .. } => Some(vec![span.text().to_string()]),
+        Expr::RefDot { refr, field, .. } => {
+            let mut p = head_path(refr)?;
+            p.push(field.0.text().to_string());
+            Some(p)
+        }
+        Expr::RefBrack { refr, .. } => head_path(refr),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn constants(v0: bool, text: &str) -> Vec<String> {
+        let mut e = Engine::new();
+        e.set_rego_v0(v0);
+        e.add_policy("t.rego".into(), text.into()).unwrap();
+        let mut names: Vec<String> = constant_allows(&mut e).into_iter().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_a_lone_default_true_is_constant() {
+        let text = r#"package agent_policy
+
+default StartContainerRequest := true
+default WaitProcessRequest = true
+default CreateContainerRequest := false
+CreateContainerRequest { input.x == 1 }
+default ExecProcessRequest := true
+ExecProcessRequest := false { input.y }
+default ReadStreamRequest := false
+default CopyFileRequest := true
+CopyFileRequest.extra := 1
+default UpdateRoutesRequest := true
+UpdateRoutesRequest[x] { x := 1 }
+default f(x) := true
+default OneRequest := 1
+default ObjRequest := {"allowed": true}
+"#;
+        assert_eq!(
+            constants(true, text),
+            ["StartContainerRequest", "WaitProcessRequest"]
+        );
+    }
+
+    #[test]
+    fn rego_v1_and_the_shipped_allow_all() {
+        let text = "package agent_policy\nimport rego.v1\ndefault A := true\ndefault B := true\nB if input.z\n";
+        assert_eq!(constants(false, text), ["A"]);
+        let all = constants(false, crate::server::ALLOW_ALL_POLICY);
+        assert!(all.contains(&"StartContainerRequest".to_string()), "{all:?}");
+        assert!(all.contains(&"CreateContainerRequest".to_string()));
+    }
+
+    #[test]
+    fn another_package_disables_the_shortcut() {
+        let mut e = Engine::new();
+        e.add_policy("a.rego".into(), "package agent_policy\ndefault A := true\n".into())
+            .unwrap();
+        e.add_policy("b.rego".into(), "package agent_policy.A\nx := 1\n".into())
+            .unwrap();
+        assert!(constant_allows(&mut e).is_empty());
+    }
+
+    #[test]
+    fn policy_answers_constant_rules_without_evaluating() {
+        use crate::policy::{Decision, Policy, RegoVersion};
+        let text = "package agent_policy\ndefault A := true\ndefault B := false\nB { input.ok }\n";
+        let p = Policy::load("t.rego", text, RegoVersion::V0).unwrap();
+        let odd = serde_json::json!({"anything": [1, {"x": null}]});
+        assert_eq!(p.decide("A", &odd), Decision::Allow);
+        assert_eq!(p.decide("B", &serde_json::json!({"ok": true})), Decision::Allow);
+        assert!(matches!(p.decide("B", &odd), Decision::Deny { .. }));
+        assert_eq!((p.constant_allows(), p.fast_allows()), (1, 1));
+        // Off together with the compiled fast path: the interpreter decides alone.
+        let p = Policy::load("t.rego", text, RegoVersion::V0)
+            .unwrap()
+            .without_fast_path();
+        assert_eq!(p.decide("A", &odd), Decision::Allow);
+        assert_eq!(p.constant_allows(), 0);
+    }
+}
