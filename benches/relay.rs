@@ -1,5 +1,8 @@
 //! relay: one small unary call (allow-all policy) through agent-warden vs straight to
 //! the same ttrpc agent, on unix sockets; and 64 calls in flight on one connection.
+//! A third variant runs agent-warden with a policy whose StartContainerRequest rule is
+//! evaluated on every request (allow-all's rules are constants, decided without any
+//! evaluation), to show what a decision adds.
 
 use std::sync::Arc;
 
@@ -21,13 +24,25 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let agent_sock = dir.path().join("agent.sock");
     let warden_sock = dir.path().join("warden.sock");
-    let (direct, proxied, _server) = rt.block_on(async {
+    let evaluated_sock = dir.path().join("evaluated.sock");
+    let (direct, proxied, evaluated, _server) = rt.block_on(async {
         let server = start_demo_agent(&agent_sock, Arc::new(DemoAgent::default()))
             .await
             .unwrap();
         let policy = Policy::load("allow-all.rego", ALLOW_ALL_POLICY, RegoVersion::V0).unwrap();
         let guard = Arc::new(Guard::new(policy, InputShape::Current));
         let listener = Listener::bind(&Address::Unix(warden_sock.clone()))
+            .await
+            .unwrap();
+        tokio::spawn(server::run(
+            listener,
+            Address::Unix(agent_sock.clone()),
+            guard,
+            std::future::pending(),
+        ));
+        let policy = Policy::load("evaluated.rego", EVALUATED_POLICY, RegoVersion::V0).unwrap();
+        let guard = Arc::new(Guard::new(policy, InputShape::Current));
+        let listener = Listener::bind(&Address::Unix(evaluated_sock.clone()))
             .await
             .unwrap();
         tokio::spawn(server::run(
@@ -47,7 +62,12 @@ fn bench(c: &mut Criterion) {
                 .await
                 .unwrap(),
         );
-        (direct, proxied, server)
+        let evaluated = agent_ttrpc::AgentServiceClient::new(
+            ttrpc::r#async::Client::connect(&connect(&evaluated_sock))
+                .await
+                .unwrap(),
+        );
+        (direct, proxied, evaluated, server)
     });
     let req = agent::StartContainerRequest {
         container_id: "c1".into(),
@@ -55,12 +75,17 @@ fn bench(c: &mut Criterion) {
     };
     let ctx = || ttrpc::context::with_timeout(0);
     let mut g = c.benchmark_group("relay");
-    for (name, client) in [("direct", &direct), ("agent-warden", &proxied)] {
+    let variants = [
+        ("direct", &direct),
+        ("agent-warden", &proxied),
+        ("agent-warden-evaluated", &evaluated),
+    ];
+    for (name, client) in variants {
         g.bench_function(format!("unary/{name}"), |b| {
             b.iter(|| rt.block_on(client.start_container(ctx(), &req)).unwrap())
         });
     }
-    for (name, client) in [("direct", &direct), ("agent-warden", &proxied)] {
+    for (name, client) in variants {
         g.bench_function(format!("64-in-flight/{name}"), |b| {
             b.iter(|| {
                 rt.block_on(async {
@@ -88,13 +113,11 @@ fn bench(c: &mut Criterion) {
         v[v.len() / 2]
     };
     let us = |x: Duration| x.as_secs_f64() * 1e6;
-    let (mut d, mut p) = (Vec::new(), Vec::new());
-    let (mut dblocks, mut pblocks) = (Vec::new(), Vec::new());
+    // Per variant: all call times, and the median of each block.
+    let mut calls: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    let mut blocks: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
     for _ in 0..20 {
-        for (client, all, blocks) in [
-            (&direct, &mut d, &mut dblocks),
-            (&proxied, &mut p, &mut pblocks),
-        ] {
+        for (v, (_, client)) in variants.iter().enumerate() {
             let mut block = Vec::new();
             for i in 0..210 {
                 let t = Instant::now();
@@ -103,29 +126,38 @@ fn bench(c: &mut Criterion) {
                     block.push(t.elapsed());
                 }
             }
-            all.extend_from_slice(&block);
-            blocks.push(median(&mut block));
+            calls[v].extend_from_slice(&block);
+            blocks[v].push(median(&mut block));
         }
     }
-    let ratios: Vec<f64> = dblocks
-        .iter()
-        .zip(&pblocks)
-        .map(|(d, p)| us(*p) / us(*d))
-        .collect();
-    let mut sorted = ratios.clone();
-    sorted.sort_by(f64::total_cmp);
-    let (dmin, dmax) = (*d.iter().min().unwrap(), *d.iter().max().unwrap());
-    let (pmin, pmax) = (*p.iter().min().unwrap(), *p.iter().max().unwrap());
-    let (dm, pm) = (median(&mut d), median(&mut p));
     println!();
+    let dm = median(&mut calls[0]);
     println!(
-        "relay unary: direct median {:.1} µs (min {:.1}, max {:.0}); agent-warden median {:.1} µs (min {:.1}, max {:.0}); ratio {:.2}x (per-block min {:.2}x, max {:.2}x); added {:.1} µs",
-        us(dm), us(dmin), us(dmax), us(pm), us(pmin), us(pmax),
-        us(pm) / us(dm),
-        sorted[0],
-        sorted[sorted.len() - 1],
-        us(pm) - us(dm)
+        "relay unary: direct median {:.1} µs (min {:.1}, max {:.0})",
+        us(dm),
+        us(*calls[0].iter().min().unwrap()),
+        us(*calls[0].iter().max().unwrap())
     );
+    for v in 1..variants.len() {
+        let mut ratios: Vec<f64> = blocks[0]
+            .iter()
+            .zip(&blocks[v])
+            .map(|(d, p)| us(*p) / us(*d))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let pm = median(&mut calls[v]);
+        println!(
+            "relay unary: {} median {:.1} µs (min {:.1}, max {:.0}); ratio {:.2}x (per-block min {:.2}x, max {:.2}x); added {:.1} µs",
+            variants[v].0,
+            us(pm),
+            us(*calls[v].iter().min().unwrap()),
+            us(*calls[v].iter().max().unwrap()),
+            us(pm) / us(dm),
+            ratios[0],
+            ratios[ratios.len() - 1],
+            us(pm) - us(dm)
+        );
+    }
     let burst = |client: &agent_ttrpc::AgentServiceClient| {
         let t = Instant::now();
         rt.block_on(async {
@@ -136,30 +168,44 @@ fn bench(c: &mut Criterion) {
         });
         t.elapsed()
     };
-    let (mut dblocks, mut pblocks) = (Vec::new(), Vec::new());
+    let mut blocks: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
     for _ in 0..15 {
-        for (client, blocks) in [(&direct, &mut dblocks), (&proxied, &mut pblocks)] {
+        for (v, (_, client)) in variants.iter().enumerate() {
             let _ = burst(client);
             let mut block: Vec<Duration> = (0..20).map(|_| burst(client)).collect();
-            blocks.push(median(&mut block));
+            blocks[v].push(median(&mut block));
         }
     }
-    let mut tput: Vec<f64> = dblocks
-        .iter()
-        .zip(&pblocks)
-        .map(|(d, p)| d.as_secs_f64() / p.as_secs_f64())
-        .collect();
-    tput.sort_by(f64::total_cmp);
-    let (dm, pm) = (median(&mut dblocks), median(&mut pblocks));
+    let dm = median(&mut blocks[0].clone());
     println!(
-        "relay 64 in flight: direct {:.0} calls/s, agent-warden {:.0} calls/s; throughput ratio {:.2} (per-block min {:.2}, max {:.2})",
-        64.0 / dm.as_secs_f64(),
-        64.0 / pm.as_secs_f64(),
-        dm.as_secs_f64() / pm.as_secs_f64(),
-        tput[0],
-        tput[tput.len() - 1]
+        "relay 64 in flight: direct {:.0} calls/s",
+        64.0 / dm.as_secs_f64()
     );
+    for v in 1..variants.len() {
+        let mut tput: Vec<f64> = blocks[0]
+            .iter()
+            .zip(&blocks[v])
+            .map(|(d, p)| d.as_secs_f64() / p.as_secs_f64())
+            .collect();
+        tput.sort_by(f64::total_cmp);
+        let pm = median(&mut blocks[v].clone());
+        println!(
+            "relay 64 in flight: {} {:.0} calls/s; throughput ratio {:.2} (per-block min {:.2}, max {:.2})",
+            variants[v].0,
+            64.0 / pm.as_secs_f64(),
+            dm.as_secs_f64() / pm.as_secs_f64(),
+            tput[0],
+            tput[tput.len() - 1]
+        );
+    }
 }
+
+/// StartContainerRequest is a rule evaluated per request (compiled fast path).
+const EVALUATED_POLICY: &str = r#"package agent_policy
+
+default StartContainerRequest := false
+StartContainerRequest { input.container_id != "" }
+"#;
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
