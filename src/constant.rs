@@ -22,8 +22,7 @@ use regorus::{Engine, Value};
 pub(crate) fn constant_allows(engine: &mut Engine) -> HashSet<String> {
     let mut rules: HashMap<String, (usize, bool)> = HashMap::new();
     for module in engine.get_modules() {
-        if head_path(&module.package.refr).as_deref() != Some(&["agent_policy".to_string()][..])
-        {
+        if head_path(&module.package.refr).as_deref() != Some(&["agent_policy".to_string()][..]) {
             return HashSet::new();
         }
         for rule in &module.policy {
@@ -33,7 +32,13 @@ pub(crate) fn constant_allows(engine: &mut Engine) -> HashSet<String> {
                 } => (
                     refr,
                     args.is_empty()
-                        && matches!(value.as_ref(), Expr::Bool { value: Value::Bool(true), .. }),
+                        && matches!(
+                            value.as_ref(),
+                            Expr::Bool {
+                                value: Value::Bool(true),
+                                ..
+                            }
+                        ),
                 ),
                 Rule::Spec { head, .. } => match head {
                     RuleHead::Compr { refr, .. }
@@ -116,15 +121,21 @@ default ObjRequest := {"allowed": true}
         let text = "package agent_policy\nimport rego.v1\ndefault A := true\ndefault B := true\nB if input.z\n";
         assert_eq!(constants(false, text), ["A"]);
         let all = constants(false, crate::server::ALLOW_ALL_POLICY);
-        assert!(all.contains(&"StartContainerRequest".to_string()), "{all:?}");
+        assert!(
+            all.contains(&"StartContainerRequest".to_string()),
+            "{all:?}"
+        );
         assert!(all.contains(&"CreateContainerRequest".to_string()));
     }
 
     #[test]
     fn another_package_disables_the_shortcut() {
         let mut e = Engine::new();
-        e.add_policy("a.rego".into(), "package agent_policy\ndefault A := true\n".into())
-            .unwrap();
+        e.add_policy(
+            "a.rego".into(),
+            "package agent_policy\ndefault A := true\n".into(),
+        )
+        .unwrap();
         e.add_policy("b.rego".into(), "package agent_policy.A\nx := 1\n".into())
             .unwrap();
         assert!(constant_allows(&mut e).is_empty());
@@ -137,7 +148,10 @@ default ObjRequest := {"allowed": true}
         let p = Policy::load("t.rego", text, RegoVersion::V0).unwrap();
         let odd = serde_json::json!({"anything": [1, {"x": null}]});
         assert_eq!(p.decide("A", &odd), Decision::Allow);
-        assert_eq!(p.decide("B", &serde_json::json!({"ok": true})), Decision::Allow);
+        assert_eq!(
+            p.decide("B", &serde_json::json!({"ok": true})),
+            Decision::Allow
+        );
         assert!(matches!(p.decide("B", &odd), Decision::Deny { .. }));
         assert_eq!((p.constant_allows(), p.fast_allows()), (1, 1));
         // Off together with the compiled fast path: the interpreter decides alone.

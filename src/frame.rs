@@ -495,7 +495,7 @@ mod tests {
             let body: Vec<u8> = match i % 5 {
                 0 => vec![],
                 1 => vec![i as u8; 3],
-                2 => vec![0xAB; 300],            // oversize for max = 200
+                2 => vec![0xAB; 300], // oversize for max = 200
                 3 => vec![7; 150],
                 _ => (0..190).map(|x| x as u8).collect(),
             };
@@ -516,7 +516,10 @@ mod tests {
             assert_eq!(got, want, "pieces of {sizes:?}");
         }
         // Every truncation point gives the same error (or Closed) as read_frame.
-        for cut in (0..wire.len()).step_by(37).chain([1, 9, 10, 11, wire.len() - 1]) {
+        for cut in (0..wire.len())
+            .step_by(37)
+            .chain([1, 9, 10, 11, wire.len() - 1])
+        {
             let part = &wire[..cut];
             assert_eq!(
                 all_frame_reader(part, 200).await,
@@ -548,7 +551,9 @@ mod tests {
         }
         let mut r = FrameReader::new(Counting(&wire, 0), MAX_BODY);
         for i in 0..64u32 {
-            assert!(matches!(r.next().await.unwrap(), Read::Frame(f) if f.header.stream_id == 2 * i + 1));
+            assert!(
+                matches!(r.next().await.unwrap(), Read::Frame(f) if f.header.stream_id == 2 * i + 1)
+            );
         }
         assert_eq!(r.inner.1, 1, "64 frames of 90 bytes in one read");
         assert!(!r.has_frame());
@@ -570,8 +575,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         w.write_all(&wire).await.unwrap();
         let mut r = FrameReader::new(r, MAX_BODY);
-        let pending =
-            tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
         assert!(pending.is_err(), "the body has not arrived");
         assert!(!r.has_frame());
         assert!(

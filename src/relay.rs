@@ -13,9 +13,9 @@
 //! read through a buffer ([`FrameReader`]: one `read` for all the frames a peer has
 //! queued) and written in batches: allowed requests that arrived together go to the
 //! agent in one write once no further frame is buffered (an allowed request waits at
-//! most `BATCH_WAIT` (100 µs) for the decisions of those behind it), and answers queued for
-//! the host go out together. Under many requests in flight this saves most system calls
-//! and wake-ups; a lone request is written as soon as it is decided.
+//! most `BATCH_WAIT`, 100 µs, for the decisions of those behind it), and answers
+//! queued for the host go out together. Under many requests in flight this saves most
+//! system calls and wake-ups; a lone request is written as soon as it is decided.
 //!
 //! Limits per connection: at most `max_in_flight` requests forwarded and not yet
 //! answered ([`Guard::with_max_in_flight`], default [`DEFAULT_MAX_IN_FLIGHT`]); a
@@ -462,7 +462,11 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
         };
         let last = async move {
             for id in left {
-                let f = envelope::error_frame(id, Code::UNAVAILABLE, "agent connection closed before it answered");
+                let f = envelope::error_frame(
+                    id,
+                    Code::UNAVAILABLE,
+                    "agent connection closed before it answered",
+                );
                 let _ = tx.send(f.raw().clone()).await;
             }
             drop(tx);
