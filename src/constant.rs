@@ -1,64 +1,63 @@
-//! Rules that allow whatever the request says: `default R := true` where the policy
-//! defines `R` nowhere else.
+//! Rules whose value is the same whatever the request says: `default R := true` or
+//! `default R := false` where the policy defines `R` nowhere else.
 //!
-//! genpolicy writes most of the requests a running pod sends this way (StartContainer,
-//! WaitProcess, GetOOMEvent, GuestDetails, …). Their value depends on neither input nor
-//! data, so [`crate::policy`] finds them once, by reading the parsed policy, and answers
-//! them without building an input value or running an engine. Only such allows are
-//! answered here, as with the compiled fast path; a constant `false`, a default with
-//! other definitions beside it, or any other shape is left to the engine.
+//! genpolicy writes most of the requests a running pod sends this way: StartContainer,
+//! WaitProcess, GetOOMEvent, GuestDetails, … are `true`; ReadStream (every
+//! ReadStdout/ReadStderr poll of a container's log pipes) is `false`. Their value
+//! depends on neither input nor data, so [`crate::policy`] finds them once, by reading
+//! the parsed policy, and decides them without building an input value or running an
+//! engine. The decision is the one the engine would reach: allow, or deny with "the
+//! policy returned false" (a lone default prints nothing).
 //!
 //! The check is deliberately narrow: every module must be `package agent_policy`, and
 //! a name counts once for every rule whose head starts with it (`R`, `R.x`, `R[k]`,
 //! `R(x)`, defaults included), so a constant is a name with exactly one rule, a
-//! `default` without arguments whose value is the literal `true`.
+//! `default` without arguments whose value is the literal `true` or `false`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use regorus::unstable::{Expr, Rule, RuleHead};
 use regorus::{Engine, Value};
 
-/// The names of `data.agent_policy` whose value is `true` whatever the input and data.
-pub(crate) fn constant_allows(engine: &mut Engine) -> HashSet<String> {
-    let mut rules: HashMap<String, (usize, bool)> = HashMap::new();
+/// The rules of `data.agent_policy` whose value is a bool whatever the input and data.
+pub(crate) fn constant_rules(engine: &mut Engine) -> HashMap<String, bool> {
+    let mut rules: HashMap<String, (usize, Option<bool>)> = HashMap::new();
     for module in engine.get_modules() {
         if head_path(&module.package.refr).as_deref() != Some(&["agent_policy".to_string()][..]) {
-            return HashSet::new();
+            return HashMap::new();
         }
         for rule in &module.policy {
-            let (refr, constant_true) = match rule.as_ref() {
+            let (refr, constant) = match rule.as_ref() {
                 Rule::Default {
                     refr, args, value, ..
-                } => (
-                    refr,
-                    args.is_empty()
-                        && matches!(
-                            value.as_ref(),
-                            Expr::Bool {
-                                value: Value::Bool(true),
-                                ..
-                            }
-                        ),
-                ),
+                } => match value.as_ref() {
+                    Expr::Bool {
+                        value: Value::Bool(b),
+                        ..
+                    } if args.is_empty() => (refr, Some(*b)),
+                    _ => (refr, None),
+                },
                 Rule::Spec { head, .. } => match head {
                     RuleHead::Compr { refr, .. }
                     | RuleHead::Set { refr, .. }
-                    | RuleHead::Func { refr, .. } => (refr, false),
+                    | RuleHead::Func { refr, .. } => (refr, None),
                 },
             };
             // A head we cannot name is a reason to trust nothing.
             let Some(name) = head_path(refr).and_then(|p| p.into_iter().next()) else {
-                return HashSet::new();
+                return HashMap::new();
             };
-            let entry = rules.entry(name).or_insert((0, false));
+            let entry = rules.entry(name).or_insert((0, None));
             entry.0 += 1;
-            entry.1 = constant_true;
+            entry.1 = constant;
         }
     }
     rules
         .into_iter()
-        .filter(|(_, (count, constant_true))| *count == 1 && *constant_true)
-        .map(|(name, _)| name)
+        .filter_map(|(name, (count, constant))| match (count, constant) {
+            (1, Some(b)) => Some((name, b)),
+            _ => None,
+        })
         .collect()
 }
 
@@ -82,17 +81,21 @@ fn head_path(e: &Expr) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn constants(v0: bool, text: &str) -> Vec<String> {
+    fn constants(v0: bool, text: &str) -> Vec<(String, bool)> {
         let mut e = Engine::new();
         e.set_rego_v0(v0);
         e.add_policy("t.rego".into(), text.into()).unwrap();
-        let mut names: Vec<String> = constant_allows(&mut e).into_iter().collect();
+        let mut names: Vec<(String, bool)> = constant_rules(&mut e).into_iter().collect();
         names.sort();
         names
     }
 
+    fn named(v: &[(&str, bool)]) -> Vec<(String, bool)> {
+        v.iter().map(|(n, b)| (n.to_string(), *b)).collect()
+    }
+
     #[test]
-    fn only_a_lone_default_true_is_constant() {
+    fn only_a_lone_default_bool_is_constant() {
         let text = r#"package agent_policy
 
 default StartContainerRequest := true
@@ -112,20 +115,25 @@ default ObjRequest := {"allowed": true}
 "#;
         assert_eq!(
             constants(true, text),
-            ["StartContainerRequest", "WaitProcessRequest"]
+            named(&[
+                ("ReadStreamRequest", false),
+                ("StartContainerRequest", true),
+                ("WaitProcessRequest", true)
+            ])
         );
     }
 
     #[test]
     fn rego_v1_and_the_shipped_allow_all() {
         let text = "package agent_policy\nimport rego.v1\ndefault A := true\ndefault B := true\nB if input.z\n";
-        assert_eq!(constants(false, text), ["A"]);
+        assert_eq!(constants(false, text), named(&[("A", true)]));
         let all = constants(false, crate::server::ALLOW_ALL_POLICY);
         assert!(
-            all.contains(&"StartContainerRequest".to_string()),
+            all.contains(&("StartContainerRequest".to_string(), true)),
             "{all:?}"
         );
-        assert!(all.contains(&"CreateContainerRequest".to_string()));
+        assert!(all.contains(&("CreateContainerRequest".to_string(), true)));
+        assert!(all.iter().all(|(_, b)| *b));
     }
 
     #[test]
@@ -138,7 +146,7 @@ default ObjRequest := {"allowed": true}
         .unwrap();
         e.add_policy("b.rego".into(), "package agent_policy.A\nx := 1\n".into())
             .unwrap();
-        assert!(constant_allows(&mut e).is_empty());
+        assert!(constant_rules(&mut e).is_empty());
     }
 
     #[test]

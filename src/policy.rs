@@ -121,8 +121,8 @@ pub struct Policy {
     fast_allows: AtomicU64,
     /// How many allows came from constant rules.
     constant_allows: AtomicU64,
-    /// Rules that are `true` whatever the request (see [`crate::constant`]).
-    constant: std::collections::HashSet<String>,
+    /// Rules whose value is a bool whatever the request (see [`crate::constant`]).
+    constant: std::collections::HashMap<String, bool>,
 }
 
 /// RFC 6902 operations a policy asked for (on `/pstate/...`), to apply once the agent
@@ -243,7 +243,7 @@ impl Policy {
                 "declares {package}, but agent-warden needs `package agent_policy`"
             )));
         }
-        let constant = crate::constant::constant_allows(&mut engine);
+        let constant = crate::constant::constant_rules(&mut engine);
         let mut policy = Policy {
             // Not prepared yet: the first evaluation (below, at load) prepares it.
             engine: Mutex::new((engine, UNPREPARED)),
@@ -346,8 +346,8 @@ impl Policy {
         self.fast_allows.load(Ordering::Relaxed)
     }
 
-    /// How many allows came from constant rules (see [`crate::constant`]) without
-    /// any evaluation.
+    /// How many allows came from constant rules (see [`crate::constant`]) without any
+    /// evaluation.
     pub fn constant_allows(&self) -> u64 {
         self.constant_allows.load(Ordering::Relaxed)
     }
@@ -476,10 +476,13 @@ impl Policy {
         request_type: &str,
         input: &serde_json::Value,
     ) -> (Decision, Option<StateOps>) {
-        // A rule that is `true` whatever the request needs no input and no engine.
-        if self.fast_path && self.constant.contains(request_type) {
-            self.constant_allows.fetch_add(1, Ordering::Relaxed);
-            return (Decision::Allow, None);
+        // A rule whose value is the same whatever the request needs no input and no
+        // engine; a constant `false` is denied exactly as the engine would deny it.
+        if let Some(&value) = self.constant.get(request_type).filter(|_| self.fast_path) {
+            if value {
+                self.constant_allows.fetch_add(1, Ordering::Relaxed);
+            }
+            return conclude(request_type, Some(regorus::Value::Bool(value)), Vec::new());
         }
         let started = Instant::now();
         // Deserialised from the borrowed document: no copy of the input first.

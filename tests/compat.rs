@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use agent_warden::codec::{self, InputShape};
 use agent_warden::methods;
-use agent_warden::policy::RegoVersion;
+use agent_warden::policy::{Decision, RegoVersion};
 use common::*;
 use serde_json::{json, Value};
 
@@ -191,6 +191,7 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
     );
     let (mut recorded, mut hostile, mut hostile_denied, mut fast_allows, mut constant_allows) =
         (0, 0, 0, 0, 0);
+    let mut every_type = 0;
     for scenario in &scenarios {
         let name = scenario.file_name().unwrap().to_string_lossy().to_string();
         let policy = std::fs::read_to_string(scenario.join("policy.rego")).unwrap();
@@ -253,6 +254,19 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
                 hostile_denied += usize::from(!got);
             }
         }
+        // Every request type with an empty input, decided by the policy itself against
+        // kata's evaluation: covers the constant rules, allowed and denied, also for
+        // types the recordings never sent.
+        for ty in methods::table().policy_request_types() {
+            let empty = json!({});
+            let got = h.guard.policy().decide(ty, &empty) == Decision::Allow;
+            assert_eq!(
+                got,
+                reference.allowed(ty, &empty),
+                "{name}: {ty} with input {{}}"
+            );
+            every_type += 1;
+        }
         // Many allows came from the compiled fast path and from constant rules: these
         // decisions checked both against kata's.
         let fast = h.guard.policy().fast_allows();
@@ -265,8 +279,9 @@ async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() 
         constant_allows += constant;
         h.stop().await;
     }
-    eprintln!("compat: {recorded} recorded requests, {hostile} hostile variants ({hostile_denied} denied), {fast_allows} allows from the compiled fast path, {constant_allows} from constant rules");
+    eprintln!("compat: {recorded} recorded requests, {every_type} request types with an empty input, {hostile} hostile variants ({hostile_denied} denied), {fast_allows} allows from the compiled fast path, {constant_allows} from constant rules");
     assert!(recorded >= 150, "only {recorded} recorded requests checked");
+    assert!(every_type >= 6 * 40, "{every_type} empty-input decisions");
     assert!(
         fast_allows >= 60 && constant_allows >= 60,
         "{fast_allows} compiled and {constant_allows} constant allows"
