@@ -10,6 +10,15 @@
 //! its print statements removed (a line that is only `print(...)`); print always
 //! succeeds in Rego, so removing it cannot change a value. A line the removal would
 //! break makes compilation fail, and that rule stays on the interpreter.
+//!
+//! `regex.match` in a compiled program is our [`regex_match`], not regorus's: regorus
+//! keeps compiled patterns in a cache but hands out a clone per call, and a cloned
+//! `Regex` starts with an empty matching cache (its lazy DFA is rebuilt state by state
+//! on every call; on genpolicy's CreateContainer that was almost half of all
+//! instructions). Ours keeps each compiled pattern, with its warm matching caches, in
+//! a bounded cache ([`RegexCache`]). It compiles exactly as regorus does and answers
+//! only the common case (two strings, a pattern that compiles); anything else goes to
+//! regorus's own `regex.match`, so errors and undefined results are regorus's.
 // Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
 #![deny(
     clippy::unwrap_used,
@@ -24,6 +33,7 @@ use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::{Program, RegoVM};
+use regorus::unstable::{BuiltinFcn, Expr, Ref, Span};
 use regorus::{Engine, Value};
 
 /// Compiled programs of one policy, by request type.
@@ -121,7 +131,7 @@ impl Compiled {
                 })
         };
         let program = match program {
-            Ok(p) => Some(p),
+            Ok(p) => Some(with_our_builtins(p)),
             Err(e) => {
                 tracing::debug!(request_type, error = %e, "rule not compiled; the interpreter decides it");
                 None
@@ -157,6 +167,107 @@ impl Compiled {
                 None
             }
         }
+    }
+}
+
+/// `program` with its `regex.match` calls resolved to [`regex_match`] (unchanged if
+/// the program is already shared, which a freshly compiled one never is).
+fn with_our_builtins(mut program: Arc<Program>) -> Arc<Program> {
+    if let Some(p) = Arc::get_mut(&mut program) {
+        for (info, resolved) in p.builtin_info_table.iter().zip(p.resolved_builtins.iter_mut()) {
+            if info.name == "regex.match" && info.num_args == 2 {
+                *resolved = (regex_match, 2);
+            }
+        }
+    }
+    program
+}
+
+/// regorus's own `regex.match` (the fallback of ours).
+fn regorus_regex_match() -> Option<BuiltinFcn> {
+    regorus::unstable::BUILTINS.get("regex.match").copied()
+}
+
+/// regorus's limit on a compiled pattern (`REGEX_SIZE_LIMIT` in its builtins/regex.rs):
+/// the same builder settings give the same `Regex`, so the same answers.
+const REGEX_SIZE_LIMIT: usize = 100 * 1024;
+
+/// Patterns kept per generation of [`RegexCache`] (so at most twice as many in all).
+const REGEX_CACHE_GENERATION: usize = 256;
+
+/// Compiled patterns, bounded: lookups hit the current generation or promote from the
+/// previous one; when the current one is full it becomes the previous one (dropping
+/// the older), so patterns built from request data cannot grow it without bound.
+struct RegexCache {
+    current: HashMap<Box<str>, Arc<regex::Regex>>,
+    previous: HashMap<Box<str>, Arc<regex::Regex>>,
+}
+
+impl RegexCache {
+    fn get(&mut self, pattern: &str) -> Option<Arc<regex::Regex>> {
+        if let Some(re) = self.current.get(pattern) {
+            return Some(re.clone());
+        }
+        let (key, re) = self.previous.remove_entry(pattern)?;
+        self.insert(key, re.clone());
+        Some(re)
+    }
+
+    fn insert(&mut self, key: Box<str>, re: Arc<regex::Regex>) {
+        if self.current.len() >= REGEX_CACHE_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, re);
+    }
+}
+
+static REGEX_CACHE: std::sync::LazyLock<Mutex<RegexCache>> = std::sync::LazyLock::new(|| {
+    Mutex::new(RegexCache {
+        current: HashMap::new(),
+        previous: HashMap::new(),
+    })
+});
+
+/// The compiled `pattern` from the cache, compiled (and cached) on first use; `None`
+/// if it does not compile.
+fn cached_regex(pattern: &str) -> Option<Arc<regex::Regex>> {
+    if let Some(re) = REGEX_CACHE.lock().ok()?.get(pattern) {
+        return Some(re);
+    }
+    let re = Arc::new(
+        regex::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .ok()?,
+    );
+    if let Ok(mut cache) = REGEX_CACHE.lock() {
+        cache.insert(pattern.into(), re.clone());
+    }
+    Some(re)
+}
+
+/// `regex.match(pattern, value)` for compiled programs: the match on a cached pattern
+/// when both arguments are strings and the pattern compiles, regorus's `regex.match`
+/// for everything else (its errors, its non-strict undefined).
+fn regex_match(
+    span: &Span,
+    params: &[Ref<Expr>],
+    args: &[Value],
+    strict: bool,
+) -> anyhow::Result<Value> {
+    if let [Value::String(pattern), Value::String(value)] = args {
+        if let Some(re) = cached_regex(pattern) {
+            return Ok(Value::Bool(re.is_match(value)));
+        }
+    }
+    match regorus_regex_match() {
+        Some((f, _)) => f(span, params, args, strict),
+        // Cannot happen (the program was compiled against it); a limit error is the
+        // kind the VM never turns into undefined, so the evaluation fails (closed).
+        None => Err(regorus::LimitError::RegexSizeLimitExceeded {
+            limit: REGEX_SIZE_LIMIT,
+        }
+        .into()),
     }
 }
 
@@ -199,5 +310,82 @@ mod tests {
         ] {
             assert!(is_print_statement(strip), "{strip}");
         }
+    }
+
+    /// One rule evaluated by the compiled program and by the interpreter.
+    fn both(policy: &str, rule: &str, input: serde_json::Value) -> (Option<Value>, Value) {
+        let mut engine = Engine::new();
+        // As agent-warden's engines: a failing builtin makes its expression undefined.
+        engine.set_strict_builtin_errors(false);
+        engine.add_policy("t.rego".into(), policy.into()).unwrap();
+        let mut interp = engine.clone();
+        let compiled = Compiled::new(engine, Duration::from_secs(5));
+        let input: Value = serde_json::from_value(input).unwrap();
+        let fast = compiled.eval(rule, &input, None);
+        interp.set_input(input);
+        let slow = interp
+            .eval_rule(format!("data.agent_policy.{rule}"))
+            .unwrap();
+        (fast, slow)
+    }
+
+    #[test]
+    fn regex_match_in_compiled_programs_is_ours_and_agrees_with_regorus() {
+        let policy = r#"package agent_policy
+import rego.v1
+default M := false
+M if regex.match(input.p, input.s)
+default N := false
+N if not regex.match(input.p, input.s)
+"#;
+        let program = Compiled::new(
+            {
+                let mut e = Engine::new();
+                e.add_policy("t.rego".into(), policy.into()).unwrap();
+                e
+            },
+            Duration::from_secs(5),
+        )
+        .program("M")
+        .unwrap();
+        let ours: BuiltinFcn = (regex_match, 2);
+        assert!(program
+            .builtin_info_table
+            .iter()
+            .zip(&program.resolved_builtins)
+            .any(|(i, r)| i.name == "regex.match" && r.0 as usize == ours.0 as usize));
+        for input in [
+            serde_json::json!({"p": "^a+$", "s": "aaa"}),
+            serde_json::json!({"p": "^a+$", "s": "aab"}),
+            serde_json::json!({"p": "^\\p{L}+$", "s": "äbc"}),
+            // Not a regex: regorus makes the call undefined (non-strict), so
+            // `not regex.match` is true; ours must agree.
+            serde_json::json!({"p": "(", "s": "x"}),
+            serde_json::json!({"p": 5, "s": "x"}),
+            serde_json::json!({"p": "x", "s": ["x"]}),
+            serde_json::json!({"s": "x"}),
+        ] {
+            for rule in ["M", "N"] {
+                let (fast, slow) = both(policy, rule, input.clone());
+                assert_eq!(fast, Some(slow), "{rule} {input}");
+            }
+        }
+    }
+
+    #[test]
+    fn regex_cache_is_bounded() {
+        let mut cache = RegexCache {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        };
+        let re = Arc::new(regex::Regex::new("x").unwrap());
+        for i in 0..(5 * REGEX_CACHE_GENERATION) {
+            cache.insert(format!("p{i}").into(), re.clone());
+            assert!(cache.current.len() + cache.previous.len() <= 2 * REGEX_CACHE_GENERATION);
+        }
+        // A recently used pattern survives a generation change.
+        let last = format!("p{}", 5 * REGEX_CACHE_GENERATION - 1);
+        assert!(cache.get(&last).is_some());
+        assert!(cache.get("p0").is_none());
     }
 }
