@@ -11,6 +11,7 @@
 //! is decided once to warm up (this compiles the fast path), then `ROUNDS` more times
 //! inside `measured`, the full relay path: protobuf bytes → decode → policy input →
 //! decision. Prints the decisions, the fast-path allows and the time per decision.
+//! With `DECIDE_INTERPRETER=1` the compiled fast path is off.
 
 use std::path::Path;
 use std::time::Instant;
@@ -108,6 +109,9 @@ fn main() {
         (text, vec![case(ty, &input, InputShape::Current)], args.get(4))
     };
     let rounds: usize = rounds.map(|r| r.parse().expect("rounds")).unwrap_or(20);
+    if std::env::var_os("DECIDE_INTERPRETER").is_some_and(|v| v == "1") {
+        agent_warden::policy::set_compiled_fast_path(false);
+    }
     let policy = Policy::load("policy.rego", &text, RegoVersion::V0).expect("load");
     let warm: Vec<bool> = cases.iter().map(|c| decide(&policy, ty, c)).collect();
     let t = Instant::now();

@@ -4,12 +4,18 @@
 //!
 //! It may only *allow*. A policy's decision is the interpreter's; the VM answers first
 //! because it is several times faster, and whenever it does not produce an allow (a
-//! denial, an error, an instruction or time limit, a rule it cannot compile such as one
-//! calling our `path.*` extensions) the interpreter decides, with its prints as the
-//! reason. The RVM has no `print`, so the program is compiled from the policy text with
-//! its print statements removed (a line that is only `print(...)`); print always
-//! succeeds in Rego, so removing it cannot change a value. A line the removal would
-//! break makes compilation fail, and that rule stays on the interpreter.
+//! denial, an error, an instruction or time limit, a rule it cannot compile) the
+//! interpreter decides, with its prints as the reason. The RVM has no `print`, so the
+//! program is compiled from the policy text with its print statements removed (a line
+//! that is only `print(...)`); print always succeeds in Rego, so removing it cannot
+//! change a value. A line the removal would break makes compilation fail, and that
+//! rule stays on the interpreter.
+//!
+//! The RVM cannot call engine extensions. Calls to our `path.*` helpers are compiled
+//! as calls back to the host (regorus's host-await builtins, see
+//! [`compile_with_path_helpers`]); such a program runs in the VM's suspendable mode,
+//! and each suspension is answered with [`crate::pathext::call`]. A helper that fails
+//! ends the attempt, so the interpreter decides (and fails as the extension does).
 //!
 //! `regex.match` in a compiled program is our [`regex_match`], not regorus's: regorus
 //! keeps compiled patterns in a cache but hands out a clone per call, and a cloned
@@ -32,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::{ExecutionMode, ExecutionState, SuspendReason};
 use regorus::rvm::{Program, RegoVM};
 use regorus::unstable::{BuiltinFcn, Expr, Ref, Span};
 use regorus::{Engine, Value};
@@ -126,9 +133,7 @@ impl Compiled {
             engine
                 .compile_with_entrypoint(&entry.as_str().into())
                 .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    Compiler::compile_from_policy(&c, &[entry.as_str()]).map_err(|e| e.to_string())
-                })
+                .and_then(|c| compile_with_path_helpers(&c, &entry))
         };
         let program = match program {
             Ok(p) => Some(with_our_builtins(p)),
@@ -160,11 +165,78 @@ impl Compiled {
             vm.set_data(d.clone()).ok()?;
         }
         vm.set_input(input.clone());
-        match vm.execute_entry_point_by_name(&format!("data.agent_policy.{request_type}")) {
+        let host_calls = program_has_host_calls(&vm);
+        if host_calls {
+            vm.set_execution_mode(ExecutionMode::Suspendable);
+        }
+        let mut result =
+            vm.execute_entry_point_by_name(&format!("data.agent_policy.{request_type}"));
+        // Each suspension is one path-helper call (the only host calls compiled in);
+        // its answer resumes the program. A helper's error (a non-string argument)
+        // ends the attempt: the interpreter decides, and fails as the extension does.
+        while host_calls && result.is_ok() {
+            let (name, args) = match vm.execution_state() {
+                ExecutionState::Suspended {
+                    reason:
+                        SuspendReason::HostAwait {
+                            argument: Value::Array(args),
+                            identifier: Value::String(name),
+                            ..
+                        },
+                    ..
+                } => (name.clone(), args.to_vec()),
+                ExecutionState::Suspended { .. } => return None,
+                _ => break,
+            };
+            let value = match crate::pathext::call(&name, args)? {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(request_type, error = %e, "path helper failed; the interpreter decides");
+                    return None;
+                }
+            };
+            result = vm.resume(Some(value));
+        }
+        match result {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(request_type, error = %e, "compiled evaluation failed; the interpreter decides");
                 None
+            }
+        }
+    }
+}
+
+/// Whether the VM's program calls back to the host (our path helpers).
+fn program_has_host_calls(vm: &RegoVM) -> bool {
+    vm.get_program().has_host_await()
+}
+
+/// Compiles `entry`. The RVM cannot call engine extensions; a call to one of our path
+/// helpers ([`crate::pathext::HELPERS`]) that the policy does not define itself is
+/// reported by the compiler as an unknown function, and is then compiled as a call
+/// back to the host (a regorus "host-await builtin", answered in
+/// [`Compiled::eval`]). Only names the compiler found unknown are registered:
+/// registration would also take precedence over a policy function of that name, and
+/// in the interpreter the policy's own function wins.
+fn compile_with_path_helpers(
+    policy: &regorus::CompiledPolicy,
+    entry: &str,
+) -> Result<Arc<Program>, String> {
+    let mut helpers: Vec<(&str, usize)> = Vec::new();
+    loop {
+        match Compiler::compile_from_policy_with_host_await(policy, &[entry], &helpers) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                let message = e.to_string();
+                let unknown = crate::pathext::HELPERS.iter().find(|(name, _)| {
+                    message.contains(&format!("Unknown function: '{name}'"))
+                        && !helpers.iter().any(|(h, _)| h == name)
+                });
+                match unknown {
+                    Some(&(name, arity)) => helpers.push((name, usize::from(arity))),
+                    None => return Err(message),
+                }
             }
         }
     }
@@ -335,19 +407,108 @@ mod tests {
 
     /// One rule evaluated by the compiled program and by the interpreter.
     fn both(policy: &str, rule: &str, input: serde_json::Value) -> (Option<Value>, Value) {
+        let (fast, slow) = both_or_error(policy, rule, input);
+        (fast, slow.unwrap())
+    }
+
+    /// Like [`both`], the interpreter's error kept.
+    fn both_or_error(
+        policy: &str,
+        rule: &str,
+        input: serde_json::Value,
+    ) -> (Option<Value>, anyhow::Result<Value>) {
         let mut engine = Engine::new();
         // As agent-warden's engines: a failing builtin makes its expression undefined.
         engine.set_strict_builtin_errors(false);
+        crate::pathext::register(&mut engine);
         engine.add_policy("t.rego".into(), policy.into()).unwrap();
         let mut interp = engine.clone();
         let compiled = Compiled::new(engine, Duration::from_secs(5));
         let input: Value = serde_json::from_value(input).unwrap();
         let fast = compiled.eval(rule, &input, None);
         interp.set_input(input);
-        let slow = interp
-            .eval_rule(format!("data.agent_policy.{rule}"))
-            .unwrap();
+        let slow = interp.eval_rule(format!("data.agent_policy.{rule}"));
         (fast, slow)
+    }
+
+    #[test]
+    fn path_helpers_run_in_compiled_programs_as_extensions_do() {
+        let policy = r#"package agent_policy
+import rego.v1
+shared := "/run/kata-containers/shared/containers/"
+default C := false
+C if {
+    input.path == path.clean(input.path)
+    path.is_beneath(input.path, shared)
+}
+default W := false
+W if path.is_within(input.path, input.root)
+default N := true
+N := false if not path.is_beneath(input.path, shared)
+"#;
+        for rule in ["C", "W", "N"] {
+            let program = Compiled::new(
+                {
+                    let mut e = Engine::new();
+                    crate::pathext::register(&mut e);
+                    e.add_policy("t.rego".into(), policy.into()).unwrap();
+                    e
+                },
+                Duration::from_secs(5),
+            )
+            .program(rule);
+            assert!(program.is_some_and(|p| p.has_host_await()), "{rule}");
+        }
+        let mut allowed = 0;
+        for input in [
+            serde_json::json!({"path": "/run/kata-containers/shared/containers/c1/x", "root": "/run"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containers/c1/../x", "root": "/run"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containers/../../../etc/passwd", "root": "/run"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containers", "root": "/run/kata-containers/shared/containers/"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containersX/y", "root": "/"}),
+            serde_json::json!({"path": "relative/x", "root": "relative"}),
+            serde_json::json!({"root": "/run"}),
+        ] {
+            for rule in ["C", "W", "N"] {
+                let (fast, slow) = both(policy, rule, input.clone());
+                assert_eq!(fast, Some(slow.clone()), "{rule} {input}");
+                allowed += usize::from(slow == Value::from(true));
+            }
+        }
+        assert!(allowed >= 5, "{allowed}");
+        // A helper that fails (non-string argument) makes the interpreter fail; the
+        // compiled program gives no answer, so it is the interpreter's error.
+        for bad in [serde_json::json!(7), serde_json::json!(null), serde_json::json!(["/run"])] {
+            for rule in ["C", "W", "N"] {
+                let (fast, slow) =
+                    both_or_error(policy, rule, serde_json::json!({"path": bad, "root": "/"}));
+                assert_eq!(fast, None, "{rule} {bad}");
+                assert!(slow.is_err(), "{rule} {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_defined_path_function_is_not_taken_for_the_helper() {
+        // The policy's own path.clean wins in the interpreter; the compiled program
+        // must call it too, and still hand path.is_beneath to the host.
+        let policy = r#"package agent_policy
+import rego.v1
+path.clean(x) := "/run/kata-containers/shared/containers/ok"
+default C := false
+C if {
+    p := path.clean(input.path)
+    path.is_beneath(p, "/run/kata-containers/shared/containers")
+}
+"#;
+        for input in [
+            serde_json::json!({"path": "/etc/passwd"}),
+            serde_json::json!({"path": 5}),
+        ] {
+            let (fast, slow) = both(policy, "C", input.clone());
+            assert_eq!(slow, Value::from(true), "{input}");
+            assert_eq!(fast, Some(slow), "{input}");
+        }
     }
 
     #[test]

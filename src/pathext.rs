@@ -51,6 +51,18 @@ pub fn register(engine: &mut Engine) {
     }
 }
 
+/// Calls helper `name` (one of [`HELPERS`]) as regorus would call the extension;
+/// `None` for any other name. The compiled fast path uses this for the calls its
+/// programs hand back to the host (see [`crate::compiled`]).
+pub(crate) fn call(name: &str, params: Vec<Value>) -> Option<anyhow::Result<Value>> {
+    match name {
+        "path.clean" => Some(ext_clean(params)),
+        "path.is_beneath" => Some(ext_is_beneath(params)),
+        "path.is_within" => Some(ext_is_within(params)),
+        _ => None,
+    }
+}
+
 fn string_arg(helper: &str, params: &[Value], index: usize) -> anyhow::Result<String> {
     match params.get(index) {
         Some(Value::String(s)) => Ok(s.to_string()),
