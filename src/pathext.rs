@@ -1,5 +1,7 @@
 //! Path helpers for policies, registered with every policy engine as regorus
-//! extensions (functions implemented in Rust that Rego code calls by name).
+//! extensions (functions implemented in Rust that Rego code calls by name). The
+//! compiled fast path, whose VM cannot call extensions, answers its programs' calls
+//! to them through [`call`] (see [`crate::compiled`]).
 //!
 //! | call | value |
 //! |---|---|
