@@ -159,14 +159,15 @@ pub const MAX_DEPTH: usize = 100;
 
 /// Rust keywords (strict and reserved, all editions) plus the older reserved
 /// words rust-protobuf also escapes. A field with one of these names is
-/// generated as `<name>_`, and serde uses that name as the JSON key.
+/// generated as `<name>_`, and serde uses that name as the JSON key. Sorted by
+/// bytes (looked up by binary search for every field of every request).
 const RUST_KEYWORDS: &[&str] = &[
-    "_", "abstract", "alignof", "as", "async", "await", "become", "box", "break", "const",
-    "continue", "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for",
-    "gen", "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "offsetof",
-    "override", "priv", "proc", "pub", "pure", "ref", "return", "self", "Self", "sizeof", "static",
-    "struct", "super", "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use",
-    "virtual", "where", "while", "yield",
+    "Self", "_", "abstract", "alignof", "as", "async", "await", "become", "box", "break",
+    "const", "continue", "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn",
+    "for", "gen", "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut",
+    "offsetof", "override", "priv", "proc", "pub", "pure", "ref", "return", "self", "sizeof",
+    "static", "struct", "super", "trait", "true", "try", "type", "typeof", "unsafe", "unsized",
+    "use", "virtual", "where", "while", "yield",
 ];
 
 const S_IFMT: u32 = 0o170000;
@@ -217,7 +218,7 @@ pub fn copy_file_type(file_mode: u32) -> &'static str {
 
 /// The JSON key of a field name or oneof name: the rust-protobuf struct field.
 fn rust_ident(name: &str) -> Cow<'_, str> {
-    if RUST_KEYWORDS.contains(&name) {
+    if RUST_KEYWORDS.binary_search(&name).is_ok() {
         Cow::Owned(format!("{name}_"))
     } else {
         Cow::Borrowed(name)
@@ -253,7 +254,7 @@ fn field_key<'a>(
         let number = u32::try_from(field.number()).ok();
         if let Some(diff) = LEGACY_FIELDS
             .iter()
-            .find(|d| d.message == message && Some(d.number) == number && d.shapes.contains(&shape))
+            .find(|d| Some(d.number) == number && d.message == message && d.shapes.contains(&shape))
         {
             return diff.legacy_key.map(Cow::Borrowed);
         }
@@ -712,6 +713,17 @@ mod tests {
         let bytes = msg.write_to_bytes_dyn().expect("encode");
         let back = decode_request(&desc, &bytes).expect("decode");
         assert_eq!(&to_policy_input(&*back, shape), v);
+    }
+
+    #[test]
+    fn rust_keywords_are_sorted_for_binary_search() {
+        assert!(RUST_KEYWORDS.windows(2).all(|w| w[0] < w[1]));
+        for k in RUST_KEYWORDS {
+            assert_eq!(rust_ident(k), format!("{k}_"));
+        }
+        for name in ["type_", "types", "Type", "container_id", ""] {
+            assert_eq!(rust_ident(name), name);
+        }
     }
 
     #[test]

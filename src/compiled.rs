@@ -4,12 +4,27 @@
 //!
 //! It may only *allow*. A policy's decision is the interpreter's; the VM answers first
 //! because it is several times faster, and whenever it does not produce an allow (a
-//! denial, an error, an instruction or time limit, a rule it cannot compile such as one
-//! calling our `path.*` extensions) the interpreter decides, with its prints as the
-//! reason. The RVM has no `print`, so the program is compiled from the policy text with
-//! its print statements removed (a line that is only `print(...)`); print always
-//! succeeds in Rego, so removing it cannot change a value. A line the removal would
-//! break makes compilation fail, and that rule stays on the interpreter.
+//! denial, an error, an instruction or time limit, a rule it cannot compile) the
+//! interpreter decides, with its prints as the reason. The RVM has no `print`, so the
+//! program is compiled from the policy text with its print statements removed (a line
+//! that is only `print(...)`); print always succeeds in Rego, so removing it cannot
+//! change a value. A line the removal would break makes compilation fail, and that
+//! rule stays on the interpreter.
+//!
+//! The RVM cannot call engine extensions. Calls to our `path.*` helpers are compiled
+//! as calls back to the host (regorus's host-await builtins, see
+//! [`compile_with_path_helpers`]); such a program runs in the VM's suspendable mode,
+//! and each suspension is answered with [`crate::pathext::call`]. A helper that fails
+//! ends the attempt, so the interpreter decides (and fails as the extension does).
+//!
+//! `regex.match` in a compiled program is our [`regex_match`], not regorus's: regorus
+//! keeps compiled patterns in a cache but hands out a clone per call, and a cloned
+//! `Regex` starts with an empty matching cache (its lazy DFA is rebuilt state by state
+//! on every call; on genpolicy's CreateContainer that was almost half of all
+//! instructions). Ours keeps each compiled pattern, with its warm matching caches, in
+//! a bounded cache ([`RegexCache`]). It compiles exactly as regorus does and answers
+//! only the common case (two strings, a pattern that compiles); anything else goes to
+//! regorus's own `regex.match`, so errors and undefined results are regorus's.
 // Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
 #![deny(
     clippy::unwrap_used,
@@ -23,7 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::{ExecutionMode, ExecutionState, SuspendReason};
 use regorus::rvm::{Program, RegoVM};
+use regorus::unstable::{BuiltinFcn, Expr, Ref, Span};
 use regorus::{Engine, Value};
 
 /// Compiled programs of one policy, by request type.
@@ -116,12 +133,10 @@ impl Compiled {
             engine
                 .compile_with_entrypoint(&entry.as_str().into())
                 .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    Compiler::compile_from_policy(&c, &[entry.as_str()]).map_err(|e| e.to_string())
-                })
+                .and_then(|c| compile_with_path_helpers(&c, &entry))
         };
         let program = match program {
-            Ok(p) => Some(p),
+            Ok(p) => Some(with_our_builtins(p)),
             Err(e) => {
                 tracing::debug!(request_type, error = %e, "rule not compiled; the interpreter decides it");
                 None
@@ -150,13 +165,202 @@ impl Compiled {
             vm.set_data(d.clone()).ok()?;
         }
         vm.set_input(input.clone());
-        match vm.execute_entry_point_by_name(&format!("data.agent_policy.{request_type}")) {
+        let host_calls = program_has_host_calls(&vm);
+        if host_calls {
+            vm.set_execution_mode(ExecutionMode::Suspendable);
+        }
+        let mut result =
+            vm.execute_entry_point_by_name(&format!("data.agent_policy.{request_type}"));
+        // Each suspension is one path-helper call (the only host calls compiled in);
+        // its answer resumes the program. A helper's error (a non-string argument)
+        // ends the attempt: the interpreter decides, and fails as the extension does.
+        while host_calls && result.is_ok() {
+            let (name, args) = match vm.execution_state() {
+                ExecutionState::Suspended {
+                    reason:
+                        SuspendReason::HostAwait {
+                            argument: Value::Array(args),
+                            identifier: Value::String(name),
+                            ..
+                        },
+                    ..
+                } => (name.clone(), args.to_vec()),
+                ExecutionState::Suspended { .. } => return None,
+                _ => break,
+            };
+            let value = match crate::pathext::call(&name, args)? {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(request_type, error = %e, "path helper failed; the interpreter decides");
+                    return None;
+                }
+            };
+            result = vm.resume(Some(value));
+        }
+        match result {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::debug!(request_type, error = %e, "compiled evaluation failed; the interpreter decides");
                 None
             }
         }
+    }
+}
+
+/// Whether the VM's program calls back to the host (our path helpers).
+fn program_has_host_calls(vm: &RegoVM) -> bool {
+    vm.get_program().has_host_await()
+}
+
+/// Compiles `entry`. The RVM cannot call engine extensions; a call to one of our path
+/// helpers ([`crate::pathext::HELPERS`]) that the policy does not define itself is
+/// reported by the compiler as an unknown function, and is then compiled as a call
+/// back to the host (a regorus "host-await builtin", answered in
+/// [`Compiled::eval`]). Only names the compiler found unknown are registered:
+/// registration would also take precedence over a policy function of that name, and
+/// in the interpreter the policy's own function wins.
+fn compile_with_path_helpers(
+    policy: &regorus::CompiledPolicy,
+    entry: &str,
+) -> Result<Arc<Program>, String> {
+    let mut helpers: Vec<(&str, usize)> = Vec::new();
+    loop {
+        match Compiler::compile_from_policy_with_host_await(policy, &[entry], &helpers) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                let message = e.to_string();
+                let unknown = crate::pathext::HELPERS.iter().find(|(name, _)| {
+                    message.contains(&format!("Unknown function: '{name}'"))
+                        && !helpers.iter().any(|(h, _)| h == name)
+                });
+                match unknown {
+                    Some(&(name, arity)) => helpers.push((name, usize::from(arity))),
+                    None => return Err(message),
+                }
+            }
+        }
+    }
+}
+
+/// `program` made cheaper to run (unchanged if it is already shared, which a freshly
+/// compiled one never is):
+///
+/// - its `regex.match` calls resolved to [`regex_match`];
+/// - its rule descriptions slimmed. regorus 0.14.1's VM clones a rule's `RuleInfo` on
+///   every call of the rule (cached or not): its name, parameter names and per-
+///   definition tables, a handful of allocations each time (~8% of the instructions
+///   on genpolicy's CreateContainer). The VM never reads the names, and reads the
+///   tables with `get(..)`, where a missing entry means `None`/`false`; so names are
+///   emptied, and a table that holds only `None`/`false` is replaced by an empty one.
+///   `tests::slimmed_programs_decide_as_the_interpreter` exercises what they encode.
+fn with_our_builtins(mut program: Arc<Program>) -> Arc<Program> {
+    if let Some(p) = Arc::get_mut(&mut program) {
+        for info in &mut p.rule_infos {
+            info.name = String::new();
+            if let Some(f) = info.function_info.as_mut() {
+                f.param_names = Vec::new();
+            }
+            if info.destructuring_blocks.iter().all(Option::is_none) {
+                info.destructuring_blocks = Vec::new();
+            }
+            if info.else_bodies.iter().flatten().all(|e| !e) {
+                info.else_bodies = Vec::new();
+            }
+        }
+        for (info, resolved) in p.builtin_info_table.iter().zip(p.resolved_builtins.iter_mut()) {
+            if info.name == "regex.match" && info.num_args == 2 {
+                *resolved = (regex_match, 2);
+            }
+        }
+    }
+    program
+}
+
+/// regorus's own `regex.match` (the fallback of ours).
+fn regorus_regex_match() -> Option<BuiltinFcn> {
+    regorus::unstable::BUILTINS.get("regex.match").copied()
+}
+
+/// regorus's limit on a compiled pattern (`REGEX_SIZE_LIMIT` in its builtins/regex.rs):
+/// the same builder settings give the same `Regex`, so the same answers.
+const REGEX_SIZE_LIMIT: usize = 100 * 1024;
+
+/// Patterns kept per generation of [`RegexCache`] (so at most twice as many in all).
+const REGEX_CACHE_GENERATION: usize = 256;
+
+/// Compiled patterns, bounded: lookups hit the current generation or promote from the
+/// previous one; when the current one is full it becomes the previous one (dropping
+/// the older), so patterns built from request data cannot grow it without bound.
+struct RegexCache {
+    current: HashMap<Box<str>, Arc<regex::Regex>>,
+    previous: HashMap<Box<str>, Arc<regex::Regex>>,
+}
+
+impl RegexCache {
+    fn get(&mut self, pattern: &str) -> Option<Arc<regex::Regex>> {
+        if let Some(re) = self.current.get(pattern) {
+            return Some(re.clone());
+        }
+        let (key, re) = self.previous.remove_entry(pattern)?;
+        self.insert(key, re.clone());
+        Some(re)
+    }
+
+    fn insert(&mut self, key: Box<str>, re: Arc<regex::Regex>) {
+        if self.current.len() >= REGEX_CACHE_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, re);
+    }
+}
+
+static REGEX_CACHE: std::sync::LazyLock<Mutex<RegexCache>> = std::sync::LazyLock::new(|| {
+    Mutex::new(RegexCache {
+        current: HashMap::new(),
+        previous: HashMap::new(),
+    })
+});
+
+/// The compiled `pattern` from the cache, compiled (and cached) on first use; `None`
+/// if it does not compile.
+fn cached_regex(pattern: &str) -> Option<Arc<regex::Regex>> {
+    if let Some(re) = REGEX_CACHE.lock().ok()?.get(pattern) {
+        return Some(re);
+    }
+    let re = Arc::new(
+        regex::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .ok()?,
+    );
+    if let Ok(mut cache) = REGEX_CACHE.lock() {
+        cache.insert(pattern.into(), re.clone());
+    }
+    Some(re)
+}
+
+/// `regex.match(pattern, value)` for compiled programs: the match on a cached pattern
+/// when both arguments are strings and the pattern compiles, regorus's `regex.match`
+/// for everything else (its errors, its non-strict undefined).
+fn regex_match(
+    span: &Span,
+    params: &[Ref<Expr>],
+    args: &[Value],
+    strict: bool,
+) -> anyhow::Result<Value> {
+    if let [Value::String(pattern), Value::String(value)] = args {
+        if let Some(re) = cached_regex(pattern) {
+            return Ok(Value::Bool(re.is_match(value)));
+        }
+    }
+    match regorus_regex_match() {
+        Some((f, _)) => f(span, params, args, strict),
+        // Cannot happen (the program was compiled against it); a limit error is the
+        // kind the VM never turns into undefined, so the evaluation fails (closed).
+        None => Err(regorus::LimitError::RegexSizeLimitExceeded {
+            limit: REGEX_SIZE_LIMIT,
+        }
+        .into()),
     }
 }
 
@@ -199,5 +403,226 @@ mod tests {
         ] {
             assert!(is_print_statement(strip), "{strip}");
         }
+    }
+
+    /// One rule evaluated by the compiled program and by the interpreter.
+    fn both(policy: &str, rule: &str, input: serde_json::Value) -> (Option<Value>, Value) {
+        let (fast, slow) = both_or_error(policy, rule, input);
+        (fast, slow.unwrap())
+    }
+
+    /// Like [`both`], the interpreter's error kept.
+    fn both_or_error(
+        policy: &str,
+        rule: &str,
+        input: serde_json::Value,
+    ) -> (Option<Value>, anyhow::Result<Value>) {
+        let mut engine = Engine::new();
+        // As agent-warden's engines: a failing builtin makes its expression undefined.
+        engine.set_strict_builtin_errors(false);
+        crate::pathext::register(&mut engine);
+        engine.add_policy("t.rego".into(), policy.into()).unwrap();
+        let mut interp = engine.clone();
+        let compiled = Compiled::new(engine, Duration::from_secs(5));
+        let input: Value = serde_json::from_value(input).unwrap();
+        let fast = compiled.eval(rule, &input, None);
+        interp.set_input(input);
+        let slow = interp.eval_rule(format!("data.agent_policy.{rule}"));
+        (fast, slow)
+    }
+
+    #[test]
+    fn path_helpers_run_in_compiled_programs_as_extensions_do() {
+        let policy = r#"package agent_policy
+import rego.v1
+shared := "/run/kata-containers/shared/containers/"
+default C := false
+C if {
+    input.path == path.clean(input.path)
+    path.is_beneath(input.path, shared)
+}
+default W := false
+W if path.is_within(input.path, input.root)
+default N := true
+N := false if not path.is_beneath(input.path, shared)
+"#;
+        for rule in ["C", "W", "N"] {
+            let program = Compiled::new(
+                {
+                    let mut e = Engine::new();
+                    crate::pathext::register(&mut e);
+                    e.add_policy("t.rego".into(), policy.into()).unwrap();
+                    e
+                },
+                Duration::from_secs(5),
+            )
+            .program(rule);
+            assert!(program.is_some_and(|p| p.has_host_await()), "{rule}");
+        }
+        let mut allowed = 0;
+        for input in [
+            serde_json::json!({"path": "/run/kata-containers/shared/containers/c1/x", "root": "/run"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containers/c1/../x", "root": "/run"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containers/../../../etc/passwd", "root": "/run"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containers", "root": "/run/kata-containers/shared/containers/"}),
+            serde_json::json!({"path": "/run/kata-containers/shared/containersX/y", "root": "/"}),
+            serde_json::json!({"path": "relative/x", "root": "relative"}),
+            serde_json::json!({"root": "/run"}),
+        ] {
+            for rule in ["C", "W", "N"] {
+                let (fast, slow) = both(policy, rule, input.clone());
+                assert_eq!(fast, Some(slow.clone()), "{rule} {input}");
+                allowed += usize::from(slow == Value::from(true));
+            }
+        }
+        assert!(allowed >= 5, "{allowed}");
+        // A helper that fails (non-string argument) makes the interpreter fail; the
+        // compiled program gives no answer, so it is the interpreter's error.
+        for bad in [serde_json::json!(7), serde_json::json!(null), serde_json::json!(["/run"])] {
+            for rule in ["C", "W", "N"] {
+                let (fast, slow) =
+                    both_or_error(policy, rule, serde_json::json!({"path": bad, "root": "/"}));
+                assert_eq!(fast, None, "{rule} {bad}");
+                assert!(slow.is_err(), "{rule} {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_defined_path_function_is_not_taken_for_the_helper() {
+        // The policy's own path.clean wins in the interpreter; the compiled program
+        // must call it too, and still hand path.is_beneath to the host.
+        let policy = r#"package agent_policy
+import rego.v1
+path.clean(x) := "/run/kata-containers/shared/containers/ok"
+default C := false
+C if {
+    p := path.clean(input.path)
+    path.is_beneath(p, "/run/kata-containers/shared/containers")
+}
+"#;
+        for input in [
+            serde_json::json!({"path": "/etc/passwd"}),
+            serde_json::json!({"path": 5}),
+        ] {
+            let (fast, slow) = both(policy, "C", input.clone());
+            assert_eq!(slow, Value::from(true), "{input}");
+            assert_eq!(fast, Some(slow), "{input}");
+        }
+    }
+
+    #[test]
+    fn regex_match_in_compiled_programs_is_ours_and_agrees_with_regorus() {
+        let policy = r#"package agent_policy
+import rego.v1
+default M := false
+M if regex.match(input.p, input.s)
+default N := false
+N if not regex.match(input.p, input.s)
+"#;
+        let program = Compiled::new(
+            {
+                let mut e = Engine::new();
+                e.add_policy("t.rego".into(), policy.into()).unwrap();
+                e
+            },
+            Duration::from_secs(5),
+        )
+        .program("M")
+        .unwrap();
+        let ours: BuiltinFcn = (regex_match, 2);
+        assert!(program
+            .builtin_info_table
+            .iter()
+            .zip(&program.resolved_builtins)
+            .any(|(i, r)| i.name == "regex.match" && r.0 as usize == ours.0 as usize));
+        for input in [
+            serde_json::json!({"p": "^a+$", "s": "aaa"}),
+            serde_json::json!({"p": "^a+$", "s": "aab"}),
+            serde_json::json!({"p": "^\\p{L}+$", "s": "äbc"}),
+            // Not a regex: regorus makes the call undefined (non-strict), so
+            // `not regex.match` is true; ours must agree.
+            serde_json::json!({"p": "(", "s": "x"}),
+            serde_json::json!({"p": 5, "s": "x"}),
+            serde_json::json!({"p": "x", "s": ["x"]}),
+            serde_json::json!({"s": "x"}),
+        ] {
+            for rule in ["M", "N"] {
+                let (fast, slow) = both(policy, rule, input.clone());
+                assert_eq!(fast, Some(slow), "{rule} {input}");
+            }
+        }
+    }
+
+    #[test]
+    fn regex_cache_is_bounded() {
+        let mut cache = RegexCache {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        };
+        let re = Arc::new(regex::Regex::new("x").unwrap());
+        for i in 0..(5 * REGEX_CACHE_GENERATION) {
+            cache.insert(format!("p{i}").into(), re.clone());
+            assert!(cache.current.len() + cache.previous.len() <= 2 * REGEX_CACHE_GENERATION);
+        }
+        // A recently used pattern survives a generation change.
+        let last = format!("p{}", 5 * REGEX_CACHE_GENERATION - 1);
+        assert!(cache.get(&last).is_some());
+        assert!(cache.get("p0").is_none());
+    }
+
+    #[test]
+    fn slimmed_programs_decide_as_the_interpreter() {
+        // Else chains, destructuring (function arguments, `some [a, b] in`), partial
+        // sets and objects with several bodies, functions with several definitions:
+        // what the emptied RuleInfo tables would otherwise describe.
+        let policy = r#"package agent_policy
+import rego.v1
+grade(n) := "high" if n > 10
+else := "mid" if n > 5
+else := "low"
+first([a, _]) := a
+pairs contains x if { some [x, _] in input.pairs }
+pairs contains "extra" if input.extra
+obj[k] := v if { some k, v in input.o; v > 1 }
+f(1) := "one"
+f(2) := "two"
+default R := false
+R if {
+    grade(input.n) == input.want
+    first(input.l) == "a"
+    count(pairs) == input.npairs
+    count(obj) == input.nobj
+    f(input.k) == input.fk
+}
+"#;
+        let ok = serde_json::json!({
+            "n": 7, "want": "mid", "l": ["a", "b"], "pairs": [[1, 2], [3, 4]],
+            "extra": true, "npairs": 3, "o": {"a": 1, "b": 2, "c": 3}, "nobj": 2,
+            "k": 2, "fk": "two"
+        });
+        let mut inputs = vec![ok.clone()];
+        for (k, v) in [
+            ("n", serde_json::json!(11)),
+            ("n", serde_json::json!(1)),
+            ("want", serde_json::json!("low")),
+            ("l", serde_json::json!(["b", "a"])),
+            ("l", serde_json::json!(["a"])),
+            ("extra", serde_json::json!(false)),
+            ("npairs", serde_json::json!(2)),
+            ("o", serde_json::json!({"a": 5})),
+            ("k", serde_json::json!(3)),
+        ] {
+            let mut i = ok.clone();
+            i[k] = v;
+            inputs.push(i);
+        }
+        let mut allowed = 0;
+        for input in inputs {
+            let (fast, slow) = both(policy, "R", input.clone());
+            assert_eq!(fast, Some(slow.clone()), "{input}");
+            allowed += usize::from(slow == Value::from(true));
+        }
+        assert_eq!(allowed, 1);
     }
 }

@@ -1,5 +1,7 @@
 //! Path helpers for policies, registered with every policy engine as regorus
-//! extensions (functions implemented in Rust that Rego code calls by name).
+//! extensions (functions implemented in Rust that Rego code calls by name). The
+//! compiled fast path, whose VM cannot call extensions, answers its programs' calls
+//! to them through [`call`] (see [`crate::compiled`]).
 //!
 //! | call | value |
 //! |---|---|
@@ -48,6 +50,18 @@ pub fn register(engine: &mut Engine) {
         if let Err(e) = result {
             tracing::error!(helper = name, error = %e, "cannot register the policy path helper");
         }
+    }
+}
+
+/// Calls helper `name` (one of [`HELPERS`]) as regorus would call the extension;
+/// `None` for any other name. The compiled fast path uses this for the calls its
+/// programs hand back to the host (see [`crate::compiled`]).
+pub(crate) fn call(name: &str, params: Vec<Value>) -> Option<anyhow::Result<Value>> {
+    match name {
+        "path.clean" => Some(ext_clean(params)),
+        "path.is_beneath" => Some(ext_is_beneath(params)),
+        "path.is_within" => Some(ext_is_within(params)),
+        _ => None,
     }
 }
 
