@@ -162,12 +162,12 @@ pub const MAX_DEPTH: usize = 100;
 /// generated as `<name>_`, and serde uses that name as the JSON key. Sorted by
 /// bytes (looked up by binary search for every field of every request).
 const RUST_KEYWORDS: &[&str] = &[
-    "Self", "_", "abstract", "alignof", "as", "async", "await", "become", "box", "break",
-    "const", "continue", "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn",
-    "for", "gen", "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut",
-    "offsetof", "override", "priv", "proc", "pub", "pure", "ref", "return", "self", "sizeof",
-    "static", "struct", "super", "trait", "true", "try", "type", "typeof", "unsafe", "unsized",
-    "use", "virtual", "where", "while", "yield",
+    "Self", "_", "abstract", "alignof", "as", "async", "await", "become", "box", "break", "const",
+    "continue", "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for",
+    "gen", "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "offsetof",
+    "override", "priv", "proc", "pub", "pure", "ref", "return", "self", "sizeof", "static",
+    "struct", "super", "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use",
+    "virtual", "where", "while", "yield",
 ];
 
 const S_IFMT: u32 = 0o170000;

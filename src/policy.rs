@@ -522,9 +522,8 @@ const SERDE_JSON_NUMBER_KEY: &str = "$serde_json::private::Number";
 /// is handed to regorus's deserialiser.
 fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, String> {
     use serde_json::Value as J;
-    let by_regorus = |v: &J| {
-        <regorus::Value as serde::Deserialize>::deserialize(v).map_err(|e| e.to_string())
-    };
+    let by_regorus =
+        |v: &J| <regorus::Value as serde::Deserialize>::deserialize(v).map_err(|e| e.to_string());
     Ok(match v {
         J::Null => regorus::Value::Null,
         J::Bool(b) => regorus::Value::Bool(*b),
@@ -792,8 +791,8 @@ StartContainerRequest if {
             json!({"OCI": {"Annotations": {"$serde_json::private::Number": "7"}}}),
         ];
         // Every recorded genpolicy input too, when the peer data is there.
-        let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/peers/kata-genpolicy");
+        let peers =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/kata-genpolicy");
         for dir in std::fs::read_dir(peers).into_iter().flatten().flatten() {
             let Ok(text) = std::fs::read_to_string(dir.path().join("inputs.txt")) else {
                 continue;
