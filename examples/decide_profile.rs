@@ -93,7 +93,9 @@ fn measured(p: &Policy, ty: &str, cases: &[Case], rounds: usize) -> usize {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(src), Some(ty)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: decide_profile SCENARIO_DIR|POLICY.rego TYPE [ROUNDS|INPUT.json] [ROUNDS]");
+        eprintln!(
+            "usage: decide_profile SCENARIO_DIR|POLICY.rego TYPE [ROUNDS|INPUT.json] [ROUNDS]"
+        );
         std::process::exit(2);
     };
     let src = Path::new(src);
@@ -104,9 +106,14 @@ fn main() {
         let text = std::fs::read_to_string(src).expect("policy");
         let input_file = args.get(3).expect("input file");
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(input_file).expect("input")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(input_file).expect("input"))
+                .expect("json");
         let input = v.get("request").cloned().unwrap_or(v);
-        (text, vec![case(ty, &input, InputShape::Current)], args.get(4))
+        (
+            text,
+            vec![case(ty, &input, InputShape::Current)],
+            args.get(4),
+        )
     };
     let rounds: usize = rounds.map(|r| r.parse().expect("rounds")).unwrap_or(20);
     if std::env::var_os("DECIDE_INTERPRETER").is_some_and(|v| v == "1") {
