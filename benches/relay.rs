@@ -29,28 +29,23 @@ fn bench(c: &mut Criterion) {
         let server = start_demo_agent(&agent_sock, Arc::new(DemoAgent::default()))
             .await
             .unwrap();
-        let policy = Policy::load("allow-all.rego", ALLOW_ALL_POLICY, RegoVersion::V0).unwrap();
-        let guard = Arc::new(Guard::new(policy, InputShape::Current));
-        let listener = Listener::bind(&Address::Unix(warden_sock.clone()))
-            .await
-            .unwrap();
-        tokio::spawn(server::run(
-            listener,
-            Address::Unix(agent_sock.clone()),
-            guard,
-            std::future::pending(),
-        ));
-        let policy = Policy::load("evaluated.rego", EVALUATED_POLICY, RegoVersion::V0).unwrap();
-        let guard = Arc::new(Guard::new(policy, InputShape::Current));
-        let listener = Listener::bind(&Address::Unix(evaluated_sock.clone()))
-            .await
-            .unwrap();
-        tokio::spawn(server::run(
-            listener,
-            Address::Unix(agent_sock.clone()),
-            guard,
-            std::future::pending(),
-        ));
+        // agent-warden with `policy` on `sock`, in front of the demo agent.
+        let serve = |name: &str, policy: &str, sock: &std::path::Path| {
+            let policy = Policy::load(name, policy, RegoVersion::V0).unwrap();
+            let guard = Arc::new(Guard::new(policy, InputShape::Current));
+            let (sock, agent) = (sock.to_path_buf(), agent_sock.clone());
+            async move {
+                let listener = Listener::bind(&Address::Unix(sock)).await.unwrap();
+                tokio::spawn(server::run(
+                    listener,
+                    Address::Unix(agent),
+                    guard,
+                    std::future::pending(),
+                ));
+            }
+        };
+        serve("allow-all.rego", ALLOW_ALL_POLICY, &warden_sock).await;
+        serve("evaluated.rego", EVALUATED_POLICY, &evaluated_sock).await;
         let connect = |p: &std::path::Path| format!("unix://{}", p.display());
         let direct = agent_ttrpc::AgentServiceClient::new(
             ttrpc::r#async::Client::connect(&connect(&agent_sock))

@@ -563,15 +563,8 @@ mod tests {
     #[tokio::test]
     async fn frame_reader_buffer_grows_with_bytes_received_not_announced() {
         let (mut w, r) = tokio::io::duplex(1 << 16);
-        let mut wire = Header {
-            length: MAX_BODY as u32,
-            stream_id: 1,
-            kind: TYPE_REQUEST,
-            flags: 0,
-        }
-        .encode()
-        .to_vec();
-        wire.extend_from_slice(&[5; 100]);
+        let mut wire = Frame::new(1, TYPE_REQUEST, 0, &[5; 100]).raw().to_vec();
+        wire.splice(0..4, (MAX_BODY as u32).to_be_bytes());
         use tokio::io::AsyncWriteExt;
         w.write_all(&wire).await.unwrap();
         let mut r = FrameReader::new(r, MAX_BODY);
