@@ -225,13 +225,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn has_frame(&self) -> bool {
         match self.skipping {
             Some((_, left)) => self.buf.len() >= left,
-            None => match self.buffered_header() {
-                Some(h) => {
-                    let len = h.length as usize;
-                    len > self.max_body || self.buf.len() >= HEADER_LEN + len
-                }
-                None => false,
-            },
+            // An oversize body is skipped as it arrives: it is "here" only when all of it
+            // is buffered, like any other frame.
+            None => self
+                .buffered_header()
+                .is_some_and(|h| self.buf.len() >= HEADER_LEN + h.length as usize),
         }
     }
 
@@ -527,6 +525,35 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn frame_reader_has_frame_only_when_next_needs_no_read() {
+        use tokio::io::AsyncWriteExt;
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(r, 200);
+        assert!(!r.has_frame());
+        // A small frame, then an oversize one with half of its body sent: after the
+        // small one, the oversize one is not "here" (skipping it must read).
+        let big = Frame::new(1, TYPE_REQUEST, 0, &[9; 300]);
+        w.write_all(Frame::new(5, TYPE_REQUEST, 0, b"y").raw())
+            .await
+            .unwrap();
+        w.write_all(&big.raw()[..160]).await.unwrap();
+        assert!(matches!(r.next().await.unwrap(), Read::Frame(f) if f.header.stream_id == 5));
+        assert!(!r.has_frame());
+        let wait = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, r.next()).await.is_err());
+        assert!(!r.has_frame());
+        // The rest of it and a small frame: both answer without reading.
+        w.write_all(&big.raw()[160..]).await.unwrap();
+        w.write_all(Frame::new(3, TYPE_REQUEST, 0, b"x").raw())
+            .await
+            .unwrap();
+        assert!(matches!(r.next().await.unwrap(), Read::Oversize(h) if h.stream_id == 1));
+        assert!(r.has_frame());
+        assert!(matches!(r.next().await.unwrap(), Read::Frame(f) if f.header.stream_id == 3));
+        assert!(!r.has_frame());
     }
 
     #[tokio::test]
