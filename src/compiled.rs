@@ -267,12 +267,12 @@ fn compile_with_path_helpers(
             Ok(p) => return Ok(p),
             Err(e) => {
                 let message = e.to_string();
-                let unknown = crate::pathext::HELPERS.iter().find(|(name, _)| {
+                let unknown = crate::pathext::HELPERS.iter().find(|(name, _, _)| {
                     message.contains(&format!("Unknown function: '{name}'"))
                         && !helpers.iter().any(|(h, _)| h == name)
                 });
                 match unknown {
-                    Some(&(name, arity)) => helpers.push((name, usize::from(arity))),
+                    Some(&(name, arity, _)) => helpers.push((name, usize::from(arity))),
                     None => return Err(message),
                 }
             }

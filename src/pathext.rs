@@ -30,24 +30,24 @@
 
 use regorus::{Engine, Value};
 
-/// The Rego names of the helpers, with their number of arguments.
-pub const HELPERS: [(&str, u8); 3] = [
-    ("path.clean", 1),
-    ("path.is_beneath", 2),
-    ("path.is_within", 2),
+/// A helper's implementation: its arguments as regorus passes them to an extension.
+type HelperFn = fn(Vec<Value>) -> anyhow::Result<Value>;
+
+/// The helpers: Rego name, number of arguments, implementation. The one table both
+/// the interpreter's extensions ([`register`]) and the compiled fast path ([`call`])
+/// are built from.
+pub const HELPERS: [(&str, u8, HelperFn); 3] = [
+    ("path.clean", 1, ext_clean),
+    ("path.is_beneath", 2, ext_is_beneath),
+    ("path.is_within", 2, ext_is_within),
 ];
 
 /// Registers the path helpers with `engine`. A fresh engine always accepts them; if
 /// registration failed anyway, a policy that calls them fails to evaluate, and its
 /// requests are denied.
 pub fn register(engine: &mut Engine) {
-    let results = [
-        engine.add_extension("path.clean".to_string(), 1, Box::new(ext_clean)),
-        engine.add_extension("path.is_beneath".to_string(), 2, Box::new(ext_is_beneath)),
-        engine.add_extension("path.is_within".to_string(), 2, Box::new(ext_is_within)),
-    ];
-    for (result, (name, _)) in results.into_iter().zip(HELPERS) {
-        if let Err(e) = result {
+    for (name, arity, f) in HELPERS {
+        if let Err(e) = engine.add_extension(name.to_string(), arity, Box::new(f)) {
             tracing::error!(helper = name, error = %e, "cannot register the policy path helper");
         }
     }
@@ -57,12 +57,10 @@ pub fn register(engine: &mut Engine) {
 /// `None` for any other name. The compiled fast path uses this for the calls its
 /// programs hand back to the host (see [`crate::compiled`]).
 pub(crate) fn call(name: &str, params: Vec<Value>) -> Option<anyhow::Result<Value>> {
-    match name {
-        "path.clean" => Some(ext_clean(params)),
-        "path.is_beneath" => Some(ext_is_beneath(params)),
-        "path.is_within" => Some(ext_is_within(params)),
-        _ => None,
-    }
+    HELPERS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, f)| f(params))
 }
 
 fn string_arg(helper: &str, params: &[Value], index: usize) -> anyhow::Result<String> {
