@@ -453,19 +453,25 @@ mod tests {
         (fast, slow.unwrap())
     }
 
+    /// An interpreter for `policy`, set up as agent-warden's engines, and the compiled
+    /// fast path over the same engine.
+    fn engines(policy: &str) -> (Engine, Compiled) {
+        let mut engine = Engine::new();
+        // As agent-warden's engines: a failing builtin makes its expression undefined.
+        engine.set_strict_builtin_errors(false);
+        crate::pathext::register(&mut engine);
+        engine.add_policy("t.rego".into(), policy.into()).unwrap();
+        let interp = engine.clone();
+        (interp, Compiled::new(engine, Duration::from_secs(5)))
+    }
+
     /// Like [`both`], the interpreter's error kept.
     fn both_or_error(
         policy: &str,
         rule: &str,
         input: serde_json::Value,
     ) -> (Option<Value>, anyhow::Result<Value>) {
-        let mut engine = Engine::new();
-        // As agent-warden's engines: a failing builtin makes its expression undefined.
-        engine.set_strict_builtin_errors(false);
-        crate::pathext::register(&mut engine);
-        engine.add_policy("t.rego".into(), policy.into()).unwrap();
-        let mut interp = engine.clone();
-        let compiled = Compiled::new(engine, Duration::from_secs(5));
+        let (mut interp, compiled) = engines(policy);
         let input: Value = serde_json::from_value(input).unwrap();
         let fast = compiled.eval(rule, &input, None);
         interp.set_input(input);
@@ -687,11 +693,7 @@ R if {
 default P := false
 P if path.is_beneath(input.p, "/shared")
 "#;
-        let mut engine = Engine::new();
-        engine.set_strict_builtin_errors(false);
-        crate::pathext::register(&mut engine);
-        engine.add_policy("t.rego".into(), policy.into()).unwrap();
-        let compiled = Compiled::new(engine, Duration::from_secs(5));
+        let (_, compiled) = engines(policy);
         let v = |j: serde_json::Value| -> Value { serde_json::from_value(j).unwrap() };
         let blocked = v(serde_json::json!({"pstate": {"blocked": true}}));
         let ok = v(serde_json::json!({"n": 3, "l": ["a", "b"]}));
