@@ -441,7 +441,7 @@ mod tests {
     }
 
     /// Splits `wire` into pieces of the given sizes (cycled) on a duplex pipe.
-    fn pieces(wire: Vec<u8>, sizes: &'static [usize]) -> tokio::io::DuplexStream {
+    fn pieces(wire: Vec<u8>, sizes: Vec<usize>) -> tokio::io::DuplexStream {
         let (mut w, r) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -509,8 +509,7 @@ mod tests {
         assert_eq!(want.len(), 41, "40 frames then Closed: {want:?}");
         assert!(want.iter().filter(|x| x.contains("Oversize")).count() == 8);
         for sizes in [&[1usize][..], &[7], &[10], &[11, 3], &[4096], &[299, 1, 17]] {
-            let sizes: &'static [usize] = Box::leak(sizes.to_vec().into_boxed_slice());
-            let got = all_frame_reader(pieces(wire.clone(), sizes), 200).await;
+            let got = all_frame_reader(pieces(wire.clone(), sizes.to_vec()), 200).await;
             assert_eq!(got, want, "pieces of {sizes:?}");
         }
         // Every truncation point gives the same error (or Closed) as read_frame.
@@ -610,7 +609,7 @@ mod tests {
         // Cancel `next` over and over while a frame trickles in: nothing is lost.
         let wire = mixed_wire();
         let want = all_read_frame(&wire, 200).await;
-        let mut r = FrameReader::new(pieces(wire, &[3]), 200);
+        let mut r = FrameReader::new(pieces(wire, vec![3]), 200);
         let mut got = Vec::new();
         loop {
             let x = tokio::select! {
