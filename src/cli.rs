@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::codec::InputShape;
-use crate::config::{AuditSection, Config, LimitsSection, PolicySection, SetPolicySetting};
+use crate::config::{
+    AuditSection, Config, KataAgent, LimitsSection, PolicySection, SetPolicySetting,
+};
 use crate::policy::RegoVersion;
 
 /// agent-warden: guards the Kata Containers guest agent with a Rego policy.
@@ -66,10 +68,19 @@ pub struct ServeArgs {
     /// Legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy.
     #[arg(long, value_name = "FILE")]
     pub endpoints: Option<PathBuf>,
-    /// Rego version of the policy [default: v0, as kata-agent].
+    /// The kata-agent guarded; sets --rego and --input-shape together [default: current].
+    /// current: kata-agent since April 2026 (3.x/4.x, regorus >= 0.3): Rego v1, current input.
+    /// 2024: kata-agent 3.x with regorus 0.2.x (2024 to April 2026): Rego v0,
+    /// legacy-stream-ports input.
+    #[arg(long, value_enum, verbatim_doc_comment)]
+    pub kata: Option<KataAgent>,
+    /// Rego version of the policy; overrides --kata [default: v1, as today's kata-agent;
+    /// v0 for kata-agents with regorus 0.2.x].
     #[arg(long, value_enum)]
     pub rego: Option<RegoVersion>,
-    /// Policy input shape: current kata-agent, or an older kata-agent's (legacy, legacy-stream-ports).
+    /// Policy input shape; overrides --kata [default: current]. legacy-stream-ports and
+    /// legacy: the 2024 kata-agents that recorded the genpolicy data (legacy: the older
+    /// builds, without stdio ports).
     #[arg(long, value_enum)]
     pub input_shape: Option<InputShape>,
     /// Whether SetPolicy may replace the policy [default: auto = forbid for initdata policies].
@@ -106,7 +117,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Rego version of --policy.
-    #[arg(long, value_enum, default_value = "v0")]
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
@@ -130,6 +141,7 @@ impl ServeArgs {
                 initdata_scan: self.initdata_scan.clone(),
                 file: self.policy.clone(),
                 endpoints: self.endpoints.clone(),
+                kata: self.kata,
                 rego: self.rego,
                 input_shape: self.input_shape,
                 set_policy: self.set_policy,

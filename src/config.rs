@@ -10,8 +10,9 @@
 //! initdata_scan = "/dev"                     # or: look for an initdata disk under /dev
 //! file = "/etc/agent-warden/policy.rego"     # a plain policy file
 //! endpoints = "/etc/agent-warden/endpoints.toml"  # legacy `[endpoints] allowed = [...]`
-//! rego = "v0"                                # or "v1"
-//! input_shape = "current"                    # or "legacy" (older kata-agent inputs)
+//! kata = "current"                          # kata-agent generation guarded: "current" or "2024"
+//! rego = "v1"                                # overrides kata's: "v0" or "v1"
+//! input_shape = "current"                    # overrides kata's: "legacy", "legacy-stream-ports"
 //! set_policy = "auto"                        # "auto" | "policy" | "forbid"
 //! require_evidence = "snp"                   # compare the digest with the TEE's before serving
 //! [audit]
@@ -53,6 +54,45 @@ pub struct Config {
     pub storage: Option<toml::Table>,
 }
 
+/// The kata-agent generation agent-warden stands in for: it sets the Rego version and
+/// the policy input shape together. `rego` and `input_shape` override the value it
+/// gives when set in the same layer or a higher one; a layer that sets `kata` replaces
+/// the lower layers' `rego` and `input_shape`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+pub enum KataAgent {
+    /// Today's kata-agent: built from kata-containers since April 2026 (3.x/4.x with
+    /// regorus >= 0.3; checked against 4.1.0 at 7c6ba40c). Rego v1, current input.
+    #[default]
+    #[serde(rename = "current")]
+    #[value(name = "current")]
+    Current,
+    /// The kata-agents whose policy engine was regorus 0.2.x (kata-containers 3.x, 2024
+    /// until April 2026), which recorded the genpolicy peer data. Rego v0, the
+    /// `legacy-stream-ports` input; the oldest of those builds (no stdio ports in
+    /// CreateContainer/ExecProcess) also need `input_shape = "legacy"`.
+    #[serde(rename = "2024")]
+    #[value(name = "2024")]
+    Regorus02,
+}
+
+impl KataAgent {
+    /// The Rego version this kata-agent parses policies as.
+    pub fn rego(self) -> RegoVersion {
+        match self {
+            KataAgent::Current => RegoVersion::V1,
+            KataAgent::Regorus02 => RegoVersion::V0,
+        }
+    }
+
+    /// The policy input this kata-agent builds.
+    pub fn input_shape(self) -> InputShape {
+        match self {
+            KataAgent::Current => InputShape::Current,
+            KataAgent::Regorus02 => InputShape::LegacyStreamPorts,
+        }
+    }
+}
+
 /// Whether SetPolicy may replace the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -75,10 +115,25 @@ pub struct PolicySection {
     pub initdata_scan: Option<PathBuf>,
     pub file: Option<PathBuf>,
     pub endpoints: Option<PathBuf>,
+    pub kata: Option<KataAgent>,
     pub rego: Option<RegoVersion>,
     pub input_shape: Option<InputShape>,
     pub set_policy: Option<SetPolicySetting>,
     pub require_evidence: Option<String>,
+}
+
+impl PolicySection {
+    /// The Rego version to parse the policy as: `rego`, else `kata`'s, else v1.
+    pub fn rego_version(&self) -> RegoVersion {
+        self.rego
+            .unwrap_or_else(|| self.kata.unwrap_or_default().rego())
+    }
+
+    /// The policy input shape: `input_shape`, else `kata`'s, else current.
+    pub fn shape(&self) -> InputShape {
+        self.input_shape
+            .unwrap_or_else(|| self.kata.unwrap_or_default().input_shape())
+    }
 }
 
 /// The `[audit]` table.
@@ -119,7 +174,12 @@ impl Config {
     /// This layer with `upper` on top: every key `upper` sets wins; `[storage]` is merged
     /// key by key.
     pub fn overlay(self, upper: Config) -> Config {
-        let (p, q) = (self.policy, upper.policy);
+        let (mut p, q) = (self.policy, upper.policy);
+        if q.kata.is_some() {
+            // A layer naming the kata-agent generation replaces the lower layers' choice
+            // of Rego version and input shape (its own single keys still override it).
+            (p.rego, p.input_shape) = (None, None);
+        }
         let (a, b) = (self.audit, upper.audit);
         let (l, m) = (self.limits, upper.limits);
         let storage = match (self.storage, upper.storage) {
@@ -137,6 +197,7 @@ impl Config {
                 initdata_scan: pick(p.initdata_scan, q.initdata_scan),
                 file: pick(p.file, q.file),
                 endpoints: pick(p.endpoints, q.endpoints),
+                kata: pick(p.kata, q.kata),
                 rego: pick(p.rego, q.rego),
                 input_shape: pick(p.input_shape, q.input_shape),
                 set_policy: pick(p.set_policy, q.set_policy),
@@ -166,6 +227,7 @@ impl Config {
             ("policy.file", p.file.is_some()),
             ("policy.endpoints", p.endpoints.is_some()),
             ("policy.rego", p.rego.is_some()),
+            ("policy.kata", p.kata.is_some()),
         ];
         let set: Vec<&str> = forbidden
             .iter()
@@ -203,6 +265,52 @@ mod tests {
     }
 
     #[test]
+    fn kata_sets_rego_and_shape_and_the_single_keys_override_it() {
+        let p = |text: &str| Config::parse(text, "t").unwrap().policy;
+        let default = p("");
+        assert_eq!(
+            (default.rego_version(), default.shape()),
+            (RegoVersion::V1, InputShape::Current)
+        );
+        let old = p("[policy]\nkata = \"2024\"\n");
+        assert_eq!(
+            (old.rego_version(), old.shape()),
+            (RegoVersion::V0, InputShape::LegacyStreamPorts)
+        );
+        let mixed = p("[policy]\nkata = \"2024\"\nrego = \"v1\"\ninput_shape = \"legacy\"\n");
+        assert_eq!(
+            (mixed.rego_version(), mixed.shape()),
+            (RegoVersion::V1, InputShape::Legacy)
+        );
+        // An upper layer's kata replaces a lower layer's single keys; its own stay.
+        let file = || {
+            Config::parse(
+                "[policy]\nrego = \"v0\"\ninput_shape = \"legacy\"\n",
+                "file",
+            )
+            .unwrap()
+        };
+        let c = file().overlay(Config::parse("[policy]\nkata = \"current\"\n", "flags").unwrap());
+        assert_eq!(
+            (c.policy.rego_version(), c.policy.shape()),
+            (RegoVersion::V1, InputShape::Current)
+        );
+        let c = file().overlay(
+            Config::parse("[policy]\nkata = \"current\"\nrego = \"v0\"\n", "flags").unwrap(),
+        );
+        assert_eq!(
+            (c.policy.rego_version(), c.policy.shape()),
+            (RegoVersion::V0, InputShape::Current)
+        );
+        let c = file().overlay(Config::parse("listen = \"unix:///x\"\n", "flags").unwrap());
+        assert_eq!(
+            (c.policy.rego_version(), c.policy.shape()),
+            (RegoVersion::V0, InputShape::Legacy)
+        );
+        assert!(Config::parse("[policy]\nkata = \"2023\"\n", "t").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         assert!(toml::from_str::<Config>("[policy]\nfiel = \"x\"").is_err());
@@ -232,9 +340,13 @@ mod tests {
 
     #[test]
     fn initdata_layer_cannot_name_another_policy() {
-        let c = Config::parse("[policy]\nfile = \"/p.rego\"\nrego = \"v1\"\n", "i").unwrap();
+        let c = Config::parse(
+            "[policy]\nfile = \"/p.rego\"\nrego = \"v1\"\nkata = \"2024\"\n",
+            "i",
+        )
+        .unwrap();
         let e = c.check_initdata_layer().unwrap_err().to_string();
-        assert!(e.contains("policy.file, policy.rego"), "{e}");
+        assert!(e.contains("policy.file, policy.rego, policy.kata"), "{e}");
         let ok = Config::parse("[policy]\nset_policy = \"policy\"\n", "i").unwrap();
         assert!(ok.check_initdata_layer().is_ok());
     }

@@ -167,7 +167,7 @@ pub fn load(s: &PolicySources) -> anyhow::Result<Loaded> {
         let policy = Policy::load(
             &format!("endpoint list {}", path.display()),
             &rego,
-            RegoVersion::V0,
+            RegoVersion::V1,
         )?;
         return Ok(Loaded {
             policy,
@@ -178,7 +178,7 @@ pub fn load(s: &PolicySources) -> anyhow::Result<Loaded> {
     let policy = Policy::load(
         "embedded coco-default.rego",
         DEFAULT_POLICY,
-        RegoVersion::V0,
+        RegoVersion::V1,
     )?;
     Ok(Loaded {
         policy,

@@ -49,8 +49,8 @@ pub enum PolicyCommand {
 pub struct CheckArgs {
     /// The policy file (Rego, package agent_policy).
     pub file: PathBuf,
-    /// Rego version of the policy.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
@@ -69,8 +69,8 @@ pub struct EvalArgs {
     /// Policy file [default: the embedded coco-default policy].
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Rego version of the policy.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
@@ -80,8 +80,9 @@ pub struct TestArgs {
     /// Test files, or directories searched (recursively) for *_test.rego files.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Rego version of the test files and the policies they are loaded with.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the test files and the policies they are loaded with (v1: today's
+    /// kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
@@ -93,8 +94,8 @@ pub struct ReplayArgs {
     /// Policy file [default: the embedded coco-default policy].
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Rego version of the policy.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
