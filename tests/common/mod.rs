@@ -2,6 +2,8 @@
 //! (a real ttrpc server), byte taps on unix sockets, and agent-warden in between.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
