@@ -262,7 +262,23 @@ impl Guard {
                 ));
             }
         };
-        let input = codec::to_policy_input(&*msg, self.shape);
+        let input = match codec::to_policy_input(&*msg, self.shape) {
+            Ok(input) => input,
+            Err(e) => {
+                // kata-agent refuses such a request before its policy runs: fail closed.
+                tracing::info!(
+                    target: "agent_warden::decision",
+                    conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
+                    allowed = false, reason = %e, policy = self.policy().digest(), eval_us = 0u64,
+                    "decision"
+                );
+                return Verdict::Reply(envelope::error_frame(
+                    id,
+                    Code::INVALID_ARGUMENT,
+                    format!("{ty}: refused before policy evaluation: {e}"),
+                ));
+            }
+        };
         if let Some(capture) = &self.capture {
             capture.record(ty, &input);
         }

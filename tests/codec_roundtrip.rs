@@ -97,7 +97,7 @@ fn through_the_wire(
         .write_to_bytes_dyn()
         .map_err(|e| format!("encode: {e}"))?;
     let back = decode_request(desc, &bytes).map_err(|e| e.to_string())?;
-    Ok(to_policy_input(&*back, shape))
+    to_policy_input(&*back, shape).map_err(|e| e.to_string())
 }
 
 /// The first differing path between two JSON values, for readable failures.
@@ -205,7 +205,8 @@ fn recorded_inputs_round_trip_losslessly_in_current_shape() {
             let desc = descriptor(&r.ep, &r.origin);
             let msg =
                 from_policy_input(&desc, &r.input, legacy).unwrap_or_else(|e| fail(e.to_string()));
-            let current = to_policy_input(&*msg, InputShape::Current);
+            let current =
+                to_policy_input(&*msg, InputShape::Current).unwrap_or_else(|e| fail(e.to_string()));
             let again =
                 through_the_wire(&desc, &current, InputShape::Current).unwrap_or_else(|e| fail(e));
             if let Some(d) = first_difference(&again, &current, &r.ep) {
