@@ -1,6 +1,8 @@
 //! Round trips of every request input that a real (older) kata-agent recorded
 //! in the genpolicy peer data: recorded JSON → protobuf request → wire bytes →
 //! decoded request → JSON must give back exactly the recorded JSON.
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use agent_warden::codec::{decode_request, from_policy_input, to_policy_input, InputShape};
@@ -102,29 +104,7 @@ fn through_the_wire(
 
 /// The first differing path between two JSON values, for readable failures.
 fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for k in x.keys().chain(y.keys()) {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => {
-                        if let Some(d) = first_difference(u, v, &p) {
-                            return Some(d);
-                        }
-                    }
-                    (u, v) => return Some(format!("{p}: {u:?} vs {v:?}")),
-                }
-            }
-            None
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (u, v))| first_difference(u, v, &format!("{path}[{i}]"))),
-        _ if a == b => None,
-        _ => Some(format!("{path}: {a} vs {b}")),
-    }
+    common::json_differences(a, b, path).into_iter().next()
 }
 
 /// Round trips one recorded line in `shape`; `Err` says where it differs.
