@@ -5,8 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use agent_warden::codec::{decode_request, from_policy_input, to_policy_input, InputShape};
-use agent_warden::protocols::agent;
+use agent_warden::wire::encode::from_policy_input;
+use agent_warden::wire::input::{decode_request, to_policy_input, InputShape};
+use agent_warden::wire::protocols::agent;
 use protobuf::reflect::MessageDescriptor;
 use serde_json::Value;
 

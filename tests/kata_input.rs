@@ -15,9 +15,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use agent_warden::codec::{decode_request, to_policy_input, InputShape};
-use agent_warden::methods;
-use agent_warden::protocols::agent;
+use agent_warden::wire::input::{decode_request, to_policy_input, InputShape};
+use agent_warden::wire::methods;
+use agent_warden::wire::protocols::agent;
 use common::json_differences;
 use common::oracle::{oracle_binary, Oracle};
 use protobuf::reflect::{MessageDescriptor, ReflectValueBox, RuntimeFieldType, RuntimeType};
