@@ -263,7 +263,11 @@ impl Guard {
             Decision::Deny { reason, .. } => (false, reason.as_str()),
             Decision::Error(e) => (false, e.as_str()),
         };
-        let audit_allowed = !allowed && policy.is_permissive() && m.handling != Handling::SetPolicy;
+        // As kata-agent: audit mode forgives denials, not errors (evaluation errors,
+        // unreadable values, state operations that do not apply).
+        let audit_allowed = matches!(decision, Decision::Deny { .. })
+            && policy.is_permissive()
+            && m.handling != Handling::SetPolicy;
         tracing::info!(
             target: crate::logging::DECISION_TARGET,
             decision_id, conn, stream = id, service = %m.service, method = %m.name, request_type = ty,

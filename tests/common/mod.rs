@@ -82,6 +82,14 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         self.saw("ExecProcess");
         Ok(Empty::new())
     }
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.saw("RemoveContainer");
+        Ok(Empty::new())
+    }
     async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
         self.saw("CopyFile");
         Ok(Empty::new())
