@@ -14,6 +14,18 @@
 //!
 //! [`config`] and [`cli`] turn files and flags into settings. See docs/ARCHITECTURE.md.
 
+// The library's lints, in one place. Host data, files and policy text reach nearly all
+// of it, so nothing may unwrap, expect, index or panic; clippy.toml allows them in
+// tests. They are set here rather than in Cargo.toml's [lints], which would also
+// hold benches, examples and integration-test helpers, where a panic is the right
+// way to fail. CI runs `cargo clippy --all-targets -- -D warnings`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 pub mod attestation;
 pub mod cli;
 pub mod config;

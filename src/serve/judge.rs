@@ -5,14 +5,6 @@
 //! forward the frame as received, answer in the agent's place, or close the
 //! connection. [`Guard`] holds what every connection shares.
 
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

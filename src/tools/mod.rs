@@ -149,23 +149,23 @@ fn policy_text(file: Option<&PathBuf>) -> anyhow::Result<(String, String)> {
 fn identifiers(text: &str) -> Vec<&str> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
+    let word_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut prev = None;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_alphabetic() || c == '_' {
+            let len = rest.find(|c: char| !word_char(c)).unwrap_or(rest.len());
+            let (word, tail) = rest.split_at(len);
             // Skip the tail of a longer token such as `1e5x` or a field after a digit.
-            let preceded_by_digit = start > 0 && bytes[start - 1].is_ascii_digit();
-            let word = &text[start..i];
+            let preceded_by_digit = prev.is_some_and(|p: char| p.is_ascii_digit());
             if !preceded_by_digit && seen.insert(word) {
                 out.push(word);
             }
+            prev = word.chars().last();
+            rest = tail;
         } else {
-            i += 1;
+            prev = Some(c);
+            rest = &rest[c.len_utf8()..];
         }
     }
     out
