@@ -300,7 +300,7 @@ impl Guard {
             .and_then(|p| p.as_str())
             .unwrap_or_default();
         let old = self.policy();
-        match Policy::load("SetPolicy", text, old.version()) {
+        match Policy::load_with("SetPolicy", text, old.version(), old.options()) {
             Ok(new) => {
                 let new_digest = new.digest().to_string();
                 self.swap_policy(new);

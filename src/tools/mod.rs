@@ -16,14 +16,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use regorus::Engine;
 
-use crate::policy::sources::DEFAULT_POLICY;
+use crate::policy::sources::{DEFAULT_POLICY, EMBEDDED_DEFAULT_NAME};
 use crate::policy::{Decision, Policy, RegoVersion};
 use crate::wire::encode;
 use crate::wire::input::InputShape;
 use crate::wire::methods;
-
-/// Name under which the embedded default policy is reported.
-pub const DEFAULT_POLICY_NAME: &str = "embedded coco-default.rego";
 
 /// `agent-warden policy ...`
 #[derive(Debug, Args)]
@@ -141,7 +138,10 @@ fn read_json(path: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
 fn policy_text(file: Option<&PathBuf>) -> anyhow::Result<(String, String)> {
     match file {
         Some(path) => Ok((path.display().to_string(), read_text(path, "policy")?)),
-        None => Ok((DEFAULT_POLICY_NAME.to_string(), DEFAULT_POLICY.to_string())),
+        None => Ok((
+            EMBEDDED_DEFAULT_NAME.to_string(),
+            DEFAULT_POLICY.to_string(),
+        )),
     }
 }
 
