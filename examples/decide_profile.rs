@@ -118,7 +118,7 @@ fn main() {
     };
     let rounds: usize = rounds.map(|r| r.parse().expect("rounds")).unwrap_or(20);
     let options = LoadOptions {
-        fast_path: !std::env::var_os("DECIDE_INTERPRETER").is_some_and(|v| v == "1"),
+        fast_path: std::env::var_os("DECIDE_INTERPRETER").is_none_or(|v| v != "1"),
         ..LoadOptions::default()
     };
     let policy = Policy::load_with("policy.rego", &text, RegoVersion::V0, options).expect("load");
