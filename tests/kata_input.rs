@@ -4,9 +4,10 @@
 //! which echoes it). Every AgentService request type of the method table is built
 //! from its message descriptor: left empty, and with every field set to a non-default
 //! value (nested messages, repeated fields and maps with two entries, proto3
-//! `optional` scalars, one oneof member per case until every member was used), in two
+//! `optional` scalars, one oneof member per case until every member was used), in three
 //! value sets (ordinary values; extremes such as u64::MAX, i64::MIN, unknown enum
-//! numbers, escapes and non-ASCII text). CopyFile also gets one case per file type,
+//! numbers, escapes and non-ASCII text; zero values that are set, so that `optional`
+//! fields and nested messages are present with 0, false, "" and {}). CopyFile also gets one case per file type,
 //! including a symlink whose target is not UTF-8, which both sides must refuse.
 //!
 //! One oracle process answers the whole batch (~0.1 s). Without the oracle the test
@@ -33,6 +34,9 @@ const MAX_DEPTH: usize = 12;
 enum Values {
     Ordinary,
     Extreme,
+    /// Every scalar at its zero value, but set: proto3 `optional` fields present with
+    /// 0/false/"", nested messages present and empty, lists of zeros.
+    Zero,
 }
 
 /// Fills messages field by field from their descriptors.
@@ -55,7 +59,26 @@ impl Filler {
     fn value(&mut self, rt: &RuntimeType, depth: usize) -> Option<ReflectValueBox> {
         let n = self.next();
         let odd = n % 2 == 1;
+        if let Values::Zero = self.values {
+            return match rt {
+                RuntimeType::Message(m) if depth < MAX_DEPTH => {
+                    Some(ReflectValueBox::Message(self.message(m, depth + 1)))
+                }
+                RuntimeType::Message(_) => None,
+                RuntimeType::Enum(e) => Some(ReflectValueBox::Enum(e.clone(), 0)),
+                RuntimeType::I32 => Some(ReflectValueBox::I32(0)),
+                RuntimeType::I64 => Some(ReflectValueBox::I64(0)),
+                RuntimeType::U32 => Some(ReflectValueBox::U32(0)),
+                RuntimeType::U64 => Some(ReflectValueBox::U64(0)),
+                RuntimeType::F32 => Some(ReflectValueBox::F32(0.0)),
+                RuntimeType::F64 => Some(ReflectValueBox::F64(0.0)),
+                RuntimeType::Bool => Some(ReflectValueBox::Bool(false)),
+                RuntimeType::String => Some(ReflectValueBox::String(String::new())),
+                RuntimeType::VecU8 => Some(ReflectValueBox::Bytes(Vec::new())),
+            };
+        }
         Some(match (rt, self.values) {
+            (_, Values::Zero) => unreachable!("handled above"),
             (RuntimeType::I32, Values::Ordinary) => ReflectValueBox::I32(-7 - n as i32),
             (RuntimeType::I32, Values::Extreme) => {
                 ReflectValueBox::I32(if odd { i32::MIN } else { i32::MAX })
@@ -237,7 +260,7 @@ fn current_input_equals_kata_agents_for_every_request_type() {
         let mut here = BTreeMap::new();
         oneofs(desc, 0, &mut here);
         let picks = here.values().map(Vec::len).max().unwrap_or(1);
-        for values in [Values::Ordinary, Values::Extreme] {
+        for values in [Values::Ordinary, Values::Extreme, Values::Zero] {
             for pick in 0..picks {
                 let mut filler = Filler {
                     values,
