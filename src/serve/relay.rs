@@ -18,7 +18,7 @@
 //! system calls and wake-ups; a lone request is written as soon as it is decided.
 //!
 //! Limits per connection: at most `max_in_flight` requests forwarded and not yet
-//! answered ([`Guard::with_max_in_flight`], default [`DEFAULT_MAX_IN_FLIGHT`]); a
+//! answered ([`Guard::with_max_in_flight`], default [`crate::config::DEFAULT_MAX_IN_FLIGHT`]); a
 //! request beyond it is answered RESOURCE_EXHAUSTED (8) `too many requests in flight
 //! on this connection (limit N)` and not forwarded. Answers waiting for a host that
 //! does not read are bounded (32 frames, 8 MiB); beyond that the agent side is not

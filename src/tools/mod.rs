@@ -256,13 +256,6 @@ fn list(names: &[String]) -> String {
     }
 }
 
-fn rego_name(v: RegoVersion) -> &'static str {
-    match v {
-        RegoVersion::V0 => "v0",
-        RegoVersion::V1 => "v1",
-    }
-}
-
 fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     let name = a.file.display().to_string();
     let text = read_text(&a.file, "policy")?;
@@ -271,7 +264,7 @@ fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     writeln!(
         out,
         "{name}: ok (Rego {}, package agent_policy, sha256 {sha})",
-        rego_name(a.rego)
+        RegoVersion::name(a.rego)
     )?;
     writeln!(out, "defined ({}): {}", c.defined.len(), list(&c.defined))?;
     writeln!(
