@@ -14,7 +14,7 @@
 //! third policy is in audit mode (AllowRequestsFailingPolicy): ops of a result that is
 //! not `allowed` are not applied, even though the request runs.
 //!
-//! About 0.2 s. Without the oracle the test skips with a message, except under CI=true.
+//! About 0.05 s. Without the oracle the test skips with a message, except under CI=true.
 mod common;
 
 use agent_warden::policy::RegoVersion;
