@@ -27,4 +27,5 @@ pub mod relay;
 pub mod server;
 pub mod sources;
 pub mod storage;
+pub mod tenant;
 pub mod tools;
