@@ -156,3 +156,192 @@ fn child_mapping<'a>(
     slot.as_mapping_mut()
         .ok_or_else(|| format!("{label}: {key} is not a mapping"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "io.katacontainers.config.hypervisor.cc_init_data";
+
+    fn docs(text: &str) -> Vec<Value> {
+        yaml_serde::Deserializer::from_str(text)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect()
+    }
+
+    fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+        path.iter().fold(v, |v, k| &v[*k])
+    }
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  runtimeClassName: kata\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'echo hi']\n";
+
+    #[test]
+    fn pod_gets_annotations_created() {
+        let a = annotate(POD, KEY, "v1").unwrap();
+        assert_eq!(a.objects, vec!["Pod/p"]);
+        let d = &docs(&a.text)[0];
+        assert_eq!(
+            at(d, &["metadata", "annotations", KEY]).as_str(),
+            Some("v1")
+        );
+        // Everything else is as it was.
+        let mut expected = docs(POD).remove(0);
+        let mut got = d.clone();
+        got["metadata"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("annotations");
+        expected["metadata"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("annotations");
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn existing_annotation_is_replaced_and_others_kept() {
+        let text = "kind: Pod\nmetadata:\n  name: p\n  annotations:\n    other: x\n    io.katacontainers.config.hypervisor.cc_init_data: old\nspec:\n  containers: []\n";
+        let a = annotate(text, KEY, "new").unwrap();
+        let d = &docs(&a.text)[0];
+        let ann = at(d, &["metadata", "annotations"]).as_mapping().unwrap();
+        assert_eq!(ann.len(), 2);
+        assert_eq!(ann.get("other").and_then(Value::as_str), Some("x"));
+        assert_eq!(ann.get(KEY).and_then(Value::as_str), Some("new"));
+        // Null annotations (`annotations:` with nothing) become a mapping.
+        let a = annotate("kind: Pod\nmetadata:\n  annotations:\nspec: {}\n", KEY, "v").unwrap();
+        assert_eq!(
+            at(&docs(&a.text)[0], &["metadata", "annotations", KEY]).as_str(),
+            Some("v")
+        );
+    }
+
+    #[test]
+    fn every_workload_kind_annotates_its_pod_template() {
+        let template = "  template:\n    metadata:\n      labels: {app: a}\n    spec:\n      containers: [{name: c, image: i}]\n";
+        for kind in [
+            "Deployment",
+            "ReplicaSet",
+            "StatefulSet",
+            "DaemonSet",
+            "Job",
+            "ReplicationController",
+        ] {
+            let text =
+                format!("kind: {kind}\nmetadata:\n  name: w\nspec:\n  replicas: 1\n{template}");
+            let a = annotate(&text, KEY, "v").unwrap();
+            assert_eq!(a.objects, vec![format!("{kind}/w")]);
+            let d = &docs(&a.text)[0];
+            assert_eq!(
+                at(d, &["spec", "template", "metadata", "annotations", KEY]).as_str(),
+                Some("v"),
+                "{kind}"
+            );
+            assert_eq!(
+                at(d, &["spec", "template", "metadata", "labels", "app"]).as_str(),
+                Some("a")
+            );
+            assert!(
+                at(d, &["metadata", "annotations"]).is_null(),
+                "{kind}: object itself untouched"
+            );
+        }
+        let cron = "kind: CronJob\nmetadata:\n  name: c\nspec:\n  schedule: '* * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers: [{name: c, image: i}]\n";
+        let a = annotate(cron, KEY, "v").unwrap();
+        let d = &docs(&a.text)[0];
+        assert_eq!(
+            at(
+                d,
+                &[
+                    "spec",
+                    "jobTemplate",
+                    "spec",
+                    "template",
+                    "metadata",
+                    "annotations",
+                    KEY
+                ]
+            )
+            .as_str(),
+            Some("v")
+        );
+        assert_eq!(at(d, &["spec", "schedule"]).as_str(), Some("* * * * *"));
+        let pt = "kind: PodTemplate\nmetadata: {name: t}\ntemplate:\n  spec:\n    containers: []\n";
+        let a = annotate(pt, KEY, "v").unwrap();
+        assert_eq!(
+            at(
+                &docs(&a.text)[0],
+                &["template", "metadata", "annotations", KEY]
+            )
+            .as_str(),
+            Some("v")
+        );
+    }
+
+    #[test]
+    fn multi_document_and_list_manifests() {
+        let svc =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - port: 80\n";
+        let job = "kind: Job\nmetadata:\n  name: j\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers: []\n";
+        let text = format!("---\n{svc}---\n{POD}---\n{job}---\n");
+        let a = annotate(&text, KEY, "v").unwrap();
+        assert_eq!(a.objects, vec!["Pod/p", "Job/j"]);
+        let d = docs(&a.text);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0], docs(svc)[0], "the Service is unchanged");
+        assert_eq!(
+            at(&d[1], &["metadata", "annotations", KEY]).as_str(),
+            Some("v")
+        );
+        assert_eq!(
+            at(&d[2], &["spec", "template", "metadata", "annotations", KEY]).as_str(),
+            Some("v")
+        );
+        let list = "kind: List\nitems:\n- kind: ConfigMap\n  metadata: {name: m}\n- kind: Pod\n  metadata: {name: q}\n  spec: {containers: []}\n";
+        let a = annotate(list, KEY, "v").unwrap();
+        assert_eq!(a.objects, vec!["Pod/q"]);
+        assert_eq!(
+            at(
+                &docs(&a.text)[0]["items"][1],
+                &["metadata", "annotations", KEY]
+            )
+            .as_str(),
+            Some("v")
+        );
+    }
+
+    #[test]
+    fn manifests_without_a_pod_spec_are_errors() {
+        let e = annotate("kind: ConfigMap\nmetadata: {name: m}\ndata: {}\n", KEY, "v").unwrap_err();
+        assert!(
+            e.contains("no pod spec found") && e.contains("ConfigMap"),
+            "{e}"
+        );
+        let e = annotate("", KEY, "v").unwrap_err();
+        assert!(e.contains("no pod spec found") && e.contains("none"), "{e}");
+        let e = annotate(
+            "kind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 1\n",
+            KEY,
+            "v",
+        )
+        .unwrap_err();
+        assert!(e.contains("Deployment/d: no spec.template"), "{e}");
+        let e = annotate(
+            "kind: Job\nmetadata: {name: j}\nspec:\n  template:\n    metadata: {}\n",
+            KEY,
+            "v",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("Job/j: no spec.template.spec (the pod spec)"),
+            "{e}"
+        );
+        let e = annotate("kind: Pod\nmetadata: {name: p}\n", KEY, "v").unwrap_err();
+        assert!(e.contains("Pod/p: no spec"), "{e}");
+        let e = annotate("kind: Pod\nmetadata: [1]\nspec: {}\n", KEY, "v").unwrap_err();
+        assert!(e.contains("metadata is not a mapping"), "{e}");
+        let e = annotate("- just\n- a list\n", KEY, "v").unwrap_err();
+        assert!(e.contains("document 1: not a mapping"), "{e}");
+        let e = annotate("kind: Pod\nmetadata: {name: p\n", KEY, "v").unwrap_err();
+        assert!(e.contains("not valid YAML"), "{e}");
+    }
+}
