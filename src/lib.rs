@@ -24,6 +24,7 @@ pub mod pathext;
 pub mod policy;
 pub mod protocols;
 pub mod relay;
+pub mod sdnotify;
 pub mod server;
 pub mod sources;
 pub mod storage;

@@ -381,6 +381,7 @@ pub async fn serve_with(
         }
     };
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
+    crate::sdnotify::notify_logged("READY=1");
     let max_connections = settings
         .limits
         .max_connections
@@ -393,6 +394,7 @@ pub async fn serve_with(
         max_connections,
     )
     .await;
+    crate::sdnotify::notify_logged("STOPPING=1");
     tracing::info!("shutting down");
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)
