@@ -109,7 +109,7 @@ fn exec_start_is_what_the_cli_and_the_drop_in_expect() {
     assert!(s.policy.is_none() && s.initdata.is_none() && s.endpoints.is_none());
     // The flags resolve to settings serve accepts (addresses, evidence source).
     let (file, flags) = s.layers().unwrap();
-    let settings = agent_warden::server::ServeSettings::from_config(&file.overlay(flags)).unwrap();
+    let settings = agent_warden::serve::ServeSettings::from_config(&file.overlay(flags)).unwrap();
     assert_eq!(settings.listen.to_string(), "vsock://-1:1024");
 
     let service = section(UNIT, "Service");

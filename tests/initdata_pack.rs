@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use agent_warden::attestation::{self, Algorithm, MeasuredDocument};
+use agent_warden::policy::sources::{self, PolicySources};
 use agent_warden::policy::RegoVersion;
-use agent_warden::sources::{self, PolicySources};
 use agent_warden::tenant::pack;
 
 const POLICY: &str = "package agent_policy\n\ndefault CreateContainerRequest := true\ndefault ExecProcessRequest := false\n";

@@ -3,7 +3,7 @@
 //! what kata consumes and what attestation checks:
 //!
 //! - the initdata TOML ([`attestation::render_initdata`]), loaded back through the same
-//!   code `serve` uses ([`crate::server::prepare`]) so a policy that does not compile or a
+//!   code `serve` uses ([`crate::serve::prepare`]) so a policy that does not compile or a
 //!   configuration `serve` would refuse is an error here, before anything is written;
 //! - the pod annotation value (`io.katacontainers.config.hypervisor.cc_init_data`: gzip,
 //!   then base64) and, with `--pod`, that annotation put into a manifest ([`manifest`]);
@@ -126,7 +126,7 @@ pub fn pack(
         },
         ..Default::default()
     };
-    crate::server::prepare(Config::default(), flags)
+    crate::serve::prepare(Config::default(), flags)
         .map_err(|e| anyhow::anyhow!("the packed initdata would not start agent-warden: {e:#}"))?;
     let document = attestation::load_measured_document(&path)?;
     Ok(Packed {
