@@ -140,6 +140,8 @@ fn exec_start_is_what_the_cli_and_the_drop_in_expect() {
 struct Run {
     child: Child,
     notify: UnixDatagram,
+    /// Stands in for kata-agent's socket, so a host connection is relayed at once.
+    _agent: std::os::unix::net::UnixListener,
 }
 
 impl Drop for Run {
@@ -158,11 +160,10 @@ fn start(dir: &Path, evidence: &Path) -> (Run, std::path::PathBuf) {
         "--listen",
         &format!("unix://{}", listen.display()),
     );
-    swap(
-        &mut argv,
-        "--agent",
-        &format!("unix://{}", dir.join("kata-agent.sock").display()),
-    );
+    let agent = dir.join("kata-agent.sock");
+    let _ = std::fs::remove_file(&agent);
+    let agent_listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    swap(&mut argv, "--agent", &format!("unix://{}", agent.display()));
     swap(
         &mut argv,
         "--initdata-scan",
@@ -186,7 +187,14 @@ fn start(dir: &Path, evidence: &Path) -> (Run, std::path::PathBuf) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    (Run { child, notify }, listen)
+    (
+        Run {
+            child,
+            notify,
+            _agent: agent_listener,
+        },
+        listen,
+    )
 }
 
 /// The next notification, or `None` once the process exited or 60 s passed.

@@ -20,6 +20,7 @@ use clap::{Args, Subcommand};
 use crate::attestation::{self, Algorithm, MeasuredDocument, POLICY_KEY, WARDEN_CONFIG_KEY};
 use crate::config::{Config, PolicySection};
 use crate::policy::{Policy, RegoVersion};
+use crate::tools::read_text;
 
 /// `agent-warden initdata ...`
 #[derive(Debug, Args)]
@@ -91,11 +92,6 @@ pub fn run_cli(args: InitdataArgs) -> anyhow::Result<i32> {
             pack_cli(&a, &mut out)
         }
     }
-}
-
-fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
 
 /// Builds the initdata from text entries and checks it the way
