@@ -8,6 +8,7 @@ pub mod audit;
 pub mod judge;
 pub mod limits;
 pub mod relay;
+pub mod sdnotify;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -382,6 +383,7 @@ pub async fn serve_with(
         }
     };
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
+    sdnotify::notify_logged("READY=1");
     run_with(
         listener,
         settings.agent.clone(),
@@ -390,6 +392,7 @@ pub async fn serve_with(
         settings.max_connections,
     )
     .await;
+    sdnotify::notify_logged("STOPPING=1");
     tracing::info!("shutting down");
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)
