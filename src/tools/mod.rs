@@ -255,7 +255,10 @@ fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     let name = a.file.display().to_string();
     let text = read_text(&a.file, "policy")?;
     let c = coverage(&name, &text, a.rego)?;
-    let sha = crate::policy::sha256_hex(text.as_bytes());
+    let sha = crate::attestation::to_hex(&crate::attestation::digest(
+        crate::attestation::Algorithm::Sha256,
+        text.as_bytes(),
+    ));
     writeln!(
         out,
         "{name}: ok (Rego {}, package agent_policy, sha256 {sha})",
