@@ -19,7 +19,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use regorus::Engine;
-use sha2::{Digest, Sha256};
 
 /// The Rego language version a policy is written in.
 #[derive(
@@ -165,10 +164,11 @@ impl Default for LoadOptions {
     }
 }
 
-/// sha256 of the policy text, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+/// sha256 of the policy text, lowercase hex: the digest attestation expects of a plain
+/// policy ([`crate::attestation::digest`]).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use crate::attestation::{digest, to_hex, Algorithm};
+    to_hex(&digest(Algorithm::Sha256, bytes))
 }
 
 impl Policy {

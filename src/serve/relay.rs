@@ -47,6 +47,11 @@ use crate::wire::frame::{Frame, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
 const HOST_QUEUE: usize = 32;
 const HOST_QUEUE_BYTES: usize = 8 << 20;
 
+/// The connection's in-flight table (stream id → what to do with the answer). Both
+/// directions use it from the connection's one task, so the lock is never contended;
+/// it is a `Mutex` rather than a `RefCell` because the connection's future must be
+/// `Send` (it is spawned), and a `RefCell` shared by the two halves of its `select!`
+/// would make it not so.
 type Inflight = Mutex<HashMap<u32, Pending>>;
 
 /// The queue to the task that writes to the host, bounded by frames and by bytes.
