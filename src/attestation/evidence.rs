@@ -219,13 +219,12 @@ pub enum EvidenceError {
     TdreportTooShort { len: usize },
     #[error("TDREPORT type is {found:#04x}, expected 0x81 (TDX)")]
     TdreportType { found: u8 },
+    /// `found` and `written` in hex.
     #[error(
-        "the report carries REPORT_DATA {} instead of the {} written for this request \
-         (a stale report, or another process using the same report directory)",
-        to_hex(.found),
-        to_hex(.written)
+        "the report carries REPORT_DATA {found} instead of the {written} written for this \
+         request (a stale report, or another process using the same report directory)"
     )]
-    ReportDataMismatch { found: [u8; 64], written: [u8; 64] },
+    ReportDataMismatch { found: String, written: String },
     #[error(
         "holds {len} bytes that are neither {} raw bytes nor hex of that many",
         .wanted.iter().map(usize::to_string).collect::<Vec<_>>().join(" or ")
@@ -429,7 +428,7 @@ pub fn read_evidence(
         evidence: src.to_string(),
         field,
         expected: to_hex(&len.map_or_else(|| expected.to_vec(), |l| fit(expected, l))),
-        detail,
+        detail: Box::new(detail),
     };
     let report_data = evidence_report_data(expected);
     let fields =
@@ -437,8 +436,8 @@ pub fn read_evidence(
             let f = parsed.map_err(&unavailable)?;
             if f.report_data != report_data {
                 return Err(unavailable(EvidenceError::ReportDataMismatch {
-                    found: f.report_data,
-                    written: report_data,
+                    found: to_hex(&f.report_data),
+                    written: to_hex(&report_data),
                 }));
             }
             Ok(f.measured)

@@ -145,7 +145,7 @@ pub enum AttestationError {
         field: &'static str,
         expected: String,
         #[source]
-        detail: EvidenceError,
+        detail: Box<EvidenceError>,
     },
     #[error(
         "attestation mismatch: expected {field} {expected} (from the policy/initdata{note}) but {evidence} reported {reported}"
