@@ -49,7 +49,7 @@ impl RegoVersion {
             RegoVersion::V1 => RegoVersion::V0,
         }
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             RegoVersion::V0 => "v0",
             RegoVersion::V1 => "v1",

@@ -125,7 +125,8 @@ pub struct Loaded {
     pub initdata_config: Option<String>,
 }
 
-fn read_file(path: &Path, what: &str) -> anyhow::Result<String> {
+/// Reads a text file; the error names what it was (`policy`, `endpoint list`, ...).
+pub fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
@@ -195,13 +196,13 @@ pub fn read(s: &PolicySources) -> anyhow::Result<Source> {
     if let Some(path) = &s.policy_file {
         return Ok(plain(
             path.display().to_string(),
-            read_file(path, "policy")?,
+            read_text(path, "policy")?,
             s.rego,
             Origin::File(path.clone()),
         ));
     }
     if let Some(path) = &s.endpoint_list {
-        let rego = endpoint_list_policy(&read_file(path, "endpoint list")?)
+        let rego = endpoint_list_policy(&read_text(path, "endpoint list")?)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         return Ok(plain(
             format!("endpoint list {}", path.display()),
