@@ -38,7 +38,7 @@ pub enum Command {
     /// Encrypted scratch disk: setup, teardown, status
     Storage(crate::storage::StorageArgs),
     /// The tenant's initdata: pack a policy into the pod annotation, TEE digests and disk image.
-    Initdata(crate::tenant::InitdataArgs),
+    Initdata(crate::tools::initdata::InitdataArgs),
 }
 
 /// Flags of `agent-warden serve`. Each setting is a configuration key too (defined
@@ -131,7 +131,7 @@ pub fn run() -> i32 {
         }),
         Command::Policy(args) => crate::tools::run_cli(args),
         Command::Storage(args) => crate::storage::run_cli(args),
-        Command::Initdata(args) => crate::tenant::run_cli(args),
+        Command::Initdata(args) => crate::tools::initdata::run_cli(args),
     };
     match result {
         Ok(code) => code,

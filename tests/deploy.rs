@@ -228,7 +228,7 @@ fn stderr_of(run: &mut Run) -> String {
 #[test]
 fn the_unit_command_serves_a_packed_initdata_and_notifies_only_once_listening() {
     let dir = tempfile::tempdir().unwrap();
-    let packed = agent_warden::tenant::pack(
+    let packed = agent_warden::tools::initdata::pack(
         Algorithm::Sha384,
         RegoVersion::V0,
         "coco-default.rego",

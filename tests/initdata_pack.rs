@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use agent_warden::attestation::{self, Algorithm, MeasuredDocument};
 use agent_warden::policy::sources::{self, PolicySources};
 use agent_warden::policy::{LoadOptions, RegoVersion};
-use agent_warden::tenant::pack;
+use agent_warden::tools::initdata::pack;
 
 const POLICY: &str = "package agent_policy\n\ndefault CreateContainerRequest := true\ndefault ExecProcessRequest := false\n";
 const CONFIG: &str = "listen = \"vsock://-1:1024\"\n[policy]\nset_policy = \"forbid\"\n";

@@ -174,7 +174,7 @@ fn kata_agent_reads_the_packed_image_and_computes_the_same_digest() {
     let Some(bin) = kata_agent() else { return };
     let dir = tempfile::tempdir().unwrap();
     for alg in [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512] {
-        let packed = agent_warden::tenant::pack(
+        let packed = agent_warden::tools::initdata::pack(
             alg,
             RegoVersion::V0,
             "coco-default.rego",

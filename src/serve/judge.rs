@@ -209,7 +209,13 @@ impl Guard {
         }
         let req = match envelope::decode_request(f.body()) {
             Ok(r) => r,
-            Err(e) => return Verdict::Reply(envelope::error_frame(id, Code::INVALID_ARGUMENT, e)),
+            Err(e) => {
+                return Verdict::Reply(envelope::error_frame(
+                    id,
+                    Code::INVALID_ARGUMENT,
+                    e.to_string(),
+                ))
+            }
         };
         let Some(m) = methods::table().lookup(&req.service, &req.method) else {
             tracing::warn!(conn, stream = id, service = %req.service, method = %req.method, "unknown method, not forwarded");

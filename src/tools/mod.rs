@@ -9,6 +9,7 @@
 //! docs/POLICY.md describes each command and its output.
 
 pub mod demo;
+pub mod initdata;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;

@@ -93,11 +93,29 @@ impl InputShape {
     }
 }
 
-/// A request could not be decoded, or a policy input could not be turned
-/// back into a request. The text names the message, key or path at fault.
+/// A request payload that is not the message its method names.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CodecError(pub String);
+pub enum DecodeError {
+    #[error("{name} is a map entry, not a request")]
+    MapEntry { name: String },
+    #[error("cannot decode {name}: {err}")]
+    Malformed {
+        name: String,
+        #[source]
+        err: protobuf::Error,
+    },
+}
+
+/// A request kata-agent refuses before its policy runs: it has no policy input, and
+/// must be denied.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "{COPY_FILE_REQUEST}: the symlink target (data) is not valid UTF-8 ({0}); \
+         kata-agent refuses such a CopyFile before evaluating its policy"
+    )]
+    SymlinkNotUtf8(#[source] std::str::Utf8Error),
+}
 
 /// One field whose JSON key differs from protos/ in older agents' input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,21 +190,19 @@ const S_IFLNK: u32 = 0o120000;
 pub fn decode_request(
     desc: &MessageDescriptor,
     payload: &[u8],
-) -> Result<Box<dyn MessageDyn>, CodecError> {
+) -> Result<Box<dyn MessageDyn>, DecodeError> {
+    let name = || desc.full_name().to_string();
     if desc.is_map_entry() {
-        return Err(CodecError(format!(
-            "{} is a map entry, not a request",
-            desc.full_name()
-        )));
+        return Err(DecodeError::MapEntry { name: name() });
     }
     desc.parse_from_bytes(payload)
-        .map_err(|e| CodecError(format!("cannot decode {}: {e}", desc.full_name())))
+        .map_err(|err| DecodeError::Malformed { name: name(), err })
 }
 
 /// The JSON kata-agent evaluates its policy on for this request, or why
 /// kata-agent refuses the request before any evaluation (the request must then
 /// be denied: it has no policy input).
-pub fn to_policy_input(msg: &dyn MessageDyn, shape: InputShape) -> Result<Value, CodecError> {
+pub fn to_policy_input(msg: &dyn MessageDyn, shape: InputShape) -> Result<Value, Refused> {
     match msg.downcast_ref::<CopyFileRequest>() {
         Some(req) => copy_file_to_json(req, shape),
         None => Ok(message_to_json(msg, shape)),
@@ -357,19 +373,14 @@ pub(crate) fn copy_file_link_key(shape: InputShape) -> &'static str {
     }
 }
 
-fn copy_file_to_json(req: &CopyFileRequest, shape: InputShape) -> Result<Value, CodecError> {
+fn copy_file_to_json(req: &CopyFileRequest, shape: InputShape) -> Result<Value, Refused> {
     let is_link = req.file_mode & S_IFMT == S_IFLNK;
     let link = match shape {
         // kata's PolicyCopyFileRequest: an Option<String>, None unless a symlink;
         // a target that is not UTF-8 fails its conversion, before the policy runs.
         InputShape::Current if is_link => match std::str::from_utf8(&req.data) {
             Ok(target) => Value::String(target.to_owned()),
-            Err(e) => {
-                return Err(CodecError(format!(
-                    "{COPY_FILE_REQUEST}: the symlink target (data) is not valid UTF-8 ({e}); \
-                     kata-agent refuses such a CopyFile before evaluating its policy"
-                )))
-            }
+            Err(e) => return Err(Refused::SymlinkNotUtf8(e)),
         },
         InputShape::Current => Value::Null,
         // The older agents' symlink_src: a string, "" unless a symlink.
@@ -700,7 +711,9 @@ mod tests {
         let req = copy_file(0o120777, &[b'a', 0xff]);
         let err = to_policy_input(&req, InputShape::Current).unwrap_err();
         assert!(
-            err.0.contains("CopyFileRequest") && err.0.contains("not valid UTF-8"),
+            matches!(err, Refused::SymlinkNotUtf8(_))
+                && err.to_string().contains("CopyFileRequest")
+                && err.to_string().contains("not valid UTF-8"),
             "{err}"
         );
         // Not a symlink: the data is never looked at.
@@ -889,7 +902,23 @@ mod tests {
             .nested_messages()
             .find(|m| m.is_map_entry())
             .unwrap();
-        assert!(decode_request(&entry, &[]).is_err());
+        let err = decode_request(&entry, &[]).unwrap_err();
+        assert!(matches!(err, DecodeError::MapEntry { .. }), "{err:?}");
+        assert!(
+            err.to_string().ends_with("is a map entry, not a request"),
+            "{err}"
+        );
+        let err = decode_request(
+            &agent::CreateContainerRequest::descriptor(),
+            &[0xff, 0xff, 0xff],
+        )
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot decode grpc.CreateContainerRequest: "),
+            "{err}"
+        );
         assert!(from_policy_input(&entry, &json!({}), InputShape::Current).is_err());
         for payload in [
             &[0xff_u8, 0xff, 0xff][..],
