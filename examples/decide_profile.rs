@@ -16,9 +16,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::methods;
-use agent_warden::policy::{Policy, RegoVersion};
+use agent_warden::policy::{LoadOptions, Policy, RegoVersion};
+use agent_warden::wire::encode;
+use agent_warden::wire::input::{self, InputShape};
+use agent_warden::wire::methods;
 use protobuf::reflect::MessageDescriptor;
 
 struct Case {
@@ -66,7 +67,7 @@ fn case(ty: &str, input: &serde_json::Value, shape: InputShape) -> Case {
         .request_descriptor(ty)
         .expect("request type")
         .clone();
-    let bytes = codec::from_policy_input(&desc, input, shape)
+    let bytes = encode::from_policy_input(&desc, input, shape)
         .expect("encode")
         .write_to_bytes_dyn()
         .expect("bytes");
@@ -74,8 +75,8 @@ fn case(ty: &str, input: &serde_json::Value, shape: InputShape) -> Case {
 }
 
 fn decide(p: &Policy, ty: &str, c: &Case) -> bool {
-    let msg = codec::decode_request(&c.desc, &c.bytes).expect("decode");
-    let input = codec::to_policy_input(&*msg, c.shape);
+    let msg = input::decode_request(&c.desc, &c.bytes).expect("decode");
+    let input = input::to_policy_input(&*msg, c.shape).expect("policy input");
     p.decide(ty, &input).is_allowed()
 }
 
@@ -116,10 +117,11 @@ fn main() {
         )
     };
     let rounds: usize = rounds.map(|r| r.parse().expect("rounds")).unwrap_or(20);
-    if std::env::var_os("DECIDE_INTERPRETER").is_some_and(|v| v == "1") {
-        agent_warden::policy::set_compiled_fast_path(false);
-    }
-    let policy = Policy::load("policy.rego", &text, RegoVersion::V0).expect("load");
+    let options = LoadOptions {
+        fast_path: std::env::var_os("DECIDE_INTERPRETER").is_none_or(|v| v != "1"),
+        ..LoadOptions::default()
+    };
+    let policy = Policy::load_with("policy.rego", &text, RegoVersion::V0, options).expect("load");
     let warm: Vec<bool> = cases.iter().map(|c| decide(&policy, ty, c)).collect();
     let t = Instant::now();
     let allowed = measured(&policy, ty, &cases, rounds);

@@ -10,8 +10,8 @@
 
 mod common;
 
-use agent_warden::methods;
 use agent_warden::policy::Decision;
+use agent_warden::wire::methods;
 use common::peers::*;
 use common::*;
 use serde_json::{json, Value};

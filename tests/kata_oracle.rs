@@ -15,27 +15,28 @@
 
 mod common;
 
+use agent_warden::policy::{LoadOptions, Policy, RegoVersion};
+use agent_warden::serve::judge::Guard;
+use common::oracle::{oracle_binary, Oracle};
 use common::peers::*;
 use common::Harness;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_genpolicy_requests_decide_as_kata_agent_decides() {
-    let (Some(bin), Some(dir)) = (oracle_bin(), peers_dir()) else {
+    let (Some(bin), Some(dir)) = (oracle_binary("kata_oracle"), peers_dir()) else {
         return;
     };
-    // A debug build on a loaded CI machine must not turn a slow denial into a timeout.
-    agent_warden::policy::set_eval_timeout(std::time::Duration::from_secs(60));
     let (mut equal, mut total, mut as_recorded) = (0, 0, 0);
     let mut disagreements = Vec::new();
     for s in scenarios(&dir) {
         // One oracle process per scenario: one kata-agent's life.
-        let mut oracle = Oracle::start(&bin, &s.policy_path, s.rego);
-        let h = Harness::start_with(&s.policy, s.rego, s.shape).await;
+        let mut oracle = Oracle::start(&bin, &s.policy, s.rego == RegoVersion::V0);
+        let h = warden(&s).await;
         h.agent.release(100_000); // long polls in the recordings answer at once
         let client = h.client().await;
         for (i, ((ty, input), recorded)) in s.inputs.iter().zip(&s.outputs).enumerate() {
-            let kata = oracle.decide(ty, input);
+            let kata = decide(&mut oracle, ty, input);
             let ours = if ty == "AllowRequestsFailingPolicy" {
                 // Read by the policy itself, never sent by the host.
                 if h.guard.policy().is_permissive() {
@@ -70,6 +71,24 @@ async fn recorded_genpolicy_requests_decide_as_kata_agent_decides() {
     );
     assert_eq!(as_recorded, total, "the oracle differs from outputs.json");
     assert!(total >= 190, "only {total} recorded lines");
+}
+
+/// agent-warden with the scenario's policy and profile, fast paths on, behind a
+/// recording agent. A debug build on a loaded CI machine must not turn a slow denial
+/// into a time-limit error, so the evaluation time limit is a minute.
+async fn warden(s: &Scenario) -> Harness {
+    let options = LoadOptions {
+        eval_timeout: std::time::Duration::from_secs(60),
+        fast_path: true,
+    };
+    let policy = Policy::load_with(&s.name, &s.policy, s.rego, options).unwrap();
+    Harness::start_guard(Guard::new(policy, s.shape)).await
+}
+
+/// kata-agent's decision on this policy input (request mode); the oracle is a blocking
+/// child process.
+fn decide(oracle: &mut Oracle, ty: &str, input: &Value) -> Outcome {
+    tokio::task::block_in_place(|| Outcome::from(&oracle.ask_input(ty, input)))
 }
 
 /// A small deterministic generator (splitmix64).
@@ -242,11 +261,9 @@ fn copy_file_consistent(rng: &mut Rng, v: &mut Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
-    let (Some(bin), Some(dir)) = (oracle_bin(), peers_dir()) else {
+    let (Some(bin), Some(dir)) = (oracle_binary("kata_oracle"), peers_dir()) else {
         return;
     };
-    // A debug build on a loaded CI machine must not turn a slow denial into a timeout.
-    agent_warden::policy::set_eval_timeout(std::time::Duration::from_secs(60));
     let seed = env_or("KATA_ORACLE_SEED", 12);
     let wanted = env_or("KATA_ORACLE_MUTATIONS", 2_004) as usize;
     let scenarios = scenarios(&dir);
@@ -256,8 +273,8 @@ async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
     let (mut fast, mut constant) = (0, 0);
     let mut disagreements = Vec::new();
     for s in &scenarios {
-        let mut oracle = Oracle::start(&bin, &s.policy_path, s.rego);
-        let h = Harness::start_with(&s.policy, s.rego, s.shape).await;
+        let mut oracle = Oracle::start(&bin, &s.policy, s.rego == RegoVersion::V0);
+        let h = warden(s).await;
         h.agent.release(1_000_000); // long polls answer at once
         let client = h.client().await;
         // The bases: the recorded requests, and compat.rs's hostile variants of them.
@@ -301,7 +318,7 @@ async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
             // what the legacy profile decodes the bytes to. Both sides thus judge the
             // same JSON: what is compared is the decision logic.
             let input = decode(&ty, &payload, s.shape);
-            let kata = oracle.decide(&ty, &input);
+            let kata = decide(&mut oracle, &ty, &input);
             let ours = send_bytes(&client, &ty, payload).await;
             total += 1;
             denied += usize::from(kata != Outcome::Allow);

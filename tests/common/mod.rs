@@ -2,17 +2,18 @@
 //! (a real ttrpc server), byte taps on unix sockets, and agent-warden in between.
 #![allow(dead_code)]
 
+pub mod oracle;
 pub mod peers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_warden::address::{Address, Listener};
-use agent_warden::codec::InputShape;
 use agent_warden::policy::{Policy, RegoVersion};
-use agent_warden::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
-use agent_warden::relay::Guard;
+use agent_warden::serve::address::{Address, Listener};
+use agent_warden::serve::judge::Guard;
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
@@ -82,6 +83,14 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         self.saw("ExecProcess");
         Ok(Empty::new())
     }
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.saw("RemoveContainer");
+        Ok(Empty::new())
+    }
     async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
         self.saw("CopyFile");
         Ok(Empty::new())
@@ -106,7 +115,7 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         &self,
         _: &TtrpcContext,
         r: agent::UpdateInterfaceRequest,
-    ) -> ttrpc::Result<agent_warden::protocols::types::Interface> {
+    ) -> ttrpc::Result<agent_warden::wire::protocols::types::Interface> {
         self.saw("UpdateInterface");
         Ok(r.interface.unwrap_or_default())
     }
@@ -307,7 +316,7 @@ impl Harness {
         let listener = Listener::bind(&Address::Unix(warden_sock.clone()))
             .await
             .unwrap();
-        tokio::spawn(agent_warden::server::run(
+        tokio::spawn(agent_warden::serve::run(
             listener,
             Address::Unix(agent_front),
             guard.clone(),
@@ -390,7 +399,7 @@ pub async fn start_warden(
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(agent_warden::server::run(
+    tokio::spawn(agent_warden::serve::run(
         listener,
         Address::Unix(agent.to_path_buf()),
         guard,
@@ -493,8 +502,8 @@ async fn raw_agent_conn(
     polls: Arc<Semaphore>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 ) {
-    use agent_warden::envelope;
-    use agent_warden::frame::{self, Read};
+    use agent_warden::wire::envelope;
+    use agent_warden::wire::frame::{self, Read};
     use protobuf::Message;
     let (mut r, mut w) = s.into_split();
     // Answers are built by the writer, so an agent whose writes block holds only
@@ -577,23 +586,27 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A request frame for `grpc.AgentService/<method>` (flags 0).
-pub fn request_frame(stream: u32, method: &str, payload: Vec<u8>) -> agent_warden::frame::Frame {
+pub fn request_frame(
+    stream: u32,
+    method: &str,
+    payload: Vec<u8>,
+) -> agent_warden::wire::frame::Frame {
     let req = ttrpc::proto::Request {
         service: "grpc.AgentService".into(),
         method: method.into(),
         payload,
         ..Default::default()
     };
-    agent_warden::frame::Frame::new(
+    agent_warden::wire::frame::Frame::new(
         stream,
-        agent_warden::frame::TYPE_REQUEST,
+        agent_warden::wire::frame::TYPE_REQUEST,
         0,
         &protobuf::Message::write_to_bytes(&req).unwrap(),
     )
 }
 
 /// StartContainer of `c1`.
-pub fn start_frame(stream: u32) -> agent_warden::frame::Frame {
+pub fn start_frame(stream: u32) -> agent_warden::wire::frame::Frame {
     let r = agent::StartContainerRequest {
         container_id: "c1".into(),
         ..Default::default()
@@ -606,7 +619,7 @@ pub fn start_frame(stream: u32) -> agent_warden::frame::Frame {
 }
 
 /// WaitProcess (a long poll on the recording agent).
-pub fn wait_frame(stream: u32) -> agent_warden::frame::Frame {
+pub fn wait_frame(stream: u32) -> agent_warden::wire::frame::Frame {
     request_frame(
         stream,
         "WaitProcess",
@@ -619,16 +632,16 @@ pub fn wait_frame(stream: u32) -> agent_warden::frame::Frame {
 pub async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
     match tokio::time::timeout(
         Duration::from_secs(10),
-        agent_warden::frame::read_frame(s, agent_warden::frame::MAX_BODY),
+        agent_warden::wire::frame::read_frame(s, agent_warden::wire::frame::MAX_BODY),
     )
     .await
     .ok()?
     {
-        Ok(agent_warden::frame::Read::Frame(f)) => {
-            let r = agent_warden::envelope::decode_response(f.body()).unwrap();
+        Ok(agent_warden::wire::frame::Read::Frame(f)) => {
+            let r = agent_warden::wire::envelope::decode_response(f.body()).unwrap();
             Some((
                 f.header.stream_id,
-                agent_warden::envelope::status_code(&r),
+                agent_warden::wire::envelope::status_code(&r),
                 r.status.message.clone(),
             ))
         }
@@ -639,4 +652,34 @@ pub async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
 /// A raw host connection straight to agent-warden (no tap).
 pub async fn raw(h: &Harness) -> UnixStream {
     UnixStream::connect(&h.warden_sock).await.unwrap()
+}
+
+/// Every place where two JSON values differ, value by value (`null` is not `""`, a
+/// missing key is not a zero), as `path: left vs right` lines.
+pub fn json_differences(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Vec<String> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => out.extend(json_differences(u, v, &p)),
+                    (u, v) => out.push(format!(
+                        "{p}: {} vs {}",
+                        u.map_or("(absent)".into(), Value::to_string),
+                        v.map_or("(absent)".into(), Value::to_string)
+                    )),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                out.extend(json_differences(u, v, &format!("{path}[{i}]")));
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(format!("{path}: {a} vs {b}")),
+    }
+    out
 }

@@ -1,52 +1,35 @@
-//! The genpolicy peer data (../shared/peers/kata-genpolicy) and the kata referee
-//! (../shared/kata-reference): scenarios with their legacy profiles, a recorded input
-//! sent through agent-warden over ttrpc, hostile variants of recorded requests, and
-//! the oracle process that decides with kata-agent's own code.
+//! The genpolicy peer data (../shared/peers/kata-genpolicy): scenarios with the
+//! profile of the kata-agent that recorded them, a policy input sent through
+//! agent-warden over ttrpc as its protobuf request, hostile variants of recorded
+//! requests.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use agent_warden::codec::{self, InputShape};
 use agent_warden::config::KataAgent;
-use agent_warden::methods;
 use agent_warden::policy::RegoVersion;
+use agent_warden::wire::encode;
+use agent_warden::wire::input::{self, InputShape};
+use agent_warden::wire::methods;
 use serde_json::{json, Value};
 
-/// `dir` if it exists; when it does not: a panic under CI=true, else `None` (skip).
-fn required(dir: PathBuf, what: &str) -> Option<PathBuf> {
-    if dir.exists() {
+/// ../shared/peers/kata-genpolicy; when it is missing: a panic under CI=true, else
+/// `None` (skip).
+pub fn peers_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/kata-genpolicy");
+    if dir.is_dir() {
         return Some(dir);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} missing at {} (required in CI)", dir.display());
+        panic!("peer data missing at {} (required in CI)", dir.display());
     }
-    eprintln!("skipping: {what} not found at {}", dir.display());
+    eprintln!("skipping: peer data not found at {}", dir.display());
     None
-}
-
-/// ../shared/peers/kata-genpolicy.
-pub fn peers_dir() -> Option<PathBuf> {
-    required(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/kata-genpolicy"),
-        "peer data",
-    )
-}
-
-/// The oracle binary: `$KATA_REFERENCE/bin/kata-policy-oracle`, by default
-/// ../shared/kata-reference beside the checkout.
-pub fn oracle_bin() -> Option<PathBuf> {
-    let root = std::env::var_os("KATA_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/kata-reference"));
-    required(root.join("bin/kata-policy-oracle"), "kata-reference oracle")
 }
 
 /// One recorded scenario: policy, inputs, recorded decisions, and the profile of the
 /// kata-agent that recorded it.
 pub struct Scenario {
     pub name: String,
-    pub policy_path: PathBuf,
     pub policy: String,
     /// (request type, input JSON), AllowRequestsFailingPolicy lines included.
     pub inputs: Vec<(String, Value)>,
@@ -74,8 +57,7 @@ pub fn scenarios(dir: &Path) -> Vec<Scenario> {
 impl Scenario {
     fn load(dir: &Path) -> Scenario {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let policy_path = dir.join("policy.rego");
-        let policy = std::fs::read_to_string(&policy_path).unwrap();
+        let policy = std::fs::read_to_string(dir.join("policy.rego")).unwrap();
         let inputs = parse_inputs(&std::fs::read_to_string(dir.join("inputs.txt")).unwrap());
         let outputs: Vec<bool> =
             serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap())
@@ -99,7 +81,6 @@ impl Scenario {
         };
         Scenario {
             name,
-            policy_path,
             policy,
             inputs,
             outputs,
@@ -149,6 +130,17 @@ pub enum Outcome {
     Error,
 }
 
+impl From<&super::oracle::Answer> for Outcome {
+    /// kata-agent's decision: allowed, denied, or an error answer (`allowed: null`).
+    fn from(a: &super::oracle::Answer) -> Outcome {
+        match a.allowed {
+            Some(true) => Outcome::Allow,
+            Some(false) => Outcome::Deny,
+            None => Outcome::Error,
+        }
+    }
+}
+
 /// The method whose request message is `ty`.
 pub fn method_of(ty: &str) -> &'static methods::Method {
     methods::table()
@@ -160,15 +152,15 @@ pub fn method_of(ty: &str) -> &'static methods::Method {
 
 /// The protobuf bytes of the request of type `ty` whose policy input is `input`.
 pub fn encode(ty: &str, input: &Value, shape: InputShape) -> Result<Vec<u8>, String> {
-    let msg = codec::from_policy_input(&method_of(ty).request, input, shape)
+    let msg = encode::from_policy_input(&method_of(ty).request, input, shape)
         .map_err(|e| e.to_string())?;
     Ok(msg.write_to_bytes_dyn().unwrap())
 }
 
-/// The policy input agent-warden builds from these bytes (the same as any decoder).
+/// The policy input agent-warden builds from these bytes.
 pub fn decode(ty: &str, payload: &[u8], shape: InputShape) -> Value {
-    let msg = codec::decode_request(&method_of(ty).request, payload).unwrap();
-    codec::to_policy_input(msg.as_ref(), shape)
+    let msg = input::decode_request(&method_of(ty).request, payload).unwrap();
+    input::to_policy_input(msg.as_ref(), shape).unwrap()
 }
 
 /// Sends the request `ty` with these protobuf bytes through agent-warden.
@@ -265,66 +257,4 @@ pub fn variants(ty: &str, input: &Value) -> Vec<(&'static str, Value)> {
         _ => {}
     }
     out
-}
-
-/// kata's own decision, from `kata-policy-oracle POLICY --v0|--v1`: one process keeps
-/// state across requests, as one kata-agent does.
-pub struct Oracle {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Oracle {
-    pub fn start(bin: &Path, policy: &Path, rego: RegoVersion) -> Oracle {
-        let version = match rego {
-            RegoVersion::V0 => "--v0",
-            RegoVersion::V1 => "--v1",
-        };
-        let mut child = Command::new(bin)
-            .arg(policy)
-            .arg(version)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Oracle {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Decides one line (`{"kind": .., "request": ..}` or `{"kind": .., "b64": ..}`).
-    fn ask(&mut self, line: Value) -> Outcome {
-        let answer = tokio::task::block_in_place(|| {
-            writeln!(self.stdin, "{line}").expect("oracle stdin");
-            self.stdin.flush().expect("oracle stdin");
-            let mut out = String::new();
-            self.stdout.read_line(&mut out).expect("oracle stdout");
-            out
-        });
-        let v: Value = serde_json::from_str(&answer)
-            .unwrap_or_else(|e| panic!("oracle answered {answer:?} to {line}: {e}"));
-        match v["allowed"] {
-            Value::Bool(true) => Outcome::Allow,
-            Value::Bool(false) => Outcome::Deny,
-            _ => Outcome::Error,
-        }
-    }
-
-    /// kata's decision on this policy input, evaluated as given (request mode).
-    pub fn decide(&mut self, ty: &str, input: &Value) -> Outcome {
-        self.ask(json!({"kind": ty, "request": input}))
-    }
-}
-
-impl Drop for Oracle {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -1,11 +1,15 @@
 //! Policy tools: `agent-warden policy check|eval|test|replay|hash`.
 //!
-//! Offline helpers for policy authors. `check`, `eval` and `replay` load the policy
-//! with [`Policy::load`] and decide with [`Policy::decide_with_ops`], exactly as
-//! `serve` does (same Rego version handling, errors, path helpers and decision rules:
-//! `true` or `{"allowed": true}` allows, anything else denies). `test` loads several
-//! modules at once, which `Policy` cannot, so it uses its own engine set up the same
-//! way ([`tool_engine`]). docs/POLICY.md describes each command and its output.
+//! Offline helpers for policy authors. `eval` and `replay` load the policy (or a legacy
+//! endpoint list) from the same sources as `serve` and decide through the same function,
+//! [`Guard::decide`]: the policy's decision and serve's rules on top of it
+//! (AllowRequestsFailingPolicy, endpoint-list answers, blanked reads, SetPolicy).
+//! `check` loads with [`Policy::load`]. `test` loads several modules at once, which
+//! `Policy` cannot, so it uses an engine from [`crate::policy::engine::new_engine`].
+//! docs/POLICY.md describes each command and its output.
+
+pub mod demo;
+pub mod initdata;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
@@ -14,13 +18,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use regorus::Engine;
 
-use crate::codec::{self, InputShape};
-use crate::methods;
-use crate::policy::{Decision, Policy, RegoVersion};
-use crate::server::DEFAULT_POLICY;
-
-/// Name under which the embedded default policy is reported.
-pub const DEFAULT_POLICY_NAME: &str = "embedded coco-default.rego";
+use crate::policy::sources::{read_text, Origin, PolicySources};
+use crate::policy::{Decision, LoadOptions, Policy, RegoVersion};
+use crate::serve::judge::{Action, Guard, Judgement};
+use crate::wire::encode;
+use crate::wire::input::InputShape;
+use crate::wire::methods;
 
 /// `agent-warden policy ...`
 #[derive(Debug, Args)]
@@ -66,9 +69,21 @@ pub struct EvalArgs {
     /// A data document (JSON object) merged under `data`, e.g. {"pstate": {...}}.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: PolicyChoice,
+}
+
+/// Which policy `eval` and `replay` decide with: a policy file, a legacy endpoint list,
+/// or the embedded default, read as `serve` reads them.
+#[derive(Debug, Args)]
+pub struct PolicyChoice {
     /// Policy file [default: the embedded coco-default policy].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "endpoints")]
     pub policy: Option<PathBuf>,
+    /// A legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy,
+    /// decided and answered as `serve --endpoints` does.
+    #[arg(long)]
+    pub endpoints: Option<PathBuf>,
     /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
     #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
@@ -91,12 +106,8 @@ pub struct TestArgs {
 pub struct ReplayArgs {
     /// The capture: one JSON object per line, {"kind": "<RequestType>", "request": <input>}.
     pub capture: PathBuf,
-    /// Policy file [default: the embedded coco-default policy].
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
-    #[arg(long, value_enum, default_value = "v1")]
-    pub rego: RegoVersion,
+    #[command(flatten)]
+    pub source: PolicyChoice,
 }
 
 /// Flags of `policy hash`.
@@ -124,66 +135,33 @@ pub fn run_cli(args: PolicyArgs) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------------------
 // Shared pieces
 
-fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
-}
-
 fn read_json(path: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
     let text = read_text(path, what)?;
     serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{what} {} is not valid JSON: {e}", path.display()))
 }
 
-/// The policy named on the command line, or the embedded default: (name, text).
-fn policy_text(file: Option<&PathBuf>) -> anyhow::Result<(String, String)> {
-    match file {
-        Some(path) => Ok((path.display().to_string(), read_text(path, "policy")?)),
-        None => Ok((DEFAULT_POLICY_NAME.to_string(), DEFAULT_POLICY.to_string())),
-    }
-}
-
-/// A regorus engine set up like the one [`Policy::load`] uses (Rego version, the
-/// large-policy limits genpolicy policies need, gathered prints, lenient builtin
-/// errors, path helpers). The tools need their own engine where `Policy` has no
-/// API: to list declared rules, and to load several modules (tests). Decisions are
-/// always [`Policy`]'s own.
-fn tool_engine(version: RegoVersion) -> Engine {
-    let mut engine = Engine::new();
-    engine.set_rego_v0(version == RegoVersion::V0);
-    engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
-        max_col: std::num::NonZeroU32::MAX,
-        max_file_bytes: std::num::NonZeroUsize::new(64 << 20)
-            .unwrap_or(std::num::NonZeroUsize::MAX),
-        max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
-    });
-    engine.set_gather_prints(true);
-    engine.set_strict_builtin_errors(false);
-    crate::pathext::register(&mut engine);
-    engine
-}
-
 /// Identifiers in `text` (candidate rule names), in order of first appearance.
 fn identifiers(text: &str) -> Vec<&str> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
+    let word_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut prev = None;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_alphabetic() || c == '_' {
+            let len = rest.find(|c: char| !word_char(c)).unwrap_or(rest.len());
+            let (word, tail) = rest.split_at(len);
             // Skip the tail of a longer token such as `1e5x` or a field after a digit.
-            let preceded_by_digit = start > 0 && bytes[start - 1].is_ascii_digit();
-            let word = &text[start..i];
+            let preceded_by_digit = prev.is_some_and(|p: char| p.is_ascii_digit());
             if !preceded_by_digit && seen.insert(word) {
                 out.push(word);
             }
+            prev = word.chars().last();
+            rest = tail;
         } else {
-            i += 1;
+            prev = Some(c);
+            rest = &rest[c.len_utf8()..];
         }
     }
     out
@@ -229,7 +207,8 @@ pub struct Coverage {
 /// Loads `text` as `serve` would (parse, package, compile), then lists its request types.
 pub fn coverage(source_name: &str, text: &str, version: RegoVersion) -> anyhow::Result<Coverage> {
     let policy = Policy::load(source_name, text, version)?;
-    let mut engine = tool_engine(version);
+    let mut engine =
+        crate::policy::engine::new_engine(version, crate::policy::DEFAULT_EVAL_TIMEOUT);
     engine
         .add_policy(source_name.to_string(), text.to_string())
         .map_err(|e| anyhow::anyhow!("policy {source_name}: {e}"))?;
@@ -274,22 +253,18 @@ fn list(names: &[String]) -> String {
     }
 }
 
-fn rego_name(v: RegoVersion) -> &'static str {
-    match v {
-        RegoVersion::V0 => "v0",
-        RegoVersion::V1 => "v1",
-    }
-}
-
 fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     let name = a.file.display().to_string();
     let text = read_text(&a.file, "policy")?;
     let c = coverage(&name, &text, a.rego)?;
-    let sha = crate::policy::sha256_hex(text.as_bytes());
+    let sha = crate::attestation::to_hex(&crate::attestation::digest(
+        crate::attestation::Algorithm::Sha256,
+        text.as_bytes(),
+    ));
     writeln!(
         out,
         "{name}: ok (Rego {}, package agent_policy, sha256 {sha})",
-        rego_name(a.rego)
+        RegoVersion::name(a.rego)
     )?;
     writeln!(out, "defined ({}): {}", c.defined.len(), list(&c.defined))?;
     writeln!(
@@ -317,6 +292,35 @@ fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
 
 // ---------------------------------------------------------------------------
 // eval
+
+/// A [`Guard`] that decides as `serve` does with the policy (or endpoint list) named on
+/// the command line, or the embedded default.
+fn serve_guard(choice: &PolicyChoice) -> anyhow::Result<Guard> {
+    let loaded = crate::policy::sources::load(
+        &PolicySources {
+            policy_file: choice.policy.clone(),
+            endpoint_list: choice.endpoints.clone(),
+            rego: choice.rego,
+            ..PolicySources::default()
+        },
+        LoadOptions::default(),
+    )?;
+    let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
+    Ok(Guard::new(loaded.policy, InputShape::Current).with_endpoint_list(endpoint_list))
+}
+
+/// What `serve` does with a request, in words: `forward`, `forward, answer data
+/// blanked`, or the status it answers with.
+fn serve_action(j: &Judgement) -> String {
+    match &j.action {
+        Action::Forward {
+            blank_data: true, ..
+        } => "forward, answer data blanked".to_string(),
+        Action::Forward { .. } => "forward".to_string(),
+        Action::Answer { code, message } if message.is_empty() => format!("answer {code:?}"),
+        Action::Answer { code, message } => format!("answer {code:?}: {message}"),
+    }
+}
 
 /// One evaluated request.
 #[derive(Debug, Clone, PartialEq)]
@@ -406,7 +410,7 @@ fn input_warning(request_type: &str, input: &serde_json::Value) -> Option<String
     let desc = methods::table().request_descriptor(request_type)?;
     let mut first_error = None;
     for shape in InputShape::ALL {
-        match codec::from_policy_input(desc, input, shape) {
+        match encode::from_policy_input(desc, input, shape) {
             Ok(_) => return None,
             Err(e) if shape == InputShape::Current => first_error = Some(e.to_string()),
             Err(_) => {}
@@ -427,6 +431,11 @@ struct EvalReport<'a> {
     allowed: bool,
     /// Why it was denied (or the engine error); null when allowed.
     reason: Option<&'a str>,
+    /// What `serve` does with it: `forward`, `forward, answer data blanked`, or
+    /// `answer <CODE>: <message>`.
+    serve: String,
+    /// `AllowRequestsFailingPolicy` when that rule turned a denial into forwarding.
+    overridden_by: Option<&'static str>,
     /// The rule's value; null when undefined.
     value: Option<&'a serde_json::Value>,
     /// State operations an allowing result asks for; null when none.
@@ -437,8 +446,9 @@ struct EvalReport<'a> {
 fn eval(a: &EvalArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     known_request_type(&a.request_type)?;
     let input = read_json(&a.input, "input")?;
-    let (name, text) = policy_text(a.policy.as_ref())?;
-    let policy = Policy::load(&name, &text, a.rego)?;
+    let guard = serve_guard(&a.source)?;
+    let policy = guard.policy();
+    let name = policy.source_name().to_string();
     if let Some(path) = &a.data {
         seed_state(&policy, &read_json(path, "data document")?)
             .map_err(|e| anyhow::anyhow!("data document {}: {e:#}", path.display()))?;
@@ -449,15 +459,21 @@ fn eval(a: &EvalArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
             a.request_type
         );
     }
+    let method = methods::table()
+        .by_request_type(&a.request_type)
+        .ok_or_else(|| anyhow::anyhow!("unknown request type {:?}", a.request_type))?;
     let o = evaluate(&policy, &a.request_type, &input);
-    let (decision, reason) = verdict(&o.decision);
+    let judged = guard.decide(method, &input, 0, 0);
+    let (decision, reason) = verdict(&judged.decision);
     let report = EvalReport {
         request_type: &a.request_type,
         policy: &name,
         policy_sha256: policy.digest(),
-        decision,
-        allowed: o.decision.is_allowed(),
+        decision: if judged.overridden { "allow" } else { decision },
+        allowed: judged.decision.is_allowed() || judged.overridden,
         reason,
+        serve: serve_action(&judged),
+        overridden_by: judged.overridden.then_some(PERMISSIVE_RULE),
         value: o.value.as_ref(),
         ops: o.ops.as_ref(),
         prints: &o.prints,
@@ -544,7 +560,7 @@ pub fn find_test_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The package a module declares, or why it does not parse.
 fn package_of(name: &str, text: &str, version: RegoVersion) -> anyhow::Result<String> {
-    tool_engine(version)
+    crate::policy::engine::new_engine(version, crate::policy::DEFAULT_EVAL_TIMEOUT)
         .add_policy(name.to_string(), text.to_string())
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
@@ -603,7 +619,8 @@ pub fn run_test_file(
     };
     let name = test_file.display().to_string();
     let text = read_text(test_file, "test file").map_err(|e| fail(e.to_string()))?;
-    let mut engine = tool_engine(version);
+    let mut engine =
+        crate::policy::engine::new_engine(version, crate::policy::DEFAULT_EVAL_TIMEOUT);
     for (module, module_text) in
         companions(test_file, version).map_err(|e| fail(format!("{e:#}")))?
     {
@@ -733,12 +750,12 @@ pub struct ReplaySummary {
 }
 
 fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
-    let (name, text) = policy_text(a.policy.as_ref())?;
-    let policy = Policy::load(&name, &text, a.rego)?;
+    let guard = serve_guard(&a.source)?;
+    let name = guard.policy().source_name().to_string();
     let file = std::fs::File::open(&a.capture)
         .map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;
     let mut sum = ReplaySummary::default();
-    writeln!(out, "policy: {name} (sha256 {})", policy.digest())?;
+    writeln!(out, "policy: {name} (sha256 {})", guard.policy().digest())?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
         let line =
@@ -754,24 +771,43 @@ fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> 
                 continue;
             }
         };
-        let (d, ops) = policy.decide_with_ops(&c.kind, &c.request);
-        // As `serve` does once the agent has answered: an allowed request's state
+        let Some(method) = methods::table().by_request_type(&c.kind) else {
+            sum.malformed += 1;
+            writeln!(
+                out,
+                "line {n}: malformed: unknown request type {:?}",
+                c.kind
+            )?;
+            continue;
+        };
+        let judged = guard.decide(method, &c.request, 0, n as u32);
+        // As `serve` does once the agent has answered: a forwarded request's state
         // operations are applied (the capture does not say whether the agent
-        // succeeded; it is assumed to have).
-        let state_note = match (&d, ops) {
-            (Decision::Allow, Some(ops)) => match policy.apply_ops(&ops) {
+        // succeeded; it is assumed to have). An allowed SetPolicy has replaced the
+        // policy for the lines after it.
+        let state_note = match &judged.action {
+            Action::Forward {
+                ops: Some((policy, ops)),
+                ..
+            } => match policy.apply_ops(ops) {
                 Ok(()) if ops.0.len() == 1 => " (state: 1 operation applied)".to_string(),
                 Ok(()) => format!(" (state: {} operations applied)", ops.0.len()),
                 Err(e) => format!(" (state not changed: {e})"),
             },
             _ => String::new(),
         };
-        match &d {
+        match &judged.decision {
+            _ if judged.overridden => sum.allowed += 1,
             Decision::Allow => sum.allowed += 1,
             Decision::Deny { .. } => sum.denied += 1,
             Decision::Error(_) => sum.errors += 1,
         }
-        match verdict(&d) {
+        match verdict(&judged.decision) {
+            (v, Some(reason)) if judged.overridden => writeln!(
+                out,
+                "line {n}: {}: allow ({PERMISSIVE_RULE}; the policy said {v}: {reason}){state_note}",
+                c.kind
+            )?,
             (v, None) => writeln!(out, "line {n}: {}: {v}{state_note}", c.kind)?,
             (v, Some(reason)) => writeln!(out, "line {n}: {}: {v}: {reason}", c.kind)?,
         }

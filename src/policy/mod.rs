@@ -7,20 +7,18 @@
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
 //! denies (fail closed). The reason for a denial is what the policy printed.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+
+pub mod compiled;
+pub mod constant;
+pub mod engine;
+pub mod pathext;
+pub mod sources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use regorus::Engine;
-use sha2::{Digest, Sha256};
 
 /// The Rego language version a policy is written in.
 #[derive(
@@ -52,7 +50,7 @@ impl RegoVersion {
             RegoVersion::V1 => RegoVersion::V0,
         }
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             RegoVersion::V0 => "v0",
             RegoVersion::V1 => "v1",
@@ -93,6 +91,44 @@ pub enum PolicyError {
     },
 }
 
+/// A failure to change the policy state (`data.pstate`).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("policy state lock poisoned")]
+    Poisoned,
+    #[error("cannot apply policy state operations: {0}")]
+    Patch(#[source] json_patch::PatchError),
+}
+
+/// A result's `ops` that are not state operations the policy may ask for.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("policy ops: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("policy ops are not a JSON patch: {0}")]
+    NotAPatch(#[source] serde_json::Error),
+    #[error("policy ops may only change /pstate, not {path}")]
+    OutsideState { path: String },
+}
+
+/// A failure of the engine to evaluate a rule.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("policy engine lock poisoned")]
+    Poisoned,
+    /// The policy state could not be given to the engine as `data.pstate`.
+    #[error("policy state: {0}")]
+    State(#[source] anyhow::Error),
+    /// regorus failed (a runtime error, the time limit, ...); its own text.
+    #[error(transparent)]
+    Engine(anyhow::Error),
+}
+
+/// A request's JSON that the engine cannot take as input.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot convert input for the engine: {0}")]
+pub struct InputError(#[source] serde_json::Error);
+
 /// The state generation of an engine that has not been prepared yet.
 const UNPREPARED: u64 = u64::MAX;
 
@@ -117,13 +153,13 @@ pub struct Policy {
     /// replaced policy starts over.
     state: Mutex<serde_json::Value>,
     /// The compiled fast path, built on first use (`None` inside: not available).
-    compiled: std::sync::OnceLock<Option<crate::compiled::Compiled>>,
-    fast_path: bool,
+    compiled: std::sync::OnceLock<Option<crate::policy::compiled::Compiled>>,
+    options: LoadOptions,
     /// How many allows came from the compiled fast path.
     fast_allows: AtomicU64,
     /// How many allows came from constant rules.
     constant_allows: AtomicU64,
-    /// Rules whose value is a bool whatever the request (see [`crate::constant`]).
+    /// Rules whose value is a bool whatever the request (see [`crate::policy::constant`]).
     constant: std::collections::HashMap<String, bool>,
 }
 
@@ -145,85 +181,64 @@ impl std::fmt::Debug for Policy {
 /// that would hold the connection for good.
 pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-static FAST_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns the compiled fast path (see [`crate::compiled`]) on or off for policies loaded
-/// from now on. On by default; decisions are the same either way (only allows come from
-/// it), so this exists for measurements and as an escape hatch.
-pub fn set_compiled_fast_path(on: bool) {
-    FAST_PATH.store(on, Ordering::Relaxed);
+/// How a policy is loaded, besides its text and Rego version. Passed at load and kept
+/// by the policy (a policy replaced by SetPolicy is loaded with the same options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Time limit of one evaluation (`[limits] eval_timeout_ms`). An evaluation that runs
+    /// over fails closed: the request gets INTERNAL `<T>: internal error: … time limit …`
+    /// and never reaches the agent.
+    pub eval_timeout: Duration,
+    /// The compiled fast path (see [`compiled`]) and constant rules (see [`constant`]).
+    /// Decisions are the same either way (only allows come from them), so turning them
+    /// off exists for measurements and as an escape hatch.
+    pub fast_path: bool,
 }
 
-static EVAL_TIMEOUT_US: AtomicU64 = AtomicU64::new(DEFAULT_EVAL_TIMEOUT.as_micros() as u64);
-
-/// Sets the time limit of every policy evaluation in policies loaded from now on
-/// (`[limits] eval_timeout_ms`). An evaluation that runs over fails closed: the request
-/// gets INTERNAL `<T>: internal error: … time limit …` and never reaches the agent.
-pub fn set_eval_timeout(limit: Duration) {
-    let us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX).max(1);
-    EVAL_TIMEOUT_US.store(us, Ordering::Relaxed);
-}
-
-/// The time limit applied to policies loaded from now on.
-pub fn eval_timeout() -> Duration {
-    Duration::from_micros(EVAL_TIMEOUT_US.load(Ordering::Relaxed))
-}
-
-/// regorus's execution timer for a time limit (checked every 64 work units), used by
-/// the interpreter and the compiled fast path alike.
-pub(crate) fn timer_config(limit: Duration) -> regorus::utils::limits::ExecutionTimerConfig {
-    regorus::utils::limits::ExecutionTimerConfig {
-        limit,
-        check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            eval_timeout: DEFAULT_EVAL_TIMEOUT,
+            fast_path: true,
+        }
     }
 }
 
-fn new_engine(version: RegoVersion) -> Engine {
-    let mut engine = Engine::new();
-    engine.set_execution_timer_config(timer_config(eval_timeout()));
-    engine.set_rego_v0(version == RegoVersion::V0);
-    // genpolicy policies have lines over 1,024 columns and, with large data
-    // sections, exceed 1 MiB / 20,000 lines: regorus's defaults would refuse them.
-    let big = regorus::utils::limits::PolicyLengthConfig {
-        max_col: std::num::NonZeroU32::MAX,
-        max_file_bytes: std::num::NonZeroUsize::new(64 << 20)
-            .unwrap_or(std::num::NonZeroUsize::MAX),
-        max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
-    };
-    engine.set_policy_length_config(big);
-    engine.set_gather_prints(true);
-    // As in OPA (and as the kata-agent recordings show): a builtin that fails on its
-    // input, e.g. to_number("abc") in genpolicy's is_ip(), makes the expression
-    // undefined instead of aborting the whole evaluation.
-    engine.set_strict_builtin_errors(false);
-    crate::pathext::register(&mut engine);
-    engine
-}
-
-/// sha256 of the policy text, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+/// sha256 of the policy text, lowercase hex: the digest attestation expects of a plain
+/// policy ([`crate::attestation::digest`]).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use crate::attestation::{digest, to_hex, Algorithm};
+    to_hex(&digest(Algorithm::Sha256, bytes))
 }
 
 impl Policy {
-    /// Parses `text` (named `source_name` in messages) as Rego `version` and checks that
-    /// it declares `package agent_policy`.
+    /// [`Policy::load_with`] with the default [`LoadOptions`].
     pub fn load(
         source_name: &str,
         text: &str,
         version: RegoVersion,
     ) -> Result<Policy, PolicyError> {
+        Policy::load_with(source_name, text, version, LoadOptions::default())
+    }
+
+    /// Parses `text` (named `source_name` in messages) as Rego `version` and checks that
+    /// it declares `package agent_policy`.
+    pub fn load_with(
+        source_name: &str,
+        text: &str,
+        version: RegoVersion,
+        options: LoadOptions,
+    ) -> Result<Policy, PolicyError> {
         let invalid = |message: String| PolicyError::Invalid {
             source_name: source_name.to_string(),
             message,
         };
-        let mut engine = new_engine(version);
+        let mut engine = engine::new_engine(version, options.eval_timeout);
         let package = match engine.add_policy(source_name.to_string(), text.to_string()) {
             Ok(p) => p,
             Err(e) => {
                 let other = version.other();
-                let hint = if new_engine(other)
+                let hint = if engine::new_engine(other, options.eval_timeout)
                     .add_policy(source_name.to_string(), text.to_string())
                     .is_ok()
                 {
@@ -245,7 +260,7 @@ impl Policy {
                 "declares {package}, but agent-warden needs `package agent_policy`"
             )));
         }
-        let constant = crate::constant::constant_rules(&mut engine);
+        let constant = crate::policy::constant::constant_rules(&mut engine);
         let mut policy = Policy {
             // Not prepared yet: the first evaluation (below, at load) prepares it.
             engine: Mutex::new((engine, UNPREPARED)),
@@ -257,7 +272,7 @@ impl Policy {
             permissive: false,
             state: Mutex::new(serde_json::json!({})),
             compiled: std::sync::OnceLock::new(),
-            fast_path: FAST_PATH.load(Ordering::Relaxed),
+            options,
             fast_allows: AtomicU64::new(0),
             constant_allows: AtomicU64::new(0),
             constant,
@@ -279,14 +294,9 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Changes this policy's evaluation time limit (see [`set_eval_timeout`]).
-    pub fn set_timeout(&self, limit: Duration) {
-        if let Some(Some(c)) = self.compiled.get() {
-            c.set_timeout(limit);
-        }
-        if let Ok(mut slot) = self.engine.lock() {
-            slot.0.set_execution_timer_config(timer_config(limit));
-        }
+    /// The options the policy was loaded with.
+    pub fn options(&self) -> LoadOptions {
+        self.options
     }
 
     /// The Rego version the policy was loaded as.
@@ -305,18 +315,9 @@ impl Policy {
     }
 
     /// Applies state operations (paths under `/pstate`) from an earlier decision.
-    pub fn apply_ops(&self, ops: &StateOps) -> Result<(), String> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| "policy state lock poisoned".to_string())?;
-        let mut doc = serde_json::json!({ "pstate": state.clone() });
-        json_patch::patch(&mut doc, ops)
-            .map_err(|e| format!("cannot apply policy state operations: {e}"))?;
-        *state = doc
-            .get_mut("pstate")
-            .map(serde_json::Value::take)
-            .unwrap_or_default();
+    pub fn apply_ops(&self, ops: &StateOps) -> Result<(), StateError> {
+        let mut state = self.state.lock().map_err(|_| StateError::Poisoned)?;
+        *state = patched(&state, ops).map_err(StateError::Patch)?;
         self.state_gen.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -339,7 +340,7 @@ impl Policy {
     /// This policy without the compiled fast path and constant rules: every decision by
     /// the interpreter.
     pub fn without_fast_path(mut self) -> Policy {
-        self.fast_path = false;
+        self.options.fast_path = false;
         self
     }
 
@@ -348,23 +349,26 @@ impl Policy {
         self.fast_allows.load(Ordering::Relaxed)
     }
 
-    /// How many allows came from constant rules (see [`crate::constant`]) without any
+    /// How many allows came from constant rules (see [`crate::policy::constant`]) without any
     /// evaluation.
     pub fn constant_allows(&self) -> u64 {
         self.constant_allows.load(Ordering::Relaxed)
     }
 
     /// The compiled fast path, built on first use.
-    fn compiled(&self) -> Option<&crate::compiled::Compiled> {
-        if !self.fast_path {
+    fn compiled(&self) -> Option<&crate::policy::compiled::Compiled> {
+        if !self.options.fast_path {
             return None;
         }
         self.compiled
             .get_or_init(|| {
-                let mut engine = new_engine(self.version);
-                let text = crate::compiled::strip_prints(&self.text);
+                let mut engine = engine::new_engine(self.version, self.options.eval_timeout);
+                let text = crate::policy::compiled::strip_prints(&self.text);
                 match engine.add_policy(self.source_name.clone(), text) {
-                    Ok(_) => Some(crate::compiled::Compiled::new(engine, eval_timeout())),
+                    Ok(_) => Some(crate::policy::compiled::Compiled::new(
+                        engine,
+                        self.options.eval_timeout,
+                    )),
                     Err(e) => {
                         tracing::debug!(error = %e, "no compiled fast path for this policy");
                         None
@@ -414,12 +418,9 @@ impl Policy {
         &self,
         name: &str,
         input: regorus::Value,
-    ) -> Result<(Option<regorus::Value>, Vec<String>), String> {
+    ) -> Result<(Option<regorus::Value>, Vec<String>), EvalError> {
         let mut engine = {
-            let mut slot = self
-                .engine
-                .lock()
-                .map_err(|_| "policy engine lock poisoned".to_string())?;
+            let mut slot = self.engine.lock().map_err(|_| EvalError::Poisoned)?;
             let (engine, seen_gen) = &mut *slot;
             let gen = self.state_gen.load(Ordering::SeqCst);
             if gen != *seen_gen {
@@ -429,17 +430,15 @@ impl Policy {
                     let data = serde_json::from_value::<regorus::Value>(
                         serde_json::json!({ "pstate": state }),
                     )
-                    .map_err(|e| format!("policy state: {e}"))?;
+                    .map_err(|e| EvalError::State(e.into()))?;
                     engine.clear_data();
-                    engine
-                        .add_data(data)
-                        .map_err(|e| format!("policy state: {e}"))?;
+                    engine.add_data(data).map_err(EvalError::State)?;
                 }
                 // Prepare (analyse, schedule) the shared engine itself, so that the
                 // clones below start prepared instead of each paying for it.
                 engine
                     .eval_query("true".to_string(), false)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(EvalError::Engine)?;
                 let _ = engine.take_prints();
                 *seen_gen = gen;
             }
@@ -463,7 +462,7 @@ impl Policy {
             Err(e) => Err(e),
         };
         let prints = engine.take_prints().unwrap_or_default();
-        value.map(|v| (v, prints)).map_err(|e| e.to_string())
+        value.map(|v| (v, prints)).map_err(EvalError::Engine)
     }
 
     /// Decides one request of type `request_type` with `input` (kata's policy JSON).
@@ -473,14 +472,46 @@ impl Policy {
 
     /// Like [`Policy::decide`], and also returns the state operations an allowing
     /// `{"allowed": true, "ops": [...]}` result asked for (`None` when there are none).
+    ///
+    /// As in kata-agent, whose policy applies them while deciding, operations that do
+    /// not apply to the current state (e.g. `remove` of a key that is not there) make
+    /// the decision an error: the request does not run. They are applied later, with
+    /// [`Policy::apply_ops`], once the agent has answered the request successfully.
     pub fn decide_with_ops(
+        &self,
+        request_type: &str,
+        input: &serde_json::Value,
+    ) -> (Decision, Option<StateOps>) {
+        match self.decide_unchecked(request_type, input) {
+            (decision, Some(ops)) => {
+                let state = self.state();
+                match patched(&state, &ops) {
+                    Ok(_) => (decision, Some(ops)),
+                    Err(e) => (
+                        Decision::Error(format!(
+                            "{request_type}: the policy's state operations do not apply: {e}"
+                        )),
+                        None,
+                    ),
+                }
+            }
+            undecided_or_without_ops => undecided_or_without_ops,
+        }
+    }
+
+    /// The decision and its ops, before checking that the ops apply.
+    fn decide_unchecked(
         &self,
         request_type: &str,
         input: &serde_json::Value,
     ) -> (Decision, Option<StateOps>) {
         // A rule whose value is the same whatever the request needs no input and no
         // engine; a constant `false` is denied exactly as the engine would deny it.
-        if let Some(&value) = self.constant.get(request_type).filter(|_| self.fast_path) {
+        if let Some(&value) = self
+            .constant
+            .get(request_type)
+            .filter(|_| self.options.fast_path)
+        {
             if value {
                 self.constant_allows.fetch_add(1, Ordering::Relaxed);
             }
@@ -490,18 +521,13 @@ impl Policy {
         // Converted from the borrowed document: no copy of the input first.
         let input = match engine_value(input) {
             Ok(v) => v,
-            Err(e) => {
-                return (
-                    Decision::Error(format!("cannot convert input for the engine: {e}")),
-                    None,
-                )
-            }
+            Err(e) => return (Decision::Error(e.to_string()), None),
         };
         if let Some(fast) = self.fast(request_type, &input) {
             return fast;
         }
         let result = match self.eval(request_type, input) {
-            Err(e) => (Decision::Error(e), None),
+            Err(e) => (Decision::Error(e.to_string()), None),
             Ok((value, prints)) => conclude(request_type, value, prints),
         };
         tracing::trace!(
@@ -522,10 +548,10 @@ const SERDE_JSON_NUMBER_KEY: &str = "$serde_json::private::Number";
 /// string is copied once, not twice) and without serde's visitor machinery. Anything
 /// unusual (a float that is not finite, an object that regorus would read as a number)
 /// is handed to regorus's deserialiser.
-fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, String> {
+fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, InputError> {
     use serde_json::Value as J;
     let by_regorus =
-        |v: &J| <regorus::Value as serde::Deserialize>::deserialize(v).map_err(|e| e.to_string());
+        |v: &J| <regorus::Value as serde::Deserialize>::deserialize(v).map_err(InputError);
     Ok(match v {
         J::Null => regorus::Value::Null,
         J::Bool(b) => regorus::Value::Bool(*b),
@@ -548,7 +574,7 @@ fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, String> {
             Some(_) => regorus::Value::from(
                 map.iter()
                     .map(|(k, v)| Ok((regorus::Value::from(k.as_str()), engine_value(v)?)))
-                    .collect::<Result<std::collections::BTreeMap<_, _>, String>>()?,
+                    .collect::<Result<std::collections::BTreeMap<_, _>, InputError>>()?,
             ),
         },
     })
@@ -560,27 +586,45 @@ fn conclude(
     value: Option<regorus::Value>,
     prints: Vec<String>,
 ) -> (Decision, Option<StateOps>) {
+    // kata-agent reads the result as {allowed, ops: Option<Patch>}: a missing or null
+    // `ops` is none, and only an allowing result's ops are applied.
     let ops = match &value {
-        Some(v @ regorus::Value::Object(_)) if v["ops"] != regorus::Value::Undefined => {
+        Some(v @ regorus::Value::Object(_))
+            if !matches!(v["ops"], regorus::Value::Undefined | regorus::Value::Null) =>
+        {
             Some(&v["ops"])
         }
         _ => None,
     };
     match ops.map(ops_from_value) {
         Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
-        Some(Ok(ops)) => (
-            interpret(request_type, value, prints),
-            Some(ops).filter(|o| !o.0.is_empty()),
-        ),
+        Some(Ok(ops)) => {
+            let decision = interpret(request_type, value, prints);
+            let ops = Some(ops).filter(|o| decision == Decision::Allow && !o.0.is_empty());
+            (decision, ops)
+        }
         None => (interpret(request_type, value, prints), None),
     }
 }
 
+/// `state` (the `data.pstate` document) with `ops` applied, as kata-agent patches its
+/// engine data `{"pstate": ...}`; an operation that does not apply is an error.
+fn patched(
+    state: &serde_json::Value,
+    ops: &StateOps,
+) -> Result<serde_json::Value, json_patch::PatchError> {
+    let mut doc = serde_json::json!({ "pstate": state.clone() });
+    json_patch::patch(&mut doc, ops)?;
+    Ok(doc
+        .get_mut("pstate")
+        .map(serde_json::Value::take)
+        .unwrap_or_default())
+}
+
 /// Reads the `ops` of a result as an RFC 6902 patch confined to `/pstate`.
-fn ops_from_value(v: &regorus::Value) -> Result<StateOps, String> {
-    let json = serde_json::to_value(v).map_err(|e| format!("policy ops: {e}"))?;
-    let patch: StateOps = serde_json::from_value(json)
-        .map_err(|e| format!("policy ops are not a JSON patch: {e}"))?;
+fn ops_from_value(v: &regorus::Value) -> Result<StateOps, OpsError> {
+    let json = serde_json::to_value(v).map_err(OpsError::NotJson)?;
+    let patch: StateOps = serde_json::from_value(json).map_err(OpsError::NotAPatch)?;
     for op in &patch.0 {
         let path = match op {
             json_patch::PatchOperation::Add(o) => &o.path,
@@ -590,8 +634,9 @@ fn ops_from_value(v: &regorus::Value) -> Result<StateOps, String> {
             json_patch::PatchOperation::Copy(o) => &o.path,
             json_patch::PatchOperation::Test(o) => &o.path,
         };
-        if !path.to_string().starts_with("/pstate") {
-            return Err(format!("policy ops may only change /pstate, not {path}"));
+        let path = path.to_string();
+        if !path.starts_with("/pstate") {
+            return Err(OpsError::OutsideState { path });
         }
     }
     Ok(patch)
@@ -609,6 +654,13 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
     };
     match allowed {
         Some(true) => Decision::Allow,
+        // kata-agent cannot read such a value either: it answers with an error, which
+        // (unlike a denial) AllowRequestsFailingPolicy does not turn into an allow.
+        None if value.as_ref().is_some_and(|v| *v != regorus::Value::Undefined) => {
+            Decision::Error(format!(
+                "the value of data.agent_policy.{request_type} is neither a bool nor an object with a bool `allowed`"
+            ))
+        }
         _ => {
             let detail = prints.join("\n");
             let reason = match (&value, allowed) {
@@ -616,10 +668,6 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
                     format!(
                         "rule data.agent_policy.{request_type} is undefined (denied by default)"
                     )
-                }
-                (Some(_), None) => {
-                    "the rule's value is neither a bool nor an object with a bool `allowed`"
-                        .to_string()
                 }
                 (Some(_), Some(_)) if !prints.is_empty() => shorten(&prints),
                 _ => "the policy returned false".to_string(),
@@ -648,12 +696,6 @@ fn shorten(prints: &[String]) -> String {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -714,10 +756,10 @@ StartContainerRequest if {
     }
 
     #[test]
-    fn non_bool_value_denies() {
+    fn non_bool_value_is_an_error() {
         let d = load().decide("ReadStreamRequest", &json!({}));
         assert!(
-            matches!(d, Decision::Deny { ref reason, .. } if reason.contains("neither a bool")),
+            matches!(d, Decision::Error(ref e) if e.contains("neither a bool")),
             "{d:?}"
         );
     }
@@ -761,6 +803,51 @@ StartContainerRequest if {
             .unwrap_err()
             .to_string();
         assert!(e.contains("package agent_policy"), "{e}");
+    }
+
+    #[test]
+    fn ops_outside_pstate_or_not_a_patch_are_errors() {
+        let outside = ops_from_value(
+            &engine_value(&json!([{"op": "add", "path": "/other", "value": 1}])).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&outside, OpsError::OutsideState { path } if path == "/other"),
+            "{outside:?}"
+        );
+        assert_eq!(
+            outside.to_string(),
+            "policy ops may only change /pstate, not /other"
+        );
+        let not_patch =
+            ops_from_value(&engine_value(&json!([{"op": "jump"}])).unwrap()).unwrap_err();
+        assert!(matches!(not_patch, OpsError::NotAPatch(_)), "{not_patch:?}");
+        assert!(std::error::Error::source(&not_patch).is_some());
+        // Through a decision, the text names the request type and fails closed.
+        let src = "package agent_policy\nimport rego.v1\nX := {\"allowed\": true, \"ops\": [{\"op\": \"add\", \"path\": \"/x\", \"value\": 1}]}\n";
+        let p = Policy::load("p.rego", src, RegoVersion::V1).unwrap();
+        assert_eq!(
+            p.decide_with_ops("X", &json!({})),
+            (
+                Decision::Error("X: policy ops may only change /pstate, not /x".to_string()),
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn failing_state_ops_leave_the_state_alone() {
+        let p = load();
+        let ops: StateOps =
+            serde_json::from_value(json!([{"op": "remove", "path": "/pstate/missing"}])).unwrap();
+        let e = p.apply_ops(&ops).unwrap_err();
+        assert!(matches!(e, StateError::Patch(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot apply policy state operations: "),
+            "{e}"
+        );
+        assert_eq!(p.state(), json!({}));
     }
 
     #[test]
