@@ -93,10 +93,6 @@ fn kata_picks_the_rego_version_and_rego_overrides_it() {
         "v0.rego",
         "package agent_policy\nCreateContainerRequest { true }\n",
     );
-    let v1 = d.write(
-        "v1.rego",
-        "package agent_policy\nCreateContainerRequest if { true }\n",
-    );
     let base = ["--listen", &listen, "--agent", &agent];
     let serve = |extra: &[&str]| refused(&[&base[..], extra].concat(), &sock);
     // Default: today's kata-agent, Rego v1; the error names the other version.
@@ -105,10 +101,19 @@ fn kata_picks_the_rego_version_and_rego_overrides_it() {
         err.contains("failed to parse as Rego v1") && err.contains("it does parse as Rego v0"),
         "{err}"
     );
-    // The 2024 kata-agents parsed Rego v0.
-    let err = serve(&["--kata", "2024", "--policy", &v1]);
+    // The 2024 kata-agents parsed Rego v0: the policy loads, and start-up goes on to
+    // the next step (here an evidence file that does not exist).
+    let missing = format!("file:{}", d.path("no-evidence").display());
+    let err = serve(&[
+        "--kata",
+        "2024",
+        "--policy",
+        &v0,
+        "--require-evidence",
+        &missing,
+    ]);
     assert!(
-        err.contains("failed to parse as Rego v0") && err.contains("it does parse as Rego v1"),
+        err.contains("refusing to serve") && !err.contains("failed to parse"),
         "{err}"
     );
     // --rego overrides --kata.
