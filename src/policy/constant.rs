@@ -140,7 +140,7 @@ default ObjRequest := {"allowed": true}
     fn rego_v1_and_the_shipped_allow_all() {
         let text = "package agent_policy\nimport rego.v1\ndefault A := true\ndefault B := true\nB if input.z\n";
         assert_eq!(constants(false, text), named(&[("A", true)]));
-        let all = constants(false, crate::server::ALLOW_ALL_POLICY);
+        let all = constants(false, crate::policy::sources::ALLOW_ALL_POLICY);
         assert!(
             all.contains(&("StartContainerRequest".to_string(), true)),
             "{all:?}"

@@ -1,7 +1,7 @@
 //! Path helpers for policies, registered with every policy engine as regorus
 //! extensions (functions implemented in Rust that Rego code calls by name). The
 //! compiled fast path, whose VM cannot call extensions, answers its programs' calls
-//! to them through [`call`] (see [`crate::compiled`]).
+//! to them through [`call`] (see [`crate::policy::compiled`]).
 //!
 //! | call | value |
 //! |---|---|
@@ -55,7 +55,7 @@ pub fn register(engine: &mut Engine) {
 
 /// Calls helper `name` (one of [`HELPERS`]) as regorus would call the extension;
 /// `None` for any other name. The compiled fast path uses this for the calls its
-/// programs hand back to the host (see [`crate::compiled`]).
+/// programs hand back to the host (see [`crate::policy::compiled`]).
 pub(crate) fn call(name: &str, params: Vec<Value>) -> Option<anyhow::Result<Value>> {
     HELPERS
         .iter()

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use protobuf::reflect::{FileDescriptor, MessageDescriptor};
 
-use crate::protocols::{agent, health};
+use crate::wire::protocols::{agent, health};
 
 /// How the relay treats a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 use protobuf::{EnumOrUnknown, Message, MessageField};
 pub use ttrpc::proto::{Code, Request, Response, Status};
 
-use crate::frame::{Frame, TYPE_RESPONSE};
+use crate::wire::frame::{Frame, TYPE_RESPONSE};
 
 /// Decodes a request frame's body.
 pub fn decode_request(body: &[u8]) -> Result<Request, String> {

@@ -8,7 +8,7 @@
 //! hammering the listener cannot flood the log).
 //!
 //! ```
-//! use agent_warden::limits::ConnectionLimiter;
+//! use agent_warden::serve::limits::ConnectionLimiter;
 //! let limiter = ConnectionLimiter::new(2);
 //! let a = limiter.try_acquire().unwrap();
 //! let _b = limiter.try_acquire().unwrap();
