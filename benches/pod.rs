@@ -17,6 +17,9 @@
 //! includes loading the policy). The `AllowRequestsFailingPolicy` lines of the
 //! recordings are probes, not requests: sent to neither side.
 //!
+//! Both processes run without `RUST_BACKTRACE`, as in a guest (with it, every builtin
+//! error that non-strict mode turns into undefined captures a backtrace).
+//!
 //! Only under `cargo bench` (the `--bench` argument); as a test target it returns at
 //! once. `POD_ROUNDS` (default 3) repeats the whole table; `POD_DETAIL=1` also prints
 //! every decision's time.
@@ -25,10 +28,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::envelope;
-use agent_warden::frame::{self, FrameReader, Read};
-use agent_warden::methods;
+use agent_warden::wire::encode;
+use agent_warden::wire::envelope;
+use agent_warden::wire::frame::{self, FrameReader, Read};
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::methods;
 use tokio::io::AsyncWriteExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
@@ -141,6 +145,8 @@ async fn run_ours(s: &Scenario, tmp: &Path) -> Ours {
         .arg(format!("unix://{}", agent_sock.display()))
         .arg("--policy")
         .arg(s.dir.join("policy.rego"))
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -166,7 +172,7 @@ async fn run_ours(s: &Scenario, tmp: &Path) -> Ours {
                 .iter()
                 .find(|m| m.request_type == *ty)
                 .unwrap_or_else(|| panic!("{ty}: unknown request type"));
-            let msg = codec::from_policy_input(&m.request, input, s.shape)
+            let msg = encode::from_policy_input(&m.request, input, s.shape)
                 .unwrap_or_else(|e| panic!("{}: {ty}: cannot encode: {e}", s.name));
             ttrpc::proto::Request {
                 service: m.service.clone(),
@@ -235,6 +241,8 @@ fn run_kata(s: &Scenario) -> Vec<(String, f64, Option<bool>)> {
     let mut child = Command::new(&oracle)
         .arg(s.dir.join("policy.rego"))
         .arg("--v0")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

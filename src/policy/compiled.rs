@@ -128,6 +128,47 @@ impl Compiled {
         }
     }
 
+    /// The fast path for a policy: its text without print statements, parsed by an
+    /// engine set up as the interpreter's; `None` when that text does not parse.
+    pub(crate) fn build(
+        source_name: &str,
+        text: &str,
+        version: super::RegoVersion,
+        timeout: Duration,
+    ) -> Option<Compiled> {
+        let mut engine = super::engine::new_engine(version, timeout);
+        match engine.add_policy(source_name.to_string(), strip_prints(text)) {
+            Ok(_) => Some(Compiled::new(engine, timeout)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no compiled fast path for this policy");
+                None
+            }
+        }
+    }
+
+    /// Compiles, ahead of any request, the program of every rule in `request_types`
+    /// that is not a constant (those are decided without an engine), and readies one
+    /// VM for each: a type's first request then costs what its tenth does. A rule the
+    /// policy does not define, or that does not compile, is remembered as such. This
+    /// changes when the work is done, never a decision: a rule is decided the same
+    /// whether its program was compiled ahead, on its first request, or not at all.
+    pub(crate) fn compile_ahead(&self, request_types: &[&str]) {
+        let constant = match self.engine.lock() {
+            Ok(mut engine) => super::constant::constant_rules(&mut engine),
+            Err(_) => return,
+        };
+        for ty in request_types {
+            if constant.contains_key(*ty) {
+                continue;
+            }
+            if let Some(program) = self.program(ty) {
+                let mut vm = RegoVM::new();
+                vm.load_program(program);
+                self.put_idle(ty, vm);
+            }
+        }
+    }
+
     pub(crate) fn set_timeout(&self, limit: Duration) {
         if let Ok(mut t) = self.timeout.lock() {
             *t = limit;

@@ -187,6 +187,52 @@ impl Policy {
         text: &str,
         version: RegoVersion,
     ) -> Result<Policy, PolicyError> {
+        let fast_path = FAST_PATH.load(Ordering::Relaxed);
+        // The compiled fast path is built beside the interpreter (a second parse, of the
+        // print-free text, and a program per request type): on a thread of its own, so
+        // that with two cores load takes about as long as without it, and no request
+        // pays for it later.
+        let (loaded, compiled) = std::thread::scope(|scope| {
+            let ahead = fast_path.then(|| {
+                std::thread::Builder::new()
+                    .name("policy-compile".into())
+                    .spawn_scoped(scope, || {
+                        let compiled = crate::policy::compiled::Compiled::build(
+                            source_name,
+                            text,
+                            version,
+                            eval_timeout(),
+                        );
+                        if let Some(c) = &compiled {
+                            c.compile_ahead(&crate::wire::methods::table().policy_request_types());
+                        }
+                        compiled
+                    })
+            });
+            let loaded = Self::load_interpreter(source_name, text, version);
+            // A thread that could not start or failed leaves the fast path to be built
+            // on first use, as before.
+            let compiled = match ahead {
+                Some(Ok(handle)) => handle.join().ok(),
+                _ => None,
+            };
+            (loaded, compiled)
+        });
+        let mut policy = loaded?;
+        policy.fast_path = fast_path;
+        if let Some(c) = compiled {
+            let _ = policy.compiled.set(c);
+        }
+        Ok(policy)
+    }
+
+    /// [`Policy::load`] without the compiled fast path: parse, check, find the constant
+    /// rules, and prepare the interpreter.
+    fn load_interpreter(
+        source_name: &str,
+        text: &str,
+        version: RegoVersion,
+    ) -> Result<Policy, PolicyError> {
         let invalid = |message: String| PolicyError::Invalid {
             source_name: source_name.to_string(),
             message,
@@ -328,25 +374,19 @@ impl Policy {
         self.constant_allows.load(Ordering::Relaxed)
     }
 
-    /// The compiled fast path, built on first use.
+    /// The compiled fast path (built at load; here only if that could not be done).
     fn compiled(&self) -> Option<&crate::policy::compiled::Compiled> {
         if !self.fast_path {
             return None;
         }
         self.compiled
             .get_or_init(|| {
-                let mut engine = engine::new_engine(self.version, eval_timeout());
-                let text = crate::policy::compiled::strip_prints(&self.text);
-                match engine.add_policy(self.source_name.clone(), text) {
-                    Ok(_) => Some(crate::policy::compiled::Compiled::new(
-                        engine,
-                        eval_timeout(),
-                    )),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "no compiled fast path for this policy");
-                        None
-                    }
-                }
+                crate::policy::compiled::Compiled::build(
+                    &self.source_name,
+                    &self.text,
+                    self.version,
+                    eval_timeout(),
+                )
             })
             .as_ref()
     }
