@@ -1,6 +1,7 @@
-//! The compiled fast path of [`crate::policy`]: each request type's rule compiled once
-//! (lazily, on its first request) to a regorus RVM program, run without the engine
-//! lock in a VM of its own. VMs that finished cleanly are kept (a few per request
+//! The compiled fast path of [`crate::policy`]: each request type's rule compiled once,
+//! when the policy is loaded ([`Compiled::compile_ahead`], so that no request pays for
+//! parsing and compiling), to a regorus RVM program, run without the engine lock in a
+//! VM of its own. VMs that finished cleanly are kept (a few per request
 //! type) and reused, without the last request's input and data: regorus resets a VM's
 //! execution state (registers, rule cache, stacks, counters) at the start of every
 //! run, and building and loading a VM was about a quarter of a small rule's decision.
@@ -52,8 +53,10 @@ const IDLE_VMS: usize = 8;
 
 /// Compiled programs of one policy, by request type.
 pub(crate) struct Compiled {
-    /// An engine over the print-free text, used only to compile.
-    engine: Mutex<Engine>,
+    /// An engine over the print-free text, used only to compile; dropped once
+    /// [`Compiled::compile_ahead`] has compiled every request type (its parsed policy
+    /// is a few MiB that no decision needs).
+    engine: Mutex<Option<Engine>>,
     programs: Mutex<HashMap<String, Option<Arc<Program>>>>,
     /// Idle VMs with a rule's program loaded, by request type (at most [`IDLE_VMS`]
     /// each), so that a request does not pay for building and loading a VM.
@@ -121,7 +124,7 @@ impl Compiled {
     /// Prepares the compiling engine; `engine` must already hold the stripped text.
     pub(crate) fn new(engine: Engine, timeout: Duration) -> Compiled {
         Compiled {
-            engine: Mutex::new(engine),
+            engine: Mutex::new(Some(engine)),
             programs: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             timeout: Mutex::new(timeout),
@@ -153,10 +156,12 @@ impl Compiled {
     /// changes when the work is done, never a decision: a rule is decided the same
     /// whether its program was compiled ahead, on its first request, or not at all.
     pub(crate) fn compile_ahead(&self, request_types: &[&str]) {
-        let constant = match self.engine.lock() {
-            Ok(mut engine) => super::constant::constant_rules(&mut engine),
-            Err(_) => return,
+        let constant = match self.engine.lock().as_deref_mut() {
+            Ok(Some(engine)) => super::constant::constant_rules(engine),
+            _ => return,
         };
+        let started = std::time::Instant::now();
+        let mut compiled = 0;
         for ty in request_types {
             if constant.contains_key(*ty) {
                 continue;
@@ -165,7 +170,18 @@ impl Compiled {
                 let mut vm = RegoVM::new();
                 vm.load_program(program);
                 self.put_idle(ty, vm);
+                compiled += 1;
             }
+        }
+        tracing::debug!(
+            compiled,
+            constant = constant.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "fast path compiled ahead"
+        );
+        // Every request type now has its program, or is known to have none.
+        if let Ok(mut engine) = self.engine.lock() {
+            *engine = None;
         }
     }
 
@@ -180,12 +196,12 @@ impl Compiled {
             return p.clone();
         }
         let entry = format!("data.agent_policy.{request_type}");
-        let program = {
-            let mut engine = self.engine.lock().ok()?;
-            engine
+        let program = match self.engine.lock().ok()?.as_mut() {
+            Some(engine) => engine
                 .compile_with_entrypoint(&entry.as_str().into())
                 .map_err(|e| e.to_string())
-                .and_then(|c| compile_with_path_helpers(&c, &entry))
+                .and_then(|c| compile_with_path_helpers(&c, &entry)),
+            None => Err("not one of the request types compiled ahead".to_string()),
         };
         let program = match program {
             Ok(p) => Some(with_our_builtins(p)),

@@ -120,7 +120,7 @@ pub struct Policy {
     /// and changes only through [`Policy::apply_ops`]. It belongs to this policy: a
     /// replaced policy starts over.
     state: Mutex<serde_json::Value>,
-    /// The compiled fast path, built on first use (`None` inside: not available).
+    /// The compiled fast path, built at load (`None` inside: not available).
     compiled: std::sync::OnceLock<Option<crate::policy::compiled::Compiled>>,
     fast_path: bool,
     /// How many allows came from the compiled fast path.
