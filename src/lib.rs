@@ -1,7 +1,7 @@
 //! agent-warden: a policy-enforcing ttrpc interposer for the Kata Containers guest agent.
 //!
 //! The tree follows a request's path, and dependencies run one way
-//! (`serve` → `policy`, `wire`; `tools` → `policy`, `wire`):
+//! (`serve` → `policy`, `wire`; `tools` → `serve::judge`, `policy`, `wire`):
 //! - [`wire`]: what the host sends. A ttrpc [`wire::frame`] is opened by
 //!   [`wire::envelope`], named by [`wire::methods`], and decoded by [`wire::input`] into
 //!   the JSON that kata-agent gives its policy engine.
@@ -13,6 +13,18 @@
 //!   encrypted scratch disk; [`tools`] are the policy tools and the demo.
 //!
 //! [`config`] and [`cli`] turn files and flags into settings. See docs/ARCHITECTURE.md.
+
+// The library's lints, in one place. Host data, files and policy text reach nearly all
+// of it, so nothing may unwrap, expect, index or panic; clippy.toml allows them in
+// tests. They are set here rather than in Cargo.toml's [lints], which would also
+// hold benches, examples and integration-test helpers, where a panic is the right
+// way to fail. CI runs `cargo clippy --all-targets -- -D warnings`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 pub mod attestation;
 pub mod cli;

@@ -13,14 +13,6 @@
 //! a name counts once for every rule whose head starts with it (`R`, `R.x`, `R[k]`,
 //! `R(x)`, defaults included), so a constant is a name with exactly one rule, a
 //! `default` without arguments whose value is the literal `true` or `false`.
-// Policy text can come from the host (an allowed SetPolicy): no unwrap/expect/indexing/
-// panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::collections::HashMap;
 
@@ -85,12 +77,6 @@ fn head_path(e: &Expr) -> Option<Vec<String>> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

@@ -25,13 +25,6 @@
 //! read, so the agent's writes block instead of agent-warden's memory growing. There
 //! is no idle timeout: a long poll (WaitProcess, GetOOMEvent) may last as long as the
 //! container runs, as with kata-agent itself.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -398,12 +391,6 @@ async fn agent_to_host(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
     use crate::policy::{Policy, RegoVersion};

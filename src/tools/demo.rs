@@ -272,6 +272,9 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
         "requests that reached the agent: {}\n",
         demo_agent.seen.load(Ordering::SeqCst)
     ));
+    // Hang up first, as the host would, so that agent-warden has nothing to drain.
+    drop(agent);
+    drop(health);
     let _ = stop_tx.send(());
     let _ = warden.await;
     let _ = agent_server.shutdown().await;

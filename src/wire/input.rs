@@ -27,13 +27,6 @@
 //! data; the differences are listed, field by field, in [`LEGACY_FIELDS`].
 //!
 //! [`crate::wire::encode`] holds the inverse. No function here panics on any input.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 use std::borrow::Cow;
 
 use protobuf::descriptor::field_descriptor_proto::Label;
@@ -387,12 +380,6 @@ fn copy_file_to_json(req: &CopyFileRequest, shape: InputShape) -> Value {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
     use crate::wire::encode::{from_policy_input, json_to_message, json_to_value};
