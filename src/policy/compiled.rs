@@ -717,6 +717,45 @@ R if {
     }
 
     #[test]
+    fn compile_ahead_readies_every_evaluated_request_type_then_drops_the_engine() {
+        let policy = r#"package agent_policy
+import rego.v1
+default CreateContainerRequest := false
+CreateContainerRequest if input.ok
+default StartContainerRequest := true
+"#;
+        let (_, compiled) = engines(policy);
+        compiled.compile_ahead(&[
+            "CreateContainerRequest",
+            "StartContainerRequest",
+            "ExecProcessRequest",
+        ]);
+        {
+            let programs = compiled.programs.lock().unwrap();
+            assert!(programs.get("CreateContainerRequest").unwrap().is_some());
+            // Not defined by the policy: known to have no program.
+            assert!(programs.get("ExecProcessRequest").unwrap().is_none());
+            // A constant rule is decided without an engine: not compiled.
+            assert!(!programs.contains_key("StartContainerRequest"));
+            let idle = compiled.idle.lock().unwrap();
+            assert_eq!(idle.get("CreateContainerRequest").map(Vec::len), Some(1));
+        }
+        assert!(compiled.engine.lock().unwrap().is_none());
+        let v = |j: serde_json::Value| -> Value { serde_json::from_value(j).unwrap() };
+        let ok = v(serde_json::json!({"ok": true}));
+        assert_eq!(
+            compiled.eval("CreateContainerRequest", &ok, None),
+            Some(Value::Bool(true))
+        );
+        assert_eq!(
+            compiled.eval("CreateContainerRequest", &v(serde_json::json!({})), None),
+            Some(Value::Bool(false))
+        );
+        // Not a request type compiled ahead: no answer, the interpreter decides.
+        assert_eq!(compiled.eval("Other", &ok, None), None);
+    }
+
+    #[test]
     fn reused_vms_carry_nothing_from_one_decision_to_the_next() {
         // One Compiled, many decisions in a row on the same idle VMs: each answer must be
         // what a fresh VM gives, whatever the previous input, data, result or failure.
