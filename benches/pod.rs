@@ -22,7 +22,8 @@
 //!
 //! Only under `cargo bench` (the `--bench` argument); as a test target it returns at
 //! once. `POD_ROUNDS` (default 3) repeats the whole table; `POD_DETAIL=1` also prints
-//! every decision's time.
+//! every decision's time; `POD_BIN=path` measures another agent-warden binary (an
+//! older build, for a before/after in the same conditions).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -135,7 +136,8 @@ async fn run_ours(s: &Scenario, tmp: &Path) -> Ours {
     }
     let agent = ok_agent(&agent_sock).await;
     let t0 = Instant::now();
-    let mut child = Command::new(BIN)
+    let bin = std::env::var_os("POD_BIN").unwrap_or_else(|| BIN.into());
+    let mut child = Command::new(bin)
         .args(["--log", "warn", "--decision-log"])
         .arg(&log)
         .args(["serve", "--rego", "v0", "--input-shape", s.shape.name()])
