@@ -268,9 +268,12 @@ async fn kata_agent_pod_life_through_agent_warden() {
         );
         assert_eq!(through.logged[i], direct.logged[i], "step {}", step.name);
     }
-    let read = &through.answers[4];
+    let read = &through.answers[kata::READ_ECHO];
     assert_eq!(read.describe("ReadStdout"), "OK data=\"hello\\n\"");
-    assert_eq!(through.answers[8].describe("WaitProcess"), "OK status=137");
+    assert_eq!(
+        through.answers[kata::WAIT_INIT].describe("WaitProcess"),
+        "OK status=137"
+    );
     // ... and the shadow exec denied by the policy, never reaching kata-agent.
     let denied = &through.answers[kata::DENIED];
     assert_eq!(denied.code, 7, "{denied:?}");

@@ -470,8 +470,12 @@ fn wait(exec_id: &str) -> Vec<u8> {
 
 /// Index of the step after which the rootfs is written (CreateSandbox).
 pub const ROOTFS_AFTER: usize = 0;
+/// Index of the ReadStdout of `echo hello`.
+pub const READ_ECHO: usize = 4;
 /// Index of the denied exec.
 pub const DENIED: usize = 6;
+/// Index of the WaitProcess of the killed init process.
+pub const WAIT_INIT: usize = 8;
 
 /// The pod's life, in order.
 pub fn pod_steps() -> Vec<Step> {
