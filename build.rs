@@ -2,10 +2,9 @@
 //! ttrpc-codegen uses a pure-Rust .proto parser, so no `protoc` is needed.
 use std::path::PathBuf;
 
-fn main() {
-    let out =
-        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("protocols");
-    std::fs::create_dir_all(&out).expect("create OUT_DIR/protocols");
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("protocols");
+    std::fs::create_dir_all(&out)?;
     let inputs = [
         "protos/agent.proto",
         "protos/oci.proto",
@@ -27,17 +26,18 @@ fn main() {
         })
         .rust_protobuf_customize(ttrpc_codegen::ProtobufCustomize::default().gen_mod_rs(false))
         .run()
-        .expect("generate Rust code from protos/");
+        .map_err(|e| format!("generate Rust code from protos/: {e}"))?;
 
     // The generated files open with inner attributes (`#![allow(...)]`), which
-    // `include!` cannot take; src/protocols.rs sets the same allowances instead.
-    for entry in std::fs::read_dir(&out).expect("read generated code") {
-        let path = entry.expect("read generated code").path();
-        let text = std::fs::read_to_string(&path).expect("read generated file");
+    // `include!` cannot take; src/wire/protocols.rs sets the same allowances instead.
+    for entry in std::fs::read_dir(&out)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with("#![") && !l.starts_with("//!"))
             .collect();
-        std::fs::write(&path, kept.join("\n")).expect("rewrite generated file");
+        std::fs::write(&path, kept.join("\n"))?;
     }
+    Ok(())
 }

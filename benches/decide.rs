@@ -11,9 +11,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::methods;
 use agent_warden::policy::{Policy, RegoVersion};
+use agent_warden::wire::encode;
+use agent_warden::wire::input::{self, InputShape};
+use agent_warden::wire::methods;
 use criterion::{criterion_group, criterion_main, Criterion};
 use protobuf::reflect::MessageDescriptor;
 use serde_json::Value;
@@ -46,7 +47,7 @@ fn kata_engine(text: &str, v0: bool) -> regorus::Engine {
         max_file_bytes: std::num::NonZeroUsize::new(64 << 20).unwrap(),
         max_lines: std::num::NonZeroUsize::new(1 << 22).unwrap(),
     });
-    agent_warden::pathext::register(&mut kata);
+    agent_warden::policy::pathext::register(&mut kata);
     kata.add_policy("policy.rego".into(), text.to_string())
         .unwrap();
     // As kata-agent does at start-up: one query prepares the engine.
@@ -56,7 +57,7 @@ fn kata_engine(text: &str, v0: bool) -> regorus::Engine {
 
 fn case(label: String, ty: &str, input: &Value, shape: InputShape) -> Option<Case> {
     let desc = methods::table().request_descriptor(ty)?.clone();
-    let bytes = codec::from_policy_input(&desc, input, shape)
+    let bytes = encode::from_policy_input(&desc, input, shape)
         .ok()?
         .write_to_bytes_dyn()
         .ok()?;
@@ -197,8 +198,8 @@ fn own_subjects() -> Vec<Subject> {
 }
 
 fn ours(p: &Policy, c: &Case) -> bool {
-    let msg = codec::decode_request(&c.desc, &c.bytes).unwrap();
-    let input = codec::to_policy_input(&*msg, c.shape);
+    let msg = input::decode_request(&c.desc, &c.bytes).unwrap();
+    let input = input::to_policy_input(&*msg, c.shape);
     p.decide(&c.ty, &input).is_allowed()
 }
 

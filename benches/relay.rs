@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use agent_warden::address::{Address, Listener};
-use agent_warden::codec::InputShape;
-use agent_warden::demo::{start_demo_agent, DemoAgent};
+use agent_warden::policy::sources::ALLOW_ALL_POLICY;
 use agent_warden::policy::{Policy, RegoVersion};
-use agent_warden::protocols::{agent, agent_ttrpc};
-use agent_warden::relay::Guard;
-use agent_warden::server::{self, ALLOW_ALL_POLICY};
+use agent_warden::serve;
+use agent_warden::serve::address::{Address, Listener};
+use agent_warden::serve::judge::Guard;
+use agent_warden::tools::demo::{start_demo_agent, DemoAgent};
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::protocols::{agent, agent_ttrpc};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bench(c: &mut Criterion) {
@@ -36,7 +37,7 @@ fn bench(c: &mut Criterion) {
             let (sock, agent) = (sock.to_path_buf(), agent_sock.clone());
             async move {
                 let listener = Listener::bind(&Address::Unix(sock)).await.unwrap();
-                tokio::spawn(server::run(
+                tokio::spawn(serve::run(
                     listener,
                     Address::Unix(agent),
                     guard,

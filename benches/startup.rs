@@ -13,10 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::demo::{start_demo_agent, DemoAgent};
-use agent_warden::methods;
-use agent_warden::protocols::{agent, agent_ttrpc};
+use agent_warden::tools::demo::{start_demo_agent, DemoAgent};
+use agent_warden::wire::encode;
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::methods;
+use agent_warden::wire::protocols::{agent, agent_ttrpc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use protobuf::Message;
 
@@ -116,7 +117,7 @@ fn recorded_create() -> Option<agent::CreateContainerRequest> {
     })?;
     let input: serde_json::Value = serde_json::from_str(&js).ok()?;
     let desc = methods::table().request_descriptor("CreateContainerRequest")?;
-    let bytes = codec::from_policy_input(desc, &input, InputShape::LegacyStreamPorts)
+    let bytes = encode::from_policy_input(desc, &input, InputShape::LegacyStreamPorts)
         .ok()?
         .write_to_bytes_dyn()
         .ok()?;

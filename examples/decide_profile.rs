@@ -16,9 +16,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::methods;
 use agent_warden::policy::{Policy, RegoVersion};
+use agent_warden::wire::encode;
+use agent_warden::wire::input::{self, InputShape};
+use agent_warden::wire::methods;
 use protobuf::reflect::MessageDescriptor;
 
 struct Case {
@@ -66,7 +67,7 @@ fn case(ty: &str, input: &serde_json::Value, shape: InputShape) -> Case {
         .request_descriptor(ty)
         .expect("request type")
         .clone();
-    let bytes = codec::from_policy_input(&desc, input, shape)
+    let bytes = encode::from_policy_input(&desc, input, shape)
         .expect("encode")
         .write_to_bytes_dyn()
         .expect("bytes");
@@ -74,8 +75,8 @@ fn case(ty: &str, input: &serde_json::Value, shape: InputShape) -> Case {
 }
 
 fn decide(p: &Policy, ty: &str, c: &Case) -> bool {
-    let msg = codec::decode_request(&c.desc, &c.bytes).expect("decode");
-    let input = codec::to_policy_input(&*msg, c.shape);
+    let msg = input::decode_request(&c.desc, &c.bytes).expect("decode");
+    let input = input::to_policy_input(&*msg, c.shape);
     p.decide(ty, &input).is_allowed()
 }
 

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_warden::demo::{start_demo_agent, DemoAgent};
-use agent_warden::protocols::{agent, agent_ttrpc};
+use agent_warden::tools::demo::{start_demo_agent, DemoAgent};
+use agent_warden::wire::protocols::{agent, agent_ttrpc};
 
 /// utime + stime of this process, in seconds.
 fn cpu_seconds() -> f64 {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::codec::InputShape;
 use crate::config::{AuditSection, Config, LimitsSection, PolicySection, SetPolicySetting};
 use crate::policy::RegoVersion;
+use crate::wire::input::InputShape;
 
 /// agent-warden: guards the Kata Containers guest agent with a Rego policy.
 #[derive(Debug, Parser)]
@@ -176,19 +176,19 @@ pub fn run() -> i32 {
     let result: anyhow::Result<i32> = match cli.command {
         Command::Serve(args) => args
             .layers()
-            .and_then(|(file, flags)| runtime()?.block_on(crate::server::serve(file, flags)))
+            .and_then(|(file, flags)| runtime()?.block_on(crate::serve::serve(file, flags)))
             .map(|_| 0),
         Command::Endpoints => {
-            print!("{}", crate::methods::listing());
+            print!("{}", crate::wire::methods::listing());
             Ok(0)
         }
         Command::Demo(args) => runtime().and_then(|rt| {
             rt.block_on(async {
                 let policy = match &args.policy {
-                    Some(p) => Some(crate::server::load_policy(Some(p), args.rego)?),
+                    Some(p) => Some(crate::serve::load_policy(Some(p), args.rego)?),
                     None => None,
                 };
-                print!("{}", crate::demo::run_demo(policy).await?);
+                print!("{}", crate::tools::demo::run_demo(policy).await?);
                 Ok(0)
             })
         }),

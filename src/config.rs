@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::codec::InputShape;
 use crate::policy::RegoVersion;
+use crate::wire::input::InputShape;
 
 /// Default listening address: kata-agent's own vsock port.
 pub const DEFAULT_LISTEN: &str = "vsock://-1:1024";

@@ -3,8 +3,9 @@
 //! decoded request → JSON must give back exactly the recorded JSON.
 use std::path::{Path, PathBuf};
 
-use agent_warden::codec::{decode_request, from_policy_input, to_policy_input, InputShape};
-use agent_warden::protocols::agent;
+use agent_warden::wire::encode::from_policy_input;
+use agent_warden::wire::input::{decode_request, to_policy_input, InputShape};
+use agent_warden::wire::protocols::agent;
 use protobuf::reflect::MessageDescriptor;
 use serde_json::Value;
 

@@ -11,9 +11,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::methods;
 use agent_warden::policy::{Decision, RegoVersion};
+use agent_warden::wire::encode;
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::methods;
 use common::*;
 use serde_json::{json, Value};
 
@@ -94,7 +95,7 @@ async fn send(client: &ttrpc::r#async::Client, shape: InputShape, ty: &str, inpu
         .iter()
         .find(|m| m.request_type == ty)
         .expect("known request type");
-    let msg = codec::from_policy_input(&method.request, input, shape)
+    let msg = encode::from_policy_input(&method.request, input, shape)
         .unwrap_or_else(|e| panic!("{ty}: cannot encode recorded input: {e}"));
     let payload = msg.write_to_bytes_dyn().unwrap();
     let req = ttrpc::proto::Request {

@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_warden::envelope;
-use agent_warden::frame::{self, Read};
-use agent_warden::protocols::{agent, agent_ttrpc};
+use agent_warden::wire::envelope;
+use agent_warden::wire::frame::{self, Read};
+use agent_warden::wire::protocols::{agent, agent_ttrpc};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;

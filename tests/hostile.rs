@@ -6,12 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use agent_warden::codec::InputShape;
-use agent_warden::envelope;
-use agent_warden::frame::{self, Frame, Read, TYPE_REQUEST, TYPE_RESPONSE};
 use agent_warden::policy::{Policy, RegoVersion};
-use agent_warden::protocols::agent;
-use agent_warden::relay::Guard;
+use agent_warden::serve::judge::Guard;
+use agent_warden::wire::envelope;
+use agent_warden::wire::frame::{self, Frame, Read, TYPE_REQUEST, TYPE_RESPONSE};
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::protocols::agent;
 use common::*;
 use protobuf::Message;
 use tokio::io::AsyncWriteExt;

@@ -25,7 +25,7 @@ mod kata;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_warden::frame::{self, Read};
+use agent_warden::wire::frame::{self, Read};
 use kata::{Answer, KataAgent, Kit, Warden};
 
 /// The response frames in `bytes` (what a tap recorded toward the client), in order.

@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use agent_warden::audit::Capture;
-use agent_warden::codec::InputShape;
+use agent_warden::policy::sources::endpoint_list_policy;
 use agent_warden::policy::{Policy, RegoVersion};
-use agent_warden::protocols::{agent, oci};
-use agent_warden::relay::{Guard, SetPolicyMode};
-use agent_warden::sources::endpoint_list_policy;
+use agent_warden::serve::audit::Capture;
+use agent_warden::serve::judge::{Guard, SetPolicyMode};
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::protocols::{agent, oci};
 use common::*;
 use protobuf::MessageField;
 

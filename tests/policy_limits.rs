@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use agent_warden::policy::{self, Decision, Policy, RegoVersion};
-use agent_warden::protocols::agent;
+use agent_warden::wire::protocols::agent;
 use common::{ctx, status, Harness};
 
 /// ExecProcessRequest loops ~25 million times before failing; the rest is quick.

@@ -42,7 +42,7 @@ fn listed(out: &str, label: &str) -> Vec<String> {
 }
 
 fn all_request_types() -> Vec<String> {
-    agent_warden::methods::table()
+    agent_warden::wire::methods::table()
         .policy_request_types()
         .into_iter()
         .map(String::from)

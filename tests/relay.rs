@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use agent_warden::frame::{self, Frame, Header, Read, TYPE_DATA, TYPE_REQUEST};
-use agent_warden::protocols::{agent, health, health_ttrpc, oci};
+use agent_warden::wire::frame::{self, Frame, Header, Read, TYPE_DATA, TYPE_REQUEST};
+use agent_warden::wire::protocols::{agent, health, health_ttrpc, oci};
 use common::*;
 use protobuf::{Message, MessageField};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

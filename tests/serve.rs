@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_warden::config::Config;
-use agent_warden::protocols::{agent, agent_ttrpc, health_ttrpc};
-use agent_warden::server::{self, StorageOp};
+use agent_warden::serve::{self, StorageOp};
 use agent_warden::storage::{Operation, Report, StorageConfig, StorageError};
+use agent_warden::wire::protocols::{agent, agent_ttrpc, health_ttrpc};
 use common::{ctx, status, RecordingAgent};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
@@ -300,7 +300,7 @@ struct Serving {
 async fn serving(file: Config, flags: Config, sock: &Path) -> Serving {
     let calls = Arc::new(Calls::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve_with(
+    let task = tokio::spawn(serve::serve_with(
         file,
         flags,
         calls.op("setup", sock.to_path_buf(), false),
@@ -436,7 +436,7 @@ async fn failed_setup_never_listens_and_failed_bind_tears_down() {
     let (sock, _, _) = d.sock();
     let (file, flags) = layers(&d, "[storage]\ndevice = \"/dev/vdb\"\n");
     let calls = Arc::new(Calls::default());
-    let e = server::serve_with(
+    let e = serve::serve_with(
         file,
         flags,
         calls.op("setup", sock.clone(), true),
@@ -465,7 +465,7 @@ async fn failed_setup_never_listens_and_failed_bind_tears_down() {
     .unwrap();
     let (file, _) = layers(&d, "[storage]\ndevice = \"/dev/vdb\"\n");
     let calls = Arc::new(Calls::default());
-    let e = server::serve_with(
+    let e = serve::serve_with(
         file,
         bad,
         calls.op("setup", sock.clone(), false),
@@ -498,14 +498,14 @@ async fn initdata_policy_forbids_set_policy_unless_configured_and_carries_config
         "flags",
     )
     .unwrap();
-    let p = server::prepare(Config::default(), flags).unwrap();
+    let p = serve::prepare(Config::default(), flags).unwrap();
     assert_eq!(
         p.settings.listen.to_string(),
         listen,
         "flags win over initdata"
     );
     assert_eq!(p.settings.capture.as_ref().map(|c| &c.0), Some(&capture));
-    let guard = server::build_guard(&p.settings, p.loaded, None).unwrap();
+    let guard = serve::build_guard(&p.settings, p.loaded, None).unwrap();
     let h = common::Harness::start_guard(guard).await;
     let c = h.agent_client().await;
     let (code, msg) = status(
@@ -529,8 +529,8 @@ async fn initdata_policy_forbids_set_policy_unless_configured_and_carries_config
         "flags",
     )
     .unwrap();
-    let p = server::prepare(Config::default(), flags).unwrap();
-    let guard = server::build_guard(&p.settings, p.loaded, None).unwrap();
+    let p = serve::prepare(Config::default(), flags).unwrap();
+    let guard = serve::build_guard(&p.settings, p.loaded, None).unwrap();
     let h2 = common::Harness::start_guard(guard).await;
     let (code2, msg2) = status(
         h2.agent_client()
@@ -690,7 +690,7 @@ async fn shutdown_stops_accepting_lets_in_flight_finish_and_drops_stragglers_aft
         .unwrap();
     let took = t0.elapsed();
     assert!(
-        took >= server::DRAIN - Duration::from_millis(500),
+        took >= serve::DRAIN - Duration::from_millis(500),
         "returned after {took:?}, before the drain deadline"
     );
     assert_eq!(

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_warden::envelope;
-use agent_warden::frame::{self, Frame, Header, Read, TYPE_REQUEST};
-use agent_warden::protocols::{agent, agent_ttrpc};
+use agent_warden::wire::envelope;
+use agent_warden::wire::frame::{self, Frame, Header, Read, TYPE_REQUEST};
+use agent_warden::wire::protocols::{agent, agent_ttrpc};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;

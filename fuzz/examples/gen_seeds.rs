@@ -1,7 +1,7 @@
 //! Writes the seed corpora fuzz/seeds/<target>/ from real requests: every recorded
 //! input of ../shared/peers/kata-genpolicy/*/inputs.txt (as tests/compat.rs reads
 //! them) and the request inputs in testdata/, turned into protobuf with
-//! `codec::from_policy_input`.
+//! `encode::from_policy_input`.
 //!
 //!     cd fuzz && cargo run --example gen_seeds [-- <repo root>]
 //!
@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::envelope::{self, Code};
-use agent_warden::frame::{Frame, Header, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
-use agent_warden::methods;
+use agent_warden::wire::encode;
+use agent_warden::wire::input::{self, InputShape};
+use agent_warden::wire::envelope::{self, Code};
+use agent_warden::wire::frame::{Frame, Header, TYPE_DATA, TYPE_REQUEST, TYPE_RESPONSE};
+use agent_warden::wire::methods;
 use fuzz_support::{request_body, request_frame, AgentMode, ConnFlags, GuardKey, PolicyKind};
 use serde_json::Value;
 
@@ -57,7 +58,7 @@ fn encode(ty: &str, input: &Value) -> Option<Vec<u8>> {
         InputShape::LegacyStreamPorts,
         InputShape::Current,
     ] {
-        if let Ok(msg) = codec::from_policy_input(desc, input, shape) {
+        if let Ok(msg) = encode::from_policy_input(desc, input, shape) {
             return msg.write_to_bytes_dyn().ok();
         }
     }

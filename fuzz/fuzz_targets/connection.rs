@@ -21,14 +21,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_warden::address::Conn;
-use agent_warden::envelope::{self, Code};
-use agent_warden::frame::{
+use agent_warden::serve::address::Conn;
+use agent_warden::wire::envelope::{self, Code};
+use agent_warden::wire::frame::{
     self, Frame, Read, FLAG_NO_DATA, FLAG_REMOTE_OPEN, MAX_BODY, TYPE_DATA, TYPE_REQUEST,
     TYPE_RESPONSE,
 };
-use agent_warden::methods;
-use agent_warden::protocols::agent::{CopyFileRequest, ReadStreamResponse};
+use agent_warden::wire::methods;
+use agent_warden::wire::protocols::agent::{CopyFileRequest, ReadStreamResponse};
 use fuzz_support::{guard, runtime, AgentMode, ConnFlags, PolicyKind, AGENT_SECRET};
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
@@ -181,7 +181,7 @@ fuzz_target!(|data: &[u8]| {
         let (host_peer, host_side) = tokio::io::duplex(64 << 10);
         let (agent_peer_end, agent_side) = tokio::io::duplex(64 << 10);
         let (mut host_r, mut host_w) = tokio::io::split(host_peer);
-        let relay = agent_warden::relay::relay(
+        let relay = agent_warden::serve::relay::relay(
             Arc::clone(&guard),
             conn(host_side, "fuzz-host"),
             conn(agent_side, "fuzz-agent"),

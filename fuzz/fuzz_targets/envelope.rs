@@ -3,8 +3,8 @@
 //! the response helpers must produce frames that decode to what they were given.
 #![no_main]
 
-use agent_warden::envelope::{self, Code};
-use agent_warden::frame::TYPE_RESPONSE;
+use agent_warden::wire::envelope::{self, Code};
+use agent_warden::wire::frame::TYPE_RESPONSE;
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
 
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         let back = envelope::decode_request(&again).expect("re-encoded request decodes");
         assert_eq!(back, req);
         // What the relay does with a request it cannot place.
-        let _ = agent_warden::methods::table().lookup(&req.service, &req.method);
+        let _ = agent_warden::wire::methods::table().lookup(&req.service, &req.method);
     }
     if let Ok(resp) = envelope::decode_response(data) {
         let code = envelope::status_code(&resp);

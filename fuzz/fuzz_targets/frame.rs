@@ -9,7 +9,7 @@
 //! pieces, must give exactly the same sequence of results.
 #![no_main]
 
-use agent_warden::frame::{self, FrameReader, Header, Read, HEADER_LEN, MAX_BODY};
+use agent_warden::wire::frame::{self, FrameReader, Header, Read, HEADER_LEN, MAX_BODY};
 use fuzz_support::{runtime, Chunked};
 use libfuzzer_sys::fuzz_target;
 

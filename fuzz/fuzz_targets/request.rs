@@ -10,8 +10,9 @@
 //!   same JSON again (so the policy would decide the rebuilt request the same way).
 #![no_main]
 
-use agent_warden::codec::{self, InputShape};
-use agent_warden::methods;
+use agent_warden::wire::encode;
+use agent_warden::wire::input::{self, InputShape};
+use agent_warden::wire::methods;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,28 +22,28 @@ fuzz_target!(|data: &[u8]| {
     let rows = methods::table().all();
     let m = &rows[pick as usize % rows.len()];
     let desc = &m.request;
-    let Ok(msg) = codec::decode_request(desc, payload) else {
+    let Ok(msg) = input::decode_request(desc, payload) else {
         return;
     };
     for shape in InputShape::ALL {
-        let json = codec::to_policy_input(&*msg, shape);
+        let json = input::to_policy_input(&*msg, shape);
         // kata-agent hands the input to regorus as a JSON string.
         let text = serde_json::to_string(&json).expect("policy input serialises");
         let reparsed: serde_json::Value = serde_json::from_str(&text).expect("policy input reparses");
         assert_eq!(reparsed, json, "{}: JSON text round trip ({})", m.request_type, shape.name());
 
-        let back = codec::from_policy_input(desc, &json, shape).unwrap_or_else(|e| {
+        let back = encode::from_policy_input(desc, &json, shape).unwrap_or_else(|e| {
             panic!("{}: own policy input rejected ({}): {e}", m.request_type, shape.name())
         });
-        let again = codec::to_policy_input(&*back, shape);
+        let again = input::to_policy_input(&*back, shape);
         assert_eq!(again, json, "{}: JSON → request → JSON differs ({})", m.request_type, shape.name());
 
         let bytes = back.write_to_bytes_dyn().expect("encode rebuilt request");
-        let wired = codec::decode_request(desc, &bytes).unwrap_or_else(|e| {
+        let wired = input::decode_request(desc, &bytes).unwrap_or_else(|e| {
             panic!("{}: rebuilt request does not decode ({}): {e}", m.request_type, shape.name())
         });
         assert_eq!(
-            codec::to_policy_input(&*wired, shape),
+            input::to_policy_input(&*wired, shape),
             json,
             "{}: through the wire differs ({})",
             m.request_type,

@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
-use agent_warden::codec::InputShape;
-use agent_warden::envelope::{self, Request};
-use agent_warden::frame::{Frame, TYPE_REQUEST};
-use agent_warden::methods;
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::envelope::{self, Request};
+use agent_warden::wire::frame::{Frame, TYPE_REQUEST};
+use agent_warden::wire::methods;
 use agent_warden::policy::{Policy, RegoVersion};
-use agent_warden::relay::{Guard, SetPolicyMode};
-use agent_warden::server::{ALLOW_ALL_POLICY, DEFAULT_POLICY};
+use agent_warden::serve::judge::{Guard, SetPolicyMode};
+use agent_warden::policy::sources::{ALLOW_ALL_POLICY, DEFAULT_POLICY};
 use protobuf::Message;
 use tokio::io::{AsyncRead, ReadBuf};
 

@@ -23,8 +23,9 @@ pub fn fit(digest: &[u8], len: usize) -> Vec<u8> {
 
 fn fit_array<const N: usize>(digest: &[u8]) -> [u8; N] {
     let mut a = [0u8; N];
-    let n = digest.len().min(N);
-    a[..n].copy_from_slice(&digest[..n]);
+    for (dst, src) in a.iter_mut().zip(digest) {
+        *dst = *src;
+    }
     a
 }
 

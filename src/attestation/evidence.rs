@@ -316,11 +316,14 @@ pub fn tdreport_fields(report: &[u8]) -> Result<ReportFields, String> {
             report.len()
         ));
     }
-    if report[0] != 0x81 {
-        return Err(format!(
-            "TDREPORT type is {:#04x}, expected 0x81 (TDX)",
-            report[0]
-        ));
+    match report.first() {
+        Some(0x81) => {}
+        kind => {
+            return Err(format!(
+                "TDREPORT type is {:#04x}, expected 0x81 (TDX)",
+                kind.copied().unwrap_or_default()
+            ))
+        }
     }
     let measured = slice_array::<TDX_MRCONFIGID_LEN>(report, TDREPORT_MRCONFIGID_OFFSET);
     let report_data = slice_array::<64>(report, TDREPORT_REPORTDATA_OFFSET);

@@ -173,11 +173,10 @@ impl AttestationError {
 
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+        let _ = write!(s, "{b:02x}");
     }
     s
 }
@@ -201,7 +200,10 @@ pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     }
     t.as_bytes()
         .chunks_exact(2)
-        .map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?))
+        .map(|p| match p {
+            [hi, lo] => Some((nibble(*hi)? << 4) | nibble(*lo)?),
+            _ => None,
+        })
         .collect()
 }
 

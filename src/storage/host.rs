@@ -149,21 +149,17 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 fn unescape_octal(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct
-                .iter()
-                .all(|c| (b'0'..=b'3').contains(&oct[0]) && (b'0'..=b'7').contains(c))
-            {
-                out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
-                i += 4;
-                continue;
-            }
+    let mut rest = b;
+    while let Some((&c, tail)) = rest.split_first() {
+        if let (b'\\', [d0 @ b'0'..=b'3', d1 @ b'0'..=b'7', d2 @ b'0'..=b'7', after @ ..]) =
+            (c, tail)
+        {
+            out.push((d0 - b'0') * 64 + (d1 - b'0') * 8 + (d2 - b'0'));
+            rest = after;
+            continue;
         }
-        out.push(b[i]);
-        i += 1;
+        out.push(c);
+        rest = tail;
     }
     out
 }
@@ -280,8 +276,8 @@ fn read_head(path: &Path, n: usize) -> io::Result<Vec<u8>> {
     let mut f = File::open(path)?;
     let mut buf = vec![0u8; n];
     let mut got = 0;
-    while got < n {
-        match f.read(&mut buf[got..]) {
+    while let Some(free) = buf.get_mut(got..).filter(|b| !b.is_empty()) {
+        match f.read(free) {
             Ok(0) => break,
             Ok(k) => got += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -415,7 +411,7 @@ impl Host for LinuxHost {
             let mut off = r.start;
             while off < r.end() {
                 let n = (r.end() - off).min(CHUNK as u64) as usize;
-                f.write_all_at(&zeros[..n], off)?;
+                f.write_all_at(zeros.get(..n).unwrap_or(&zeros), off)?;
                 off += n as u64;
             }
         }

@@ -413,7 +413,8 @@ fn tidy(s: &str) -> String {
     let t = s.trim();
     let lines: Vec<&str> = t.lines().collect();
     if lines.len() > LINES {
-        return tidy(&format!("...\n{}", lines[lines.len() - LINES..].join("\n")));
+        let tail = lines.get(lines.len() - LINES..).unwrap_or_default();
+        return tidy(&format!("...\n{}", tail.join("\n")));
     }
     if t.len() <= MAX {
         return t.to_string();
@@ -657,8 +658,9 @@ fn destroy_file(path: &Path) -> io::Result<Option<u64>> {
         let mut left = len;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            getrandom::fill(&mut buf[..n]).map_err(|e| io::Error::other(e.to_string()))?;
-            f.write_all(&buf[..n])?;
+            let chunk = buf.get_mut(..n).unwrap_or_default();
+            getrandom::fill(chunk).map_err(|e| io::Error::other(e.to_string()))?;
+            f.write_all(chunk)?;
             left -= n as u64;
         }
         f.sync_all()?;

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_warden::address::{Address, Listener};
-use agent_warden::codec::InputShape;
 use agent_warden::policy::{Policy, RegoVersion};
-use agent_warden::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
-use agent_warden::relay::Guard;
+use agent_warden::serve::address::{Address, Listener};
+use agent_warden::serve::judge::Guard;
+use agent_warden::wire::input::InputShape;
+use agent_warden::wire::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
@@ -104,7 +104,7 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         &self,
         _: &TtrpcContext,
         r: agent::UpdateInterfaceRequest,
-    ) -> ttrpc::Result<agent_warden::protocols::types::Interface> {
+    ) -> ttrpc::Result<agent_warden::wire::protocols::types::Interface> {
         self.saw("UpdateInterface");
         Ok(r.interface.unwrap_or_default())
     }
@@ -305,7 +305,7 @@ impl Harness {
         let listener = Listener::bind(&Address::Unix(warden_sock.clone()))
             .await
             .unwrap();
-        tokio::spawn(agent_warden::server::run(
+        tokio::spawn(agent_warden::serve::run(
             listener,
             Address::Unix(agent_front),
             guard.clone(),
@@ -388,7 +388,7 @@ pub async fn start_warden(
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(agent_warden::server::run(
+    tokio::spawn(agent_warden::serve::run(
         listener,
         Address::Unix(agent.to_path_buf()),
         guard,
@@ -491,8 +491,8 @@ async fn raw_agent_conn(
     polls: Arc<Semaphore>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 ) {
-    use agent_warden::envelope;
-    use agent_warden::frame::{self, Read};
+    use agent_warden::wire::envelope;
+    use agent_warden::wire::frame::{self, Read};
     use protobuf::Message;
     let (mut r, mut w) = s.into_split();
     // Answers are built by the writer, so an agent whose writes block holds only
@@ -575,23 +575,27 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A request frame for `grpc.AgentService/<method>` (flags 0).
-pub fn request_frame(stream: u32, method: &str, payload: Vec<u8>) -> agent_warden::frame::Frame {
+pub fn request_frame(
+    stream: u32,
+    method: &str,
+    payload: Vec<u8>,
+) -> agent_warden::wire::frame::Frame {
     let req = ttrpc::proto::Request {
         service: "grpc.AgentService".into(),
         method: method.into(),
         payload,
         ..Default::default()
     };
-    agent_warden::frame::Frame::new(
+    agent_warden::wire::frame::Frame::new(
         stream,
-        agent_warden::frame::TYPE_REQUEST,
+        agent_warden::wire::frame::TYPE_REQUEST,
         0,
         &protobuf::Message::write_to_bytes(&req).unwrap(),
     )
 }
 
 /// StartContainer of `c1`.
-pub fn start_frame(stream: u32) -> agent_warden::frame::Frame {
+pub fn start_frame(stream: u32) -> agent_warden::wire::frame::Frame {
     let r = agent::StartContainerRequest {
         container_id: "c1".into(),
         ..Default::default()
@@ -604,7 +608,7 @@ pub fn start_frame(stream: u32) -> agent_warden::frame::Frame {
 }
 
 /// WaitProcess (a long poll on the recording agent).
-pub fn wait_frame(stream: u32) -> agent_warden::frame::Frame {
+pub fn wait_frame(stream: u32) -> agent_warden::wire::frame::Frame {
     request_frame(
         stream,
         "WaitProcess",
@@ -617,16 +621,16 @@ pub fn wait_frame(stream: u32) -> agent_warden::frame::Frame {
 pub async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
     match tokio::time::timeout(
         Duration::from_secs(10),
-        agent_warden::frame::read_frame(s, agent_warden::frame::MAX_BODY),
+        agent_warden::wire::frame::read_frame(s, agent_warden::wire::frame::MAX_BODY),
     )
     .await
     .ok()?
     {
-        Ok(agent_warden::frame::Read::Frame(f)) => {
-            let r = agent_warden::envelope::decode_response(f.body()).unwrap();
+        Ok(agent_warden::wire::frame::Read::Frame(f)) => {
+            let r = agent_warden::wire::envelope::decode_response(f.body()).unwrap();
             Some((
                 f.header.stream_id,
-                agent_warden::envelope::status_code(&r),
+                agent_warden::wire::envelope::status_code(&r),
                 r.status.message.clone(),
             ))
         }

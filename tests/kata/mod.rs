@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_warden::protocols::{agent, oci};
+use agent_warden::wire::protocols::{agent, oci};
 use protobuf::{Message, MessageField};
 
 /// The pod's only container; its init process has the same exec id.

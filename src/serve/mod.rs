@@ -3,24 +3,25 @@
 //! pairs every accepted host connection with a fresh connection to the agent. On
 //! SIGTERM/SIGINT it stops accepting, drains, and tears the scratch disk down.
 
+pub mod address;
+pub mod audit;
+pub mod judge;
+pub mod limits;
+pub mod relay;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::address::{self, Address, Listener};
 use crate::attestation::{self, EvidenceSource};
-use crate::codec::InputShape;
 use crate::config::{Config, LimitsSection, SetPolicySetting, DEFAULT_AGENT, DEFAULT_LISTEN};
+use crate::policy::sources::{self, Loaded, Origin, PolicySources};
 use crate::policy::{Policy, RegoVersion};
-use crate::relay::{self, Guard, Hook, SetPolicyMode};
-use crate::sources::{self, Loaded, Origin, PolicySources};
 use crate::storage::{self, Report, SetupAt, StorageConfig, StorageError};
-
-/// The embedded default policy (policies/coco-default.rego).
-pub const DEFAULT_POLICY: &str = include_str!("../policies/coco-default.rego");
-/// The embedded allow-all policy (policies/allow-all.rego).
-pub const ALLOW_ALL_POLICY: &str = include_str!("../policies/allow-all.rego");
+use crate::wire::input::InputShape;
+use address::{Address, Listener};
+use judge::{Guard, Hook, SetPolicyMode};
 
 /// Everything `serve` needs besides the policy, resolved from the configuration layers.
 #[derive(Debug, Clone)]
@@ -190,10 +191,10 @@ pub fn build_guard(
             settings
                 .limits
                 .max_in_flight
-                .unwrap_or(relay::DEFAULT_MAX_IN_FLIGHT),
+                .unwrap_or(judge::DEFAULT_MAX_IN_FLIGHT),
         );
     if let Some((path, unmasked)) = &settings.capture {
-        let capture = crate::audit::Capture::create(path, *unmasked)
+        let capture = crate::serve::audit::Capture::create(path, *unmasked)
             .map_err(|e| anyhow::anyhow!("cannot create capture file {}: {e}", path.display()))?;
         guard = guard.with_capture(capture);
     }
@@ -276,7 +277,7 @@ pub async fn run_with(
     max_connections: usize,
 ) {
     tokio::pin!(shutdown);
-    let limiter = crate::limits::ConnectionLimiter::new(max_connections);
+    let limiter = crate::serve::limits::ConnectionLimiter::new(max_connections);
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let host = tokio::select! {

@@ -17,7 +17,7 @@
 //! The RVM cannot call engine extensions. Calls to our `path.*` helpers are compiled
 //! as calls back to the host (regorus's host-await builtins, see
 //! [`compile_with_path_helpers`]); such a program runs in the VM's suspendable mode,
-//! and each suspension is answered with [`crate::pathext::call`]. A helper that fails
+//! and each suspension is answered with [`crate::policy::pathext::call`]. A helper that fails
 //! ends the attempt, so the interpreter decides (and fails as the extension does).
 //!
 //! `regex.match` in a compiled program is our [`regex_match`], not regorus's: regorus
@@ -28,13 +28,6 @@
 //! a bounded cache ([`RegexCache`]). It compiles exactly as regorus does and answers
 //! only the common case (two strings, a pattern that compiles); anything else goes to
 //! regorus's own `regex.match`, so errors and undefined results are regorus's.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -176,7 +169,7 @@ impl Compiled {
                 vm
             }
         };
-        vm.set_execution_timer_config(Some(crate::policy::timer_config(timeout)));
+        vm.set_execution_timer_config(Some(super::engine::timer_config(timeout)));
         vm.set_data(data.cloned().unwrap_or(Value::Null)).ok()?;
         vm.set_input(input.clone());
         let host_calls = program_has_host_calls(&vm);
@@ -204,7 +197,7 @@ impl Compiled {
                 ExecutionState::Suspended { .. } => return None,
                 _ => break,
             };
-            let value = match crate::pathext::call(&name, args)? {
+            let value = match crate::policy::pathext::call(&name, args)? {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::debug!(request_type, error = %e, "path helper failed; the interpreter decides");
@@ -251,7 +244,7 @@ fn program_has_host_calls(vm: &RegoVM) -> bool {
 }
 
 /// Compiles `entry`. The RVM cannot call engine extensions; a call to one of our path
-/// helpers ([`crate::pathext::HELPERS`]) that the policy does not define itself is
+/// helpers ([`crate::policy::pathext::HELPERS`]) that the policy does not define itself is
 /// reported by the compiler as an unknown function, and is then compiled as a call
 /// back to the host (a regorus "host-await builtin", answered in
 /// [`Compiled::eval`]). Only names the compiler found unknown are registered:
@@ -267,7 +260,7 @@ fn compile_with_path_helpers(
             Ok(p) => return Ok(p),
             Err(e) => {
                 let message = e.to_string();
-                let unknown = crate::pathext::HELPERS.iter().find(|(name, _, _)| {
+                let unknown = crate::policy::pathext::HELPERS.iter().find(|(name, _, _)| {
                     message.contains(&format!("Unknown function: '{name}'"))
                         && !helpers.iter().any(|(h, _)| h == name)
                 });
@@ -407,12 +400,6 @@ fn regex_match(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 
@@ -459,7 +446,7 @@ mod tests {
         let mut engine = Engine::new();
         // As agent-warden's engines: a failing builtin makes its expression undefined.
         engine.set_strict_builtin_errors(false);
-        crate::pathext::register(&mut engine);
+        crate::policy::pathext::register(&mut engine);
         engine.add_policy("t.rego".into(), policy.into()).unwrap();
         let interp = engine.clone();
         (interp, Compiled::new(engine, Duration::from_secs(5)))
@@ -498,7 +485,7 @@ N := false if not path.is_beneath(input.path, shared)
             let program = Compiled::new(
                 {
                     let mut e = Engine::new();
-                    crate::pathext::register(&mut e);
+                    crate::policy::pathext::register(&mut e);
                     e.add_policy("t.rego".into(), policy.into()).unwrap();
                     e
                 },

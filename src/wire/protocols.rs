@@ -1,6 +1,10 @@
 //! Generated protobuf messages and ttrpc stubs for kata-agent's protocol (protos/).
 #![allow(
     clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
     missing_docs,
     unused_qualifications,
     non_camel_case_types,

@@ -7,13 +7,12 @@
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
 //! denies (fail closed). The reason for a denial is what the policy printed.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+
+pub mod compiled;
+pub mod constant;
+pub mod engine;
+pub mod pathext;
+pub mod sources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -115,13 +114,13 @@ pub struct Policy {
     /// replaced policy starts over.
     state: Mutex<serde_json::Value>,
     /// The compiled fast path, built on first use (`None` inside: not available).
-    compiled: std::sync::OnceLock<Option<crate::compiled::Compiled>>,
+    compiled: std::sync::OnceLock<Option<crate::policy::compiled::Compiled>>,
     fast_path: bool,
     /// How many allows came from the compiled fast path.
     fast_allows: AtomicU64,
     /// How many allows came from constant rules.
     constant_allows: AtomicU64,
-    /// Rules whose value is a bool whatever the request (see [`crate::constant`]).
+    /// Rules whose value is a bool whatever the request (see [`crate::policy::constant`]).
     constant: std::collections::HashMap<String, bool>,
 }
 
@@ -145,7 +144,7 @@ pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 static FAST_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Turns the compiled fast path (see [`crate::compiled`]) on or off for policies loaded
+/// Turns the compiled fast path (see [`crate::policy::compiled`]) on or off for policies loaded
 /// from now on. On by default; decisions are the same either way (only allows come from
 /// it), so this exists for measurements and as an escape hatch.
 pub fn set_compiled_fast_path(on: bool) {
@@ -167,37 +166,6 @@ pub fn eval_timeout() -> Duration {
     Duration::from_micros(EVAL_TIMEOUT_US.load(Ordering::Relaxed))
 }
 
-/// regorus's execution timer for a time limit (checked every 64 work units), used by
-/// the interpreter and the compiled fast path alike.
-pub(crate) fn timer_config(limit: Duration) -> regorus::utils::limits::ExecutionTimerConfig {
-    regorus::utils::limits::ExecutionTimerConfig {
-        limit,
-        check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
-    }
-}
-
-fn new_engine(version: RegoVersion) -> Engine {
-    let mut engine = Engine::new();
-    engine.set_execution_timer_config(timer_config(eval_timeout()));
-    engine.set_rego_v0(version == RegoVersion::V0);
-    // genpolicy policies have lines over 1,024 columns and, with large data
-    // sections, exceed 1 MiB / 20,000 lines: regorus's defaults would refuse them.
-    let big = regorus::utils::limits::PolicyLengthConfig {
-        max_col: std::num::NonZeroU32::MAX,
-        max_file_bytes: std::num::NonZeroUsize::new(64 << 20)
-            .unwrap_or(std::num::NonZeroUsize::MAX),
-        max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
-    };
-    engine.set_policy_length_config(big);
-    engine.set_gather_prints(true);
-    // As in OPA (and as the kata-agent recordings show): a builtin that fails on its
-    // input, e.g. to_number("abc") in genpolicy's is_ip(), makes the expression
-    // undefined instead of aborting the whole evaluation.
-    engine.set_strict_builtin_errors(false);
-    crate::pathext::register(&mut engine);
-    engine
-}
-
 /// sha256 of the policy text, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
@@ -216,12 +184,12 @@ impl Policy {
             source_name: source_name.to_string(),
             message,
         };
-        let mut engine = new_engine(version);
+        let mut engine = engine::new_engine(version, eval_timeout());
         let package = match engine.add_policy(source_name.to_string(), text.to_string()) {
             Ok(p) => p,
             Err(e) => {
                 let other = version.other();
-                let hint = if new_engine(other)
+                let hint = if engine::new_engine(other, eval_timeout())
                     .add_policy(source_name.to_string(), text.to_string())
                     .is_ok()
                 {
@@ -243,7 +211,7 @@ impl Policy {
                 "declares {package}, but agent-warden needs `package agent_policy`"
             )));
         }
-        let constant = crate::constant::constant_rules(&mut engine);
+        let constant = crate::policy::constant::constant_rules(&mut engine);
         let mut policy = Policy {
             // Not prepared yet: the first evaluation (below, at load) prepares it.
             engine: Mutex::new((engine, UNPREPARED)),
@@ -283,7 +251,8 @@ impl Policy {
             c.set_timeout(limit);
         }
         if let Ok(mut slot) = self.engine.lock() {
-            slot.0.set_execution_timer_config(timer_config(limit));
+            slot.0
+                .set_execution_timer_config(engine::timer_config(limit));
         }
     }
 
@@ -346,23 +315,26 @@ impl Policy {
         self.fast_allows.load(Ordering::Relaxed)
     }
 
-    /// How many allows came from constant rules (see [`crate::constant`]) without any
+    /// How many allows came from constant rules (see [`crate::policy::constant`]) without any
     /// evaluation.
     pub fn constant_allows(&self) -> u64 {
         self.constant_allows.load(Ordering::Relaxed)
     }
 
     /// The compiled fast path, built on first use.
-    fn compiled(&self) -> Option<&crate::compiled::Compiled> {
+    fn compiled(&self) -> Option<&crate::policy::compiled::Compiled> {
         if !self.fast_path {
             return None;
         }
         self.compiled
             .get_or_init(|| {
-                let mut engine = new_engine(self.version);
-                let text = crate::compiled::strip_prints(&self.text);
+                let mut engine = engine::new_engine(self.version, eval_timeout());
+                let text = crate::policy::compiled::strip_prints(&self.text);
                 match engine.add_policy(self.source_name.clone(), text) {
-                    Ok(_) => Some(crate::compiled::Compiled::new(engine, eval_timeout())),
+                    Ok(_) => Some(crate::policy::compiled::Compiled::new(
+                        engine,
+                        eval_timeout(),
+                    )),
                     Err(e) => {
                         tracing::debug!(error = %e, "no compiled fast path for this policy");
                         None
@@ -646,12 +618,6 @@ fn shorten(prints: &[String]) -> String {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -5,7 +5,9 @@
 //! `serve` does (same Rego version handling, errors, path helpers and decision rules:
 //! `true` or `{"allowed": true}` allows, anything else denies). `test` loads several
 //! modules at once, which `Policy` cannot, so it uses its own engine set up the same
-//! way ([`tool_engine`]). docs/POLICY.md describes each command and its output.
+//! way ([`crate::policy::engine::new_engine`]). docs/POLICY.md describes each command and its output.
+
+pub mod demo;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
@@ -14,10 +16,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use regorus::Engine;
 
-use crate::codec::{self, InputShape};
-use crate::methods;
+use crate::policy::sources::DEFAULT_POLICY;
 use crate::policy::{Decision, Policy, RegoVersion};
-use crate::server::DEFAULT_POLICY;
+use crate::wire::encode;
+use crate::wire::input::InputShape;
+use crate::wire::methods;
 
 /// Name under which the embedded default policy is reported.
 pub const DEFAULT_POLICY_NAME: &str = "embedded coco-default.rego";
@@ -142,47 +145,27 @@ fn policy_text(file: Option<&PathBuf>) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// A regorus engine set up like the one [`Policy::load`] uses (Rego version, the
-/// large-policy limits genpolicy policies need, gathered prints, lenient builtin
-/// errors, path helpers). The tools need their own engine where `Policy` has no
-/// API: to list declared rules, and to load several modules (tests). Decisions are
-/// always [`Policy`]'s own.
-fn tool_engine(version: RegoVersion) -> Engine {
-    let mut engine = Engine::new();
-    engine.set_rego_v0(version == RegoVersion::V0);
-    engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
-        max_col: std::num::NonZeroU32::MAX,
-        max_file_bytes: std::num::NonZeroUsize::new(64 << 20)
-            .unwrap_or(std::num::NonZeroUsize::MAX),
-        max_lines: std::num::NonZeroUsize::new(4_000_000).unwrap_or(std::num::NonZeroUsize::MAX),
-    });
-    engine.set_gather_prints(true);
-    engine.set_strict_builtin_errors(false);
-    crate::pathext::register(&mut engine);
-    engine
-}
-
 /// Identifiers in `text` (candidate rule names), in order of first appearance.
 fn identifiers(text: &str) -> Vec<&str> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                i += 1;
-            }
+    let word_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut prev = None;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c.is_ascii_alphabetic() || c == '_' {
+            let len = rest.find(|c: char| !word_char(c)).unwrap_or(rest.len());
+            let (word, tail) = rest.split_at(len);
             // Skip the tail of a longer token such as `1e5x` or a field after a digit.
-            let preceded_by_digit = start > 0 && bytes[start - 1].is_ascii_digit();
-            let word = &text[start..i];
+            let preceded_by_digit = prev.is_some_and(|p: char| p.is_ascii_digit());
             if !preceded_by_digit && seen.insert(word) {
                 out.push(word);
             }
+            prev = word.chars().last();
+            rest = tail;
         } else {
-            i += 1;
+            prev = Some(c);
+            rest = &rest[c.len_utf8()..];
         }
     }
     out
@@ -228,7 +211,8 @@ pub struct Coverage {
 /// Loads `text` as `serve` would (parse, package, compile), then lists its request types.
 pub fn coverage(source_name: &str, text: &str, version: RegoVersion) -> anyhow::Result<Coverage> {
     let policy = Policy::load(source_name, text, version)?;
-    let mut engine = tool_engine(version);
+    let mut engine =
+        crate::policy::engine::new_engine(version, crate::policy::DEFAULT_EVAL_TIMEOUT);
     engine
         .add_policy(source_name.to_string(), text.to_string())
         .map_err(|e| anyhow::anyhow!("policy {source_name}: {e}"))?;
@@ -405,7 +389,7 @@ fn input_warning(request_type: &str, input: &serde_json::Value) -> Option<String
     let desc = methods::table().request_descriptor(request_type)?;
     let mut first_error = None;
     for shape in InputShape::ALL {
-        match codec::from_policy_input(desc, input, shape) {
+        match encode::from_policy_input(desc, input, shape) {
             Ok(_) => return None,
             Err(e) if shape == InputShape::Current => first_error = Some(e.to_string()),
             Err(_) => {}
@@ -543,7 +527,7 @@ pub fn find_test_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The package a module declares, or why it does not parse.
 fn package_of(name: &str, text: &str, version: RegoVersion) -> anyhow::Result<String> {
-    tool_engine(version)
+    crate::policy::engine::new_engine(version, crate::policy::DEFAULT_EVAL_TIMEOUT)
         .add_policy(name.to_string(), text.to_string())
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
@@ -602,7 +586,8 @@ pub fn run_test_file(
     };
     let name = test_file.display().to_string();
     let text = read_text(test_file, "test file").map_err(|e| fail(e.to_string()))?;
-    let mut engine = tool_engine(version);
+    let mut engine =
+        crate::policy::engine::new_engine(version, crate::policy::DEFAULT_EVAL_TIMEOUT);
     for (module, module_text) in
         companions(test_file, version).map_err(|e| fail(format!("{e:#}")))?
     {

@@ -13,14 +13,6 @@
 //! a name counts once for every rule whose head starts with it (`R`, `R.x`, `R[k]`,
 //! `R(x)`, defaults included), so a constant is a name with exactly one rule, a
 //! `default` without arguments whose value is the literal `true` or `false`.
-// Policy text can come from the host (an allowed SetPolicy): no unwrap/expect/indexing/
-// panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::collections::HashMap;
 
@@ -85,12 +77,6 @@ fn head_path(e: &Expr) -> Option<Vec<String>> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 
@@ -140,7 +126,7 @@ default ObjRequest := {"allowed": true}
     fn rego_v1_and_the_shipped_allow_all() {
         let text = "package agent_policy\nimport rego.v1\ndefault A := true\ndefault B := true\nB if input.z\n";
         assert_eq!(constants(false, text), named(&[("A", true)]));
-        let all = constants(false, crate::server::ALLOW_ALL_POLICY);
+        let all = constants(false, crate::policy::sources::ALLOW_ALL_POLICY);
         assert!(
             all.contains(&("StartContainerRequest".to_string(), true)),
             "{all:?}"

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use protobuf::MessageField;
 use ttrpc::r#async::TtrpcContext;
 
-use crate::address::{Address, Listener};
-use crate::codec::InputShape;
-use crate::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc, oci};
-use crate::relay::Guard;
-use crate::server;
+use crate::serve;
+use crate::serve::address::{Address, Listener};
+use crate::serve::judge::Guard;
+use crate::wire::input::InputShape;
+use crate::wire::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc, oci};
 
 /// The demo agent: answers a handful of calls and counts what reached it.
 #[derive(Default)]
@@ -141,7 +141,7 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
 
     let policy = match policy {
         Some(p) => p,
-        None => server::load_policy(None, crate::policy::RegoVersion::V0)?,
+        None => serve::load_policy(None, crate::policy::RegoVersion::V0)?,
     };
     let mut out = format!(
         "policy: {} (sha256 {})\n",
@@ -151,7 +151,7 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
     let guard = Arc::new(Guard::new(policy, InputShape::Current));
     let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let warden = tokio::spawn(server::run(
+    let warden = tokio::spawn(serve::run(
         listener,
         Address::Unix(agent_sock.clone()),
         guard,
@@ -272,6 +272,9 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
         "requests that reached the agent: {}\n",
         demo_agent.seen.load(Ordering::SeqCst)
     ));
+    // Hang up first, as the host would, so that agent-warden has nothing to drain.
+    drop(agent);
+    drop(health);
     let _ = stop_tx.send(());
     let _ = warden.await;
     let _ = agent_server.shutdown().await;

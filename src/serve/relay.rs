@@ -25,53 +25,20 @@
 //! read, so the agent's writes block instead of agent-warden's memory growing. There
 //! is no idle timeout: a long poll (WaitProcess, GetOOMEvent) may last as long as the
 //! container runs, as with kata-agent itself.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::address::{Conn, ReadHalf, WriteHalf};
-use crate::codec::{self, InputShape};
-use crate::envelope::{self, Code};
-use crate::frame::{
-    Frame, FrameReader, Read, FLAG_NO_DATA, FLAG_REMOTE_OPEN, MAX_BODY, TYPE_DATA, TYPE_REQUEST,
-    TYPE_RESPONSE,
-};
-use crate::methods::{self, Handling};
-use crate::policy::{Decision, Policy, StateOps};
-
-/// An action run (on a blocking thread) after the agent answered a request of a given
-/// type successfully, e.g. scratch-disk teardown after DestroySandbox.
-pub type Hook = Arc<dyn Fn() + Send + Sync>;
-
-/// What every connection shares: the policy, the input shape, hooks, counters.
-pub struct Guard {
-    policy: RwLock<Arc<Policy>>,
-    shape: InputShape,
-    hooks: HashMap<String, Hook>,
-    next_decision: AtomicU64,
-    next_conn: AtomicU64,
-    set_policy: SetPolicyMode,
-    endpoint_list: bool,
-    capture: Option<crate::audit::Capture>,
-    max_in_flight: usize,
-}
-
-/// Requests in flight per host connection unless configured (`[limits] max_in_flight`).
-/// Beyond it a request is answered RESOURCE_EXHAUSTED and not forwarded.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+use super::judge::{Guard, Pending, Verdict};
+use crate::serve::address::{Conn, ReadHalf, WriteHalf};
+use crate::wire::envelope::{self, Code};
+use crate::wire::frame::{Frame, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
 
 /// Responses queued for a host that does not read, by count and by bytes: when
 /// either is reached the reader of the agent side waits (and with it the agent)
@@ -79,284 +46,6 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// alone.
 const HOST_QUEUE: usize = 32;
 const HOST_QUEUE_BYTES: usize = 8 << 20;
-
-/// Whether SetPolicy may replace the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetPolicyMode {
-    /// The current policy decides (`SetPolicyRequest` rule), as in kata.
-    PolicyDecides,
-    /// Refused outright: the policy came from attested initdata, and replacing it
-    /// would make the measured digest describe a policy no longer enforced.
-    Forbidden,
-}
-
-/// A request forwarded to the agent and not yet answered.
-struct Pending {
-    blank_data: bool,
-    hook: Option<Hook>,
-    /// State operations to apply (to the policy that decided) once the agent succeeds.
-    ops: Option<(Arc<Policy>, StateOps)>,
-}
-
-impl Pending {
-    fn plain(hook: Option<Hook>) -> Pending {
-        Pending {
-            blank_data: false,
-            hook,
-            ops: None,
-        }
-    }
-}
-
-/// What to do with one frame from the host.
-enum Verdict {
-    Forward(Pending),
-    Reply(Frame),
-    Close(String),
-}
-
-impl Guard {
-    pub fn new(policy: Policy, shape: InputShape) -> Guard {
-        Guard {
-            policy: RwLock::new(Arc::new(policy)),
-            shape,
-            hooks: HashMap::new(),
-            next_decision: AtomicU64::new(1),
-            next_conn: AtomicU64::new(1),
-            set_policy: SetPolicyMode::PolicyDecides,
-            endpoint_list: false,
-            capture: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-        }
-    }
-
-    /// Sets the most requests in flight on one host connection (at least 1).
-    pub fn with_max_in_flight(mut self, n: usize) -> Guard {
-        self.max_in_flight = n.max(1);
-        self
-    }
-
-    /// Sets whether SetPolicy may replace the policy.
-    pub fn with_set_policy(mut self, mode: SetPolicyMode) -> Guard {
-        self.set_policy = mode;
-        self
-    }
-
-    /// Marks the policy as generated from a legacy endpoint list: denials are then
-    /// answered UNIMPLEMENTED `<Type> is blocked`, as kata-agent did.
-    pub fn with_endpoint_list(mut self, yes: bool) -> Guard {
-        self.endpoint_list = yes;
-        self
-    }
-
-    /// Records every decided input to a capture file.
-    pub fn with_capture(mut self, capture: crate::audit::Capture) -> Guard {
-        self.capture = Some(capture);
-        self
-    }
-
-    /// Replaces the policy; requests already decided keep their decision.
-    pub fn swap_policy(&self, new: Policy) -> Arc<Policy> {
-        let new = Arc::new(new);
-        let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *slot, new)
-    }
-
-    /// Runs `hook` after each successful agent answer to a `request_type` request.
-    pub fn with_hook(mut self, request_type: &str, hook: Hook) -> Guard {
-        self.hooks.insert(request_type.to_string(), hook);
-        self
-    }
-
-    /// The policy in force.
-    pub fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Judges one frame from the host. `busy` says whether its stream id is in flight;
-    /// `in_flight` is how many requests of this connection are.
-    fn judge(&self, conn: u64, f: &Frame, busy: bool, in_flight: usize) -> Verdict {
-        let h = f.header;
-        let id = h.stream_id;
-        if h.kind != TYPE_REQUEST {
-            if h.kind == TYPE_DATA {
-                return Verdict::Reply(envelope::error_frame(
-                    id,
-                    Code::INVALID_ARGUMENT,
-                    "data frames are not supported: AgentService has no streaming methods",
-                ));
-            }
-            return Verdict::Close(format!(
-                "unexpected frame type {} from the host on stream {id}",
-                h.kind
-            ));
-        }
-        if id.is_multiple_of(2) {
-            return Verdict::Close(format!(
-                "stream id {id} is even; host stream ids must be odd"
-            ));
-        }
-        if busy {
-            return Verdict::Close(format!(
-                "stream id {id} reused while a request on it is still in flight"
-            ));
-        }
-        if in_flight >= self.max_in_flight {
-            tracing::warn!(
-                conn,
-                stream = id,
-                limit = self.max_in_flight,
-                "too many requests in flight, not forwarded"
-            );
-            return Verdict::Reply(envelope::error_frame(
-                id,
-                Code::RESOURCE_EXHAUSTED,
-                format!(
-                    "too many requests in flight on this connection (limit {})",
-                    self.max_in_flight
-                ),
-            ));
-        }
-        if h.flags & (FLAG_REMOTE_OPEN | FLAG_NO_DATA) != 0 {
-            return Verdict::Reply(envelope::error_frame(
-                id,
-                Code::INVALID_ARGUMENT,
-                format!(
-                    "streaming requests are not supported (frame flags {:#04x})",
-                    h.flags
-                ),
-            ));
-        }
-        let req = match envelope::decode_request(f.body()) {
-            Ok(r) => r,
-            Err(e) => return Verdict::Reply(envelope::error_frame(id, Code::INVALID_ARGUMENT, e)),
-        };
-        let Some(m) = methods::table().lookup(&req.service, &req.method) else {
-            tracing::warn!(conn, stream = id, service = %req.service, method = %req.method, "unknown method, not forwarded");
-            return Verdict::Reply(envelope::error_frame(
-                id,
-                Code::UNIMPLEMENTED,
-                format!(
-                    "{}/{}: unknown service or method (not forwarded)",
-                    req.service, req.method
-                ),
-            ));
-        };
-        let hook = self.hooks.get(&m.request_type).cloned();
-        if m.handling == Handling::Passthrough {
-            tracing::debug!(conn, stream = id, service = %m.service, method = %m.name, "passthrough");
-            return Verdict::Forward(Pending::plain(hook));
-        }
-        let ty = m.request_type.as_str();
-        let msg = match codec::decode_request(&m.request, &req.payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!(conn, stream = id, request_type = ty, error = %e, "malformed payload, not forwarded");
-                return Verdict::Reply(envelope::error_frame(
-                    id,
-                    Code::INVALID_ARGUMENT,
-                    format!("{ty}: malformed request payload: {e}"),
-                ));
-            }
-        };
-        let input = codec::to_policy_input(&*msg, self.shape);
-        if let Some(capture) = &self.capture {
-            capture.record(ty, &input);
-        }
-        let policy = self.policy();
-        let started = Instant::now();
-        let (mut decision, ops) = policy.decide_with_ops(ty, &input);
-        let eval_us = started.elapsed().as_micros() as u64;
-        let decision_id = self.next_decision.fetch_add(1, Ordering::Relaxed);
-        if m.handling == Handling::SetPolicy && self.set_policy == SetPolicyMode::Forbidden {
-            decision = Decision::Deny {
-                reason: "SetPolicy is disabled: the policy came from attested initdata".into(),
-                detail: String::new(),
-            };
-        }
-        let (allowed, reason) = match &decision {
-            Decision::Allow => (true, ""),
-            Decision::Deny { reason, .. } => (false, reason.as_str()),
-            Decision::Error(e) => (false, e.as_str()),
-        };
-        let audit_allowed = !allowed && policy.is_permissive() && m.handling != Handling::SetPolicy;
-        tracing::info!(
-            target: "agent_warden::decision",
-            decision_id, conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
-            allowed, reason, policy = policy.digest(), eval_us,
-            "decision"
-        );
-        if let Decision::Deny { detail, .. } = &decision {
-            if !detail.is_empty() {
-                tracing::debug!(decision_id, request_type = ty, policy_output = %detail, "policy output for denial");
-            }
-        }
-        if audit_allowed {
-            tracing::warn!(
-                decision_id,
-                request_type = ty,
-                reason,
-                "AllowRequestsFailingPolicy: denied request allowed"
-            );
-            decision = Decision::Allow;
-        }
-        let ops = ops.map(|o| (policy.clone(), o));
-        match decision {
-            Decision::Allow if m.handling == Handling::SetPolicy => {
-                Verdict::Reply(self.set_policy(id, &input))
-            }
-            Decision::Allow => Verdict::Forward(Pending {
-                blank_data: false,
-                hook,
-                ops,
-            }),
-            _ if m.handling == Handling::PolicyBlankDataOnDeny => Verdict::Forward(Pending {
-                blank_data: true,
-                hook,
-                ops: None,
-            }),
-            Decision::Deny { .. } if self.endpoint_list => Verdict::Reply(envelope::error_frame(
-                id,
-                Code::UNIMPLEMENTED,
-                format!("{ty} is blocked"),
-            )),
-            Decision::Deny { reason, .. } => Verdict::Reply(envelope::error_frame(
-                id,
-                Code::PERMISSION_DENIED,
-                format!("{ty} is blocked by policy: {reason}"),
-            )),
-            Decision::Error(e) => Verdict::Reply(envelope::error_frame(
-                id,
-                Code::INTERNAL,
-                format!("{ty}: internal error: {e}"),
-            )),
-        }
-    }
-
-    /// Answers an allowed SetPolicy: compile the new policy completely, then swap.
-    fn set_policy(&self, id: u32, input: &serde_json::Value) -> Frame {
-        let text = input
-            .get("policy")
-            .and_then(|p| p.as_str())
-            .unwrap_or_default();
-        let old = self.policy();
-        match Policy::load("SetPolicy", text, old.version()) {
-            Ok(new) => {
-                let new_digest = new.digest().to_string();
-                self.swap_policy(new);
-                tracing::warn!(old = old.digest(), new = %new_digest, "policy replaced by SetPolicy");
-                envelope::ok_frame(id, &[])
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "SetPolicy: new policy rejected, old policy stays");
-                envelope::error_frame(id, Code::INVALID_ARGUMENT, format!("SetPolicyRequest: {e}"))
-            }
-        }
-    }
-}
 
 type Inflight = Mutex<HashMap<u32, Pending>>;
 
@@ -702,16 +391,11 @@ async fn agent_to_host(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
-    use crate::frame::{self, Header, TYPE_REQUEST};
-    use crate::policy::RegoVersion;
+    use crate::policy::{Policy, RegoVersion};
+    use crate::wire::frame::{self, Header, TYPE_REQUEST};
+    use crate::wire::input::InputShape;
     use protobuf::Message;
     use tokio::io::{AsyncWriteExt, DuplexStream};
 
@@ -751,7 +435,7 @@ mod tests {
     async fn oversize_agent_frames_answer_only_streams_in_flight() {
         let policy = Policy::load(
             "allow-all.rego",
-            crate::server::ALLOW_ALL_POLICY,
+            crate::policy::sources::ALLOW_ALL_POLICY,
             RegoVersion::V0,
         )
         .unwrap();

@@ -1,7 +1,7 @@
 //! Path helpers for policies, registered with every policy engine as regorus
 //! extensions (functions implemented in Rust that Rego code calls by name). The
 //! compiled fast path, whose VM cannot call extensions, answers its programs' calls
-//! to them through [`call`] (see [`crate::compiled`]).
+//! to them through [`call`] (see [`crate::policy::compiled`]).
 //!
 //! | call | value |
 //! |---|---|
@@ -20,13 +20,6 @@
 //! true for a malformed `x`. The error aborts the evaluation, and agent-warden
 //! denies a request whose evaluation fails. An undefined argument makes the call
 //! undefined (regorus does not call an extension with undefined arguments).
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use regorus::{Engine, Value};
 
@@ -55,7 +48,7 @@ pub fn register(engine: &mut Engine) {
 
 /// Calls helper `name` (one of [`HELPERS`]) as regorus would call the extension;
 /// `None` for any other name. The compiled fast path uses this for the calls its
-/// programs hand back to the host (see [`crate::compiled`]).
+/// programs hand back to the host (see [`crate::policy::compiled`]).
 pub(crate) fn call(name: &str, params: Vec<Value>) -> Option<anyhow::Result<Value>> {
     HELPERS
         .iter()
@@ -178,12 +171,6 @@ pub fn is_within(p: &str, root: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

@@ -1,18 +1,11 @@
 //! The ttrpc envelope inside a frame body: `Request {service, method, payload,
 //! timeout_nano, metadata}` and `Response {status, payload}`, and the error
 //! responses agent-warden sends in the agent's place.
-// Host data reaches this module: no unwrap/expect/indexing/panic outside tests.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use protobuf::{EnumOrUnknown, Message, MessageField};
 pub use ttrpc::proto::{Code, Request, Response, Status};
 
-use crate::frame::{Frame, TYPE_RESPONSE};
+use crate::wire::frame::{Frame, TYPE_RESPONSE};
 
 /// Decodes a request frame's body.
 pub fn decode_request(body: &[u8]) -> Result<Request, String> {
@@ -66,12 +59,6 @@ pub fn error_frame(stream_id: u32, code: Code, message: impl Into<String>) -> Fr
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 mod tests {
     use super::*;
 

@@ -6,9 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::attestation;
-use crate::methods;
 use crate::policy::{Policy, RegoVersion};
-use crate::server::DEFAULT_POLICY;
+use crate::wire::methods;
+
+/// The embedded default policy (policies/coco-default.rego).
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/coco-default.rego");
+/// The embedded allow-all policy (policies/allow-all.rego).
+pub const ALLOW_ALL_POLICY: &str = include_str!("../../policies/allow-all.rego");
 
 /// The legacy endpoint list (kata-agent's old `[endpoints] allowed = [...]`).
 #[derive(Debug, Default, serde::Deserialize)]
