@@ -102,19 +102,26 @@ async fn run(kit: &Kit, agent: &mut KataAgent, sock: &Path) -> Run {
         shadow.push(running);
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\nkata-agent log:\n{}", agent.log()));
+    .unwrap_or_else(|e| panic!("{e}\nkata-agent log:\n{}{}", agent.log(), agent.stderr()));
     assert!(
         agent.exited(Duration::from_secs(10)),
         "kata-agent exits after DestroySandbox"
     );
+    // kata-agent exits right after answering DestroySandbox; its log line may be written
+    // only as it exits: take the last step's lines from the final log.
+    let calls = agent.rpc_calls();
+    let last = logged.len() - 1;
+    let start: usize = logged[..last].iter().map(Vec::len).sum();
+    logged[last] = calls.get(start..).unwrap_or_default().to_vec();
     drop(client);
-    let frames = frames(&tap.to_client.lock().unwrap().clone()).await;
+    let to_client = tap.to_client.lock().unwrap().clone();
+    let frames = frames(&to_client).await;
     Run {
         answers: answers.into_iter().map(|(a, _)| a).collect(),
         frames,
         logged,
         shadow_running: shadow,
-        calls: agent.rpc_calls(),
+        calls,
         log: agent.log(),
     }
 }

@@ -127,7 +127,9 @@ impl KataAgent {
     /// Starts `binary` and waits until its socket appears. `env`: extra environment.
     pub fn start(kit: &Kit, binary: &Path, env: &[(&str, &str)]) -> Result<KataAgent, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let log = fs::File::create(dir.path().join("agent.log")).map_err(|e| e.to_string())?;
+        let create =
+            |name: &str| fs::File::create(dir.path().join(name)).map_err(|e| e.to_string());
+        let (log, script_log) = (create("agent.log")?, create("run-agent.log")?);
         let mut script = Command::new("bash")
             .arg(&kit.run_agent)
             .arg(binary)
@@ -139,8 +141,8 @@ impl KataAgent {
             .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::null())
             // kata-agent writes its JSON log lines to stdout, run-agent.sh to stderr.
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
+            .stdout(log)
+            .stderr(script_log)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", kit.run_agent.display()))?;
         let sock = dir.path().join("sock/kata-agent.sock");
@@ -154,9 +156,12 @@ impl KataAgent {
                 break pid;
             }
             if let Ok(Some(st)) = script.try_wait() {
-                let log = fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+                let log =
+                    |name: &str| fs::read_to_string(dir.path().join(name)).unwrap_or_default();
                 return Err(format!(
-                    "run-agent.sh exited with {st} before listening:\n{log}"
+                    "run-agent.sh exited with {st} before listening:\n{}{}",
+                    log("run-agent.log"),
+                    log("agent.log")
                 ));
             }
             if Instant::now() > deadline {
@@ -181,22 +186,26 @@ impl KataAgent {
         PathBuf::from(format!("/proc/{}/root", self.nsinit))
     }
 
-    /// Everything kata-agent (and run-agent.sh) wrote to stderr so far.
+    /// kata-agent's log so far (JSON lines, which it writes to stdout).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// What run-agent.sh and kata-agent wrote to stderr (panics, shutdown).
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("run-agent.log")).unwrap_or_default()
+    }
+
     /// The RPCs kata-agent received, in order: its own `rpc call from shim to agent:
-    /// "<name>"` log lines (snake_case names, e.g. `exec_process`).
+    /// "<name>"` log lines (snake_case names, e.g. `exec_process`). Read from the raw text,
+    /// not as JSON: kata-agent exits right after DestroySandbox, and that line is sometimes
+    /// cut short as it exits.
     pub fn rpc_calls(&self) -> Vec<String> {
+        const PREFIX: &str = r#"{"msg":"rpc call from shim to agent: \""#;
         self.log()
             .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                let msg = v.get("msg")?.as_str()?;
-                let name = msg.strip_prefix("rpc call from shim to agent: ")?;
-                Some(name.trim_matches('"').to_string())
-            })
+            .filter_map(|l| l.strip_prefix(PREFIX)?.split_once(r#"\""#))
+            .map(|(name, _)| name.to_string())
             .collect()
     }
 
