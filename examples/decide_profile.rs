@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use agent_warden::policy::{Policy, RegoVersion};
+use agent_warden::policy::{LoadOptions, Policy, RegoVersion};
 use agent_warden::wire::encode;
 use agent_warden::wire::input::{self, InputShape};
 use agent_warden::wire::methods;
@@ -117,10 +117,11 @@ fn main() {
         )
     };
     let rounds: usize = rounds.map(|r| r.parse().expect("rounds")).unwrap_or(20);
-    if std::env::var_os("DECIDE_INTERPRETER").is_some_and(|v| v == "1") {
-        agent_warden::policy::set_compiled_fast_path(false);
-    }
-    let policy = Policy::load("policy.rego", &text, RegoVersion::V0).expect("load");
+    let options = LoadOptions {
+        fast_path: std::env::var_os("DECIDE_INTERPRETER").is_none_or(|v| v != "1"),
+        ..LoadOptions::default()
+    };
+    let policy = Policy::load_with("policy.rego", &text, RegoVersion::V0, options).expect("load");
     let warm: Vec<bool> = cases.iter().map(|c| decide(&policy, ty, c)).collect();
     let t = Instant::now();
     let allowed = measured(&policy, ty, &cases, rounds);

@@ -1,7 +1,7 @@
 //! agent-warden: a policy-enforcing ttrpc interposer for the Kata Containers guest agent.
 //!
 //! The tree follows a request's path, and dependencies run one way
-//! (`serve` → `policy`, `wire`; `tools` → `policy`, `wire`):
+//! (`serve` → `policy`, `wire`; `tools` → `serve::judge`, `policy`, `wire`):
 //! - [`wire`]: what the host sends. A ttrpc [`wire::frame`] is opened by
 //!   [`wire::envelope`], named by [`wire::methods`], and decoded by [`wire::input`] into
 //!   the JSON that kata-agent gives its policy engine.

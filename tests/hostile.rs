@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use agent_warden::policy::{Policy, RegoVersion};
+use agent_warden::policy::{Decision, LoadOptions, Policy, RegoVersion};
 use agent_warden::serve::judge::Guard;
 use agent_warden::wire::envelope;
 use agent_warden::wire::frame::{self, Frame, Read, TYPE_REQUEST, TYPE_RESPONSE};
@@ -432,4 +432,55 @@ fn reply_overhead(n: u32) -> u64 {
         sum += envelope::ok_frame(2 * i + 1, &payload).raw().len() as u64 - (1 << 20);
     }
     sum
+}
+
+// The per-evaluation time limit: a policy evaluation that runs over it fails closed
+// with INTERNAL, and nothing reaches the agent.
+
+/// ExecProcessRequest loops ~25 million times before failing; the rest is quick.
+const SLOW: &str = r#"package agent_policy
+default ExecProcessRequest := false
+ExecProcessRequest {
+    some i, j
+    numbers.range(1, 5000)[i]
+    numbers.range(1, 5000)[j]
+    i * j == -1
+}
+default StartContainerRequest := true
+"#;
+
+#[tokio::test]
+async fn an_evaluation_over_the_time_limit_is_internal_and_not_forwarded() {
+    let limit = LoadOptions {
+        eval_timeout: Duration::from_millis(100),
+        ..LoadOptions::default()
+    };
+    let load = || Policy::load_with("slow.rego", SLOW, RegoVersion::V0, limit).unwrap();
+    let p = load();
+    let t = Instant::now();
+    match p.decide("ExecProcessRequest", &serde_json::json!({})) {
+        Decision::Error(e) => assert!(e.to_lowercase().contains("time limit"), "{e}"),
+        d => panic!("expected an error, got {d:?}"),
+    }
+    // Stopped near the limit, far before the loop would finish.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    let h = Harness::start_guard(Guard::new(load(), InputShape::Current)).await;
+    let c = h.agent_client().await;
+    let (code, msg) = status(
+        c.exec_process(ctx(), &agent::ExecProcessRequest::new())
+            .await,
+    );
+    assert_eq!(code, 13, "{msg}");
+    assert!(
+        msg.starts_with("ExecProcessRequest: internal error:")
+            && msg.to_lowercase().contains("time limit"),
+        "{msg}"
+    );
+    // The engine is usable afterwards.
+    c.start_container(ctx(), &agent::StartContainerRequest::new())
+        .await
+        .unwrap();
+    assert_eq!(h.agent.calls(), vec!["StartContainer".to_string()]);
+    h.stop().await;
 }

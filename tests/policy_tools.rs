@@ -554,3 +554,85 @@ fn hash_of_initdata_is_over_the_decompressed_toml() {
     ));
     assert_eq!(stdout(&o), format!("{want}\n"));
 }
+
+/// `policy eval` and `policy replay` decide through serve's own function: a policy
+/// with `AllowRequestsFailingPolicy := true` forwards what it denies, and a legacy
+/// endpoint list answers UNIMPLEMENTED `<Type> is blocked`, in both tools.
+#[test]
+fn eval_and_replay_apply_serves_rules_on_top_of_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let permissive = dir.path().join("permissive.rego");
+    std::fs::write(
+        &permissive,
+        "package agent_policy\n\ndefault AllowRequestsFailingPolicy := true\n\
+         default ExecProcessRequest := false\ndefault CreateContainerRequest := true\n",
+    )
+    .unwrap();
+    let list = dir.path().join("endpoints.toml");
+    std::fs::write(
+        &list,
+        "[endpoints]\nallowed = [\"CreateContainerRequest\"]\n",
+    )
+    .unwrap();
+    let input = "testdata/exec-ls-c1.json";
+    let permissive = permissive.to_str().unwrap();
+    let list = list.to_str().unwrap();
+
+    let v = eval_json(&[
+        "--type",
+        "ExecProcessRequest",
+        "--input",
+        input,
+        "--policy",
+        permissive,
+    ]);
+    assert_eq!(
+        (v["decision"].as_str(), v["allowed"].as_bool()),
+        (Some("allow"), Some(true)),
+        "{v}"
+    );
+    assert_eq!(v["overridden_by"], "AllowRequestsFailingPolicy", "{v}");
+    assert_eq!(v["serve"], "forward", "{v}");
+    assert_eq!(v["reason"], "the policy returned false", "{v}");
+
+    let v = eval_json(&[
+        "--type",
+        "ExecProcessRequest",
+        "--input",
+        input,
+        "--endpoints",
+        list,
+    ]);
+    assert_eq!(
+        (v["decision"].as_str(), v["allowed"].as_bool()),
+        (Some("deny"), Some(false)),
+        "{v}"
+    );
+    assert_eq!(
+        v["serve"], "answer UNIMPLEMENTED: ExecProcessRequest is blocked",
+        "{v}"
+    );
+    assert_eq!(v["overridden_by"], serde_json::Value::Null, "{v}");
+
+    let capture = dir.path().join("capture.jsonl");
+    let exec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(input).unwrap()).unwrap();
+    let line = serde_json::json!({"kind": "ExecProcessRequest", "request": exec});
+    std::fs::write(&capture, format!("{line}\n")).unwrap();
+    let capture = capture.to_str().unwrap();
+
+    let o = run(&["policy", "replay", capture, "--policy", permissive]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("line 1: ExecProcessRequest: allow (AllowRequestsFailingPolicy; the policy said deny: the policy returned false)"),
+        "{out}"
+    );
+    assert!(out.contains("1 requests: 1 allowed, 0 denied"), "{out}");
+
+    let o = run(&["policy", "replay", capture, "--endpoints", list]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("line 1: ExecProcessRequest: deny"), "{out}");
+    assert!(out.contains("1 requests: 0 allowed, 1 denied"), "{out}");
+}

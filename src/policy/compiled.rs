@@ -51,7 +51,7 @@ pub(crate) struct Compiled {
     /// Idle VMs with a rule's program loaded, by request type (at most [`IDLE_VMS`]
     /// each), so that a request does not pay for building and loading a VM.
     idle: Mutex<HashMap<String, Vec<RegoVM>>>,
-    timeout: Mutex<Duration>,
+    timeout: Duration,
 }
 
 /// The policy text with statement-only `print(...)` lines blanked (line numbers kept).
@@ -117,13 +117,7 @@ impl Compiled {
             engine: Mutex::new(engine),
             programs: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
-            timeout: Mutex::new(timeout),
-        }
-    }
-
-    pub(crate) fn set_timeout(&self, limit: Duration) {
-        if let Ok(mut t) = self.timeout.lock() {
-            *t = limit;
+            timeout,
         }
     }
 
@@ -160,7 +154,7 @@ impl Compiled {
         input: &Value,
         data: Option<&Value>,
     ) -> Option<Value> {
-        let timeout = self.timeout.lock().map(|t| *t).ok()?;
+        let timeout = self.timeout;
         let mut vm = match self.take_idle(request_type) {
             Some(vm) => vm,
             None => {

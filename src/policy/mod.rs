@@ -115,7 +115,7 @@ pub struct Policy {
     state: Mutex<serde_json::Value>,
     /// The compiled fast path, built on first use (`None` inside: not available).
     compiled: std::sync::OnceLock<Option<crate::policy::compiled::Compiled>>,
-    fast_path: bool,
+    options: LoadOptions,
     /// How many allows came from the compiled fast path.
     fast_allows: AtomicU64,
     /// How many allows came from constant rules.
@@ -142,28 +142,27 @@ impl std::fmt::Debug for Policy {
 /// that would hold the connection for good.
 pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-static FAST_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns the compiled fast path (see [`crate::policy::compiled`]) on or off for policies loaded
-/// from now on. On by default; decisions are the same either way (only allows come from
-/// it), so this exists for measurements and as an escape hatch.
-pub fn set_compiled_fast_path(on: bool) {
-    FAST_PATH.store(on, Ordering::Relaxed);
+/// How a policy is loaded, besides its text and Rego version. Passed at load and kept
+/// by the policy (a policy replaced by SetPolicy is loaded with the same options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Time limit of one evaluation (`[limits] eval_timeout_ms`). An evaluation that runs
+    /// over fails closed: the request gets INTERNAL `<T>: internal error: … time limit …`
+    /// and never reaches the agent.
+    pub eval_timeout: Duration,
+    /// The compiled fast path (see [`compiled`]) and constant rules (see [`constant`]).
+    /// Decisions are the same either way (only allows come from them), so turning them
+    /// off exists for measurements and as an escape hatch.
+    pub fast_path: bool,
 }
 
-static EVAL_TIMEOUT_US: AtomicU64 = AtomicU64::new(DEFAULT_EVAL_TIMEOUT.as_micros() as u64);
-
-/// Sets the time limit of every policy evaluation in policies loaded from now on
-/// (`[limits] eval_timeout_ms`). An evaluation that runs over fails closed: the request
-/// gets INTERNAL `<T>: internal error: … time limit …` and never reaches the agent.
-pub fn set_eval_timeout(limit: Duration) {
-    let us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX).max(1);
-    EVAL_TIMEOUT_US.store(us, Ordering::Relaxed);
-}
-
-/// The time limit applied to policies loaded from now on.
-pub fn eval_timeout() -> Duration {
-    Duration::from_micros(EVAL_TIMEOUT_US.load(Ordering::Relaxed))
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            eval_timeout: DEFAULT_EVAL_TIMEOUT,
+            fast_path: true,
+        }
+    }
 }
 
 /// sha256 of the policy text, lowercase hex.
@@ -173,23 +172,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Policy {
-    /// Parses `text` (named `source_name` in messages) as Rego `version` and checks that
-    /// it declares `package agent_policy`.
+    /// [`Policy::load_with`] with the default [`LoadOptions`].
     pub fn load(
         source_name: &str,
         text: &str,
         version: RegoVersion,
     ) -> Result<Policy, PolicyError> {
+        Policy::load_with(source_name, text, version, LoadOptions::default())
+    }
+
+    /// Parses `text` (named `source_name` in messages) as Rego `version` and checks that
+    /// it declares `package agent_policy`.
+    pub fn load_with(
+        source_name: &str,
+        text: &str,
+        version: RegoVersion,
+        options: LoadOptions,
+    ) -> Result<Policy, PolicyError> {
         let invalid = |message: String| PolicyError::Invalid {
             source_name: source_name.to_string(),
             message,
         };
-        let mut engine = engine::new_engine(version, eval_timeout());
+        let mut engine = engine::new_engine(version, options.eval_timeout);
         let package = match engine.add_policy(source_name.to_string(), text.to_string()) {
             Ok(p) => p,
             Err(e) => {
                 let other = version.other();
-                let hint = if engine::new_engine(other, eval_timeout())
+                let hint = if engine::new_engine(other, options.eval_timeout)
                     .add_policy(source_name.to_string(), text.to_string())
                     .is_ok()
                 {
@@ -223,7 +232,7 @@ impl Policy {
             permissive: false,
             state: Mutex::new(serde_json::json!({})),
             compiled: std::sync::OnceLock::new(),
-            fast_path: FAST_PATH.load(Ordering::Relaxed),
+            options,
             fast_allows: AtomicU64::new(0),
             constant_allows: AtomicU64::new(0),
             constant,
@@ -245,15 +254,9 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Changes this policy's evaluation time limit (see [`set_eval_timeout`]).
-    pub fn set_timeout(&self, limit: Duration) {
-        if let Some(Some(c)) = self.compiled.get() {
-            c.set_timeout(limit);
-        }
-        if let Ok(mut slot) = self.engine.lock() {
-            slot.0
-                .set_execution_timer_config(engine::timer_config(limit));
-        }
+    /// The options the policy was loaded with.
+    pub fn options(&self) -> LoadOptions {
+        self.options
     }
 
     /// The Rego version the policy was loaded as.
@@ -306,7 +309,7 @@ impl Policy {
     /// This policy without the compiled fast path and constant rules: every decision by
     /// the interpreter.
     pub fn without_fast_path(mut self) -> Policy {
-        self.fast_path = false;
+        self.options.fast_path = false;
         self
     }
 
@@ -323,17 +326,17 @@ impl Policy {
 
     /// The compiled fast path, built on first use.
     fn compiled(&self) -> Option<&crate::policy::compiled::Compiled> {
-        if !self.fast_path {
+        if !self.options.fast_path {
             return None;
         }
         self.compiled
             .get_or_init(|| {
-                let mut engine = engine::new_engine(self.version, eval_timeout());
+                let mut engine = engine::new_engine(self.version, self.options.eval_timeout);
                 let text = crate::policy::compiled::strip_prints(&self.text);
                 match engine.add_policy(self.source_name.clone(), text) {
                     Ok(_) => Some(crate::policy::compiled::Compiled::new(
                         engine,
-                        eval_timeout(),
+                        self.options.eval_timeout,
                     )),
                     Err(e) => {
                         tracing::debug!(error = %e, "no compiled fast path for this policy");
@@ -450,7 +453,11 @@ impl Policy {
     ) -> (Decision, Option<StateOps>) {
         // A rule whose value is the same whatever the request needs no input and no
         // engine; a constant `false` is denied exactly as the engine would deny it.
-        if let Some(&value) = self.constant.get(request_type).filter(|_| self.fast_path) {
+        if let Some(&value) = self
+            .constant
+            .get(request_type)
+            .filter(|_| self.options.fast_path)
+        {
             if value {
                 self.constant_allows.fetch_add(1, Ordering::Relaxed);
             }

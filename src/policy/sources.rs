@@ -6,11 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::attestation;
-use crate::policy::{Policy, RegoVersion};
+use crate::policy::{LoadOptions, Policy, RegoVersion};
 use crate::wire::methods;
 
 /// The embedded default policy (policies/coco-default.rego).
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/coco-default.rego");
+/// The name messages give the embedded default policy.
+pub const EMBEDDED_DEFAULT_NAME: &str = "embedded coco-default.rego";
 /// The embedded allow-all policy (policies/allow-all.rego).
 pub const ALLOW_ALL_POLICY: &str = include_str!("../../policies/allow-all.rego");
 
@@ -90,6 +92,19 @@ pub struct PolicySources {
     pub rego: RegoVersion,
 }
 
+/// A policy's text, read from its source and not compiled yet.
+pub struct Source {
+    /// The name messages give it ("initdata /dev/vdb", a file path, ...).
+    pub name: String,
+    pub text: String,
+    /// The Rego version to parse it as: the configured one, except for the policies
+    /// agent-warden itself provides (embedded, generated from an endpoint list).
+    pub rego: RegoVersion,
+    pub origin: Origin,
+    /// agent-warden's own configuration carried in initdata (`agent-warden.toml`).
+    pub initdata_config: Option<String>,
+}
+
 /// A loaded policy and where it came from.
 pub struct Loaded {
     pub policy: Policy,
@@ -98,13 +113,13 @@ pub struct Loaded {
     pub initdata_config: Option<String>,
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<String> {
+fn read_file(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
 
-/// Loads the policy from initdata, if initdata is configured.
-fn load_initdata(s: &PolicySources) -> anyhow::Result<Option<Loaded>> {
+/// Reads the policy from initdata, if initdata is configured.
+fn read_initdata(s: &PolicySources) -> anyhow::Result<Option<Source>> {
     let (location, init) = if let Some(path) = &s.initdata {
         (
             path.display().to_string(),
@@ -124,15 +139,16 @@ fn load_initdata(s: &PolicySources) -> anyhow::Result<Option<Loaded>> {
     } else {
         return Ok(None);
     };
-    let text = init.require_policy()?;
-    let policy = Policy::load(&format!("initdata {location}"), text, s.rego)?;
+    let text = init.require_policy()?.to_string();
     let digest = init.digest();
     tracing::info!(
         initdata = %location, algorithm = init.algorithm.name(), digest = %attestation::to_hex(&digest),
         "policy taken from initdata"
     );
-    Ok(Some(Loaded {
-        policy,
+    Ok(Some(Source {
+        name: format!("initdata {location}"),
+        text,
+        rego: s.rego,
         origin: Origin::Initdata { location, digest },
         initdata_config: init.warden_config,
     }))
@@ -152,43 +168,59 @@ impl Loaded {
     }
 }
 
-/// Loads the policy from the highest-precedence source that is configured.
-pub fn load(s: &PolicySources) -> anyhow::Result<Loaded> {
-    if let Some(loaded) = load_initdata(s)? {
-        return Ok(loaded);
+/// Reads the policy from the highest-precedence source that is configured.
+pub fn read(s: &PolicySources) -> anyhow::Result<Source> {
+    if let Some(source) = read_initdata(s)? {
+        return Ok(source);
     }
+    let plain = |name: String, text: String, rego: RegoVersion, origin: Origin| Source {
+        name,
+        text,
+        rego,
+        origin,
+        initdata_config: None,
+    };
     if let Some(path) = &s.policy_file {
-        let policy = Policy::load(&path.display().to_string(), &read(path, "policy")?, s.rego)?;
-        return Ok(Loaded {
-            policy,
-            origin: Origin::File(path.clone()),
-            initdata_config: None,
-        });
+        return Ok(plain(
+            path.display().to_string(),
+            read_file(path, "policy")?,
+            s.rego,
+            Origin::File(path.clone()),
+        ));
     }
     if let Some(path) = &s.endpoint_list {
-        let rego = endpoint_list_policy(&read(path, "endpoint list")?)
+        let rego = endpoint_list_policy(&read_file(path, "endpoint list")?)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let policy = Policy::load(
-            &format!("endpoint list {}", path.display()),
-            &rego,
+        return Ok(plain(
+            format!("endpoint list {}", path.display()),
+            rego,
             RegoVersion::V0,
-        )?;
-        return Ok(Loaded {
-            policy,
-            origin: Origin::EndpointList(path.clone()),
-            initdata_config: None,
-        });
+            Origin::EndpointList(path.clone()),
+        ));
     }
-    let policy = Policy::load(
-        "embedded coco-default.rego",
-        DEFAULT_POLICY,
+    Ok(plain(
+        EMBEDDED_DEFAULT_NAME.to_string(),
+        DEFAULT_POLICY.to_string(),
         RegoVersion::V0,
-    )?;
-    Ok(Loaded {
-        policy,
-        origin: Origin::Embedded,
-        initdata_config: None,
-    })
+        Origin::Embedded,
+    ))
+}
+
+impl Source {
+    /// Compiles and checks the policy.
+    pub fn load(self, options: LoadOptions) -> anyhow::Result<Loaded> {
+        let policy = Policy::load_with(&self.name, &self.text, self.rego, options)?;
+        Ok(Loaded {
+            policy,
+            origin: self.origin,
+            initdata_config: self.initdata_config,
+        })
+    }
+}
+
+/// Reads and loads the policy from the highest-precedence source that is configured.
+pub fn load(s: &PolicySources, options: LoadOptions) -> anyhow::Result<Loaded> {
+    read(s)?.load(options)
 }
 
 #[cfg(test)]
@@ -240,7 +272,7 @@ mod tests {
             policy_file: Some(pol),
             ..Default::default()
         };
-        let loaded = load(&s).unwrap();
+        let loaded = load(&s, LoadOptions::default()).unwrap();
         assert!(matches!(loaded.origin, Origin::Initdata { .. }));
         assert_eq!(
             loaded.expected_digest(),
@@ -257,7 +289,7 @@ mod tests {
             initdata_scan: Some(dir.path().to_path_buf()),
             ..Default::default()
         };
-        let e = load(&s).err().unwrap().to_string();
+        let e = load(&s, LoadOptions::default()).err().unwrap().to_string();
         assert!(e.contains("no initdata device found"), "{e}");
     }
 
@@ -273,10 +305,19 @@ mod tests {
             endpoint_list: Some(list.clone()),
             ..Default::default()
         };
-        assert_eq!(load(&s).unwrap().origin, Origin::File(pol));
+        assert_eq!(
+            load(&s, LoadOptions::default()).unwrap().origin,
+            Origin::File(pol)
+        );
         s.policy_file = None;
-        assert_eq!(load(&s).unwrap().origin, Origin::EndpointList(list));
+        assert_eq!(
+            load(&s, LoadOptions::default()).unwrap().origin,
+            Origin::EndpointList(list)
+        );
         s.endpoint_list = None;
-        assert_eq!(load(&s).unwrap().origin, Origin::Embedded);
+        assert_eq!(
+            load(&s, LoadOptions::default()).unwrap().origin,
+            Origin::Embedded
+        );
     }
 }

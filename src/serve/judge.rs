@@ -14,7 +14,7 @@ use crate::policy::{Decision, Policy, StateOps};
 use crate::wire::envelope::{self, Code};
 use crate::wire::frame::{Frame, FLAG_NO_DATA, FLAG_REMOTE_OPEN, TYPE_DATA, TYPE_REQUEST};
 use crate::wire::input::{self, InputShape};
-use crate::wire::methods::{self, Handling};
+use crate::wire::methods::{self, Handling, Method};
 
 /// An action run (on a blocking thread) after the agent answered a request of a given
 /// type successfully, e.g. scratch-disk teardown after DestroySandbox.
@@ -63,6 +63,30 @@ impl Pending {
             ops: None,
         }
     }
+}
+
+/// What `serve` does with one decided request.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward the request as received. `blank_data`: a denied read whose answer's data
+    /// is blanked; `ops`: state operations for the deciding policy, applied once the
+    /// agent has answered successfully.
+    Forward {
+        blank_data: bool,
+        ops: Option<(Arc<Policy>, StateOps)>,
+    },
+    /// Answer in the agent's place with this status (`OK` for an applied SetPolicy).
+    Answer { code: Code, message: String },
+}
+
+/// One request decided as `serve` decides it.
+#[derive(Debug)]
+pub struct Judgement {
+    /// The decision (the policy's, or a SetPolicy refused by the SetPolicy mode).
+    pub decision: Decision,
+    /// A denial the policy's `AllowRequestsFailingPolicy` turned into forwarding.
+    pub overridden: bool,
+    pub action: Action,
 }
 
 /// What to do with one frame from the host.
@@ -223,9 +247,36 @@ impl Guard {
         if let Some(capture) = &self.capture {
             capture.record(ty, &input);
         }
+        match self.decide(m, &input, conn, id).action {
+            Action::Forward { blank_data, ops } => Verdict::Forward(Pending {
+                blank_data,
+                hook,
+                ops,
+            }),
+            Action::Answer { code: Code::OK, .. } => Verdict::Reply(envelope::ok_frame(id, &[])),
+            Action::Answer { code, message } => {
+                Verdict::Reply(envelope::error_frame(id, code, message))
+            }
+        }
+    }
+
+    /// Decides one request's policy input as `serve` does: the policy's decision, then
+    /// serve's own rules on top (SetPolicy mode, AllowRequestsFailingPolicy, blanked
+    /// reads, endpoint-list answers), logged as one decision line. An allowed
+    /// SetPolicy replaces the policy here. The policy tools (`policy eval`, `policy
+    /// replay`) decide through this function too. `conn` and `stream` only label the
+    /// log line.
+    pub fn decide(
+        &self,
+        m: &Method,
+        input: &serde_json::Value,
+        conn: u64,
+        stream: u32,
+    ) -> Judgement {
+        let ty = m.request_type.as_str();
         let policy = self.policy();
         let started = Instant::now();
-        let (mut decision, ops) = policy.decide_with_ops(ty, &input);
+        let (mut decision, ops) = policy.decide_with_ops(ty, input);
         let eval_us = started.elapsed().as_micros() as u64;
         let decision_id = self.next_decision.fetch_add(1, Ordering::Relaxed);
         if m.handling == Handling::SetPolicy && self.set_policy == SetPolicyMode::Forbidden {
@@ -239,10 +290,10 @@ impl Guard {
             Decision::Deny { reason, .. } => (false, reason.as_str()),
             Decision::Error(e) => (false, e.as_str()),
         };
-        let audit_allowed = !allowed && policy.is_permissive() && m.handling != Handling::SetPolicy;
+        let overridden = !allowed && policy.is_permissive() && m.handling != Handling::SetPolicy;
         tracing::info!(
             target: crate::logging::DECISION_TARGET,
-            decision_id, conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
+            decision_id, conn, stream, service = %m.service, method = %m.name, request_type = ty,
             allowed, reason, policy = policy.digest(), eval_us,
             "decision"
         );
@@ -251,65 +302,72 @@ impl Guard {
                 tracing::debug!(decision_id, request_type = ty, policy_output = %detail, "policy output for denial");
             }
         }
-        if audit_allowed {
+        if overridden {
             tracing::warn!(
                 decision_id,
                 request_type = ty,
                 reason,
                 "AllowRequestsFailingPolicy: denied request allowed"
             );
-            decision = Decision::Allow;
         }
         let ops = ops.map(|o| (policy.clone(), o));
-        match decision {
-            Decision::Allow if m.handling == Handling::SetPolicy => {
-                Verdict::Reply(self.set_policy(id, &input))
-            }
-            Decision::Allow => Verdict::Forward(Pending {
+        let action = match &decision {
+            Decision::Allow if m.handling == Handling::SetPolicy => self.set_policy(input),
+            Decision::Allow => Action::Forward {
                 blank_data: false,
-                hook,
                 ops,
-            }),
-            _ if m.handling == Handling::PolicyBlankDataOnDeny => Verdict::Forward(Pending {
+            },
+            _ if overridden => Action::Forward {
+                blank_data: false,
+                ops,
+            },
+            _ if m.handling == Handling::PolicyBlankDataOnDeny => Action::Forward {
                 blank_data: true,
-                hook,
                 ops: None,
-            }),
-            Decision::Deny { .. } if self.endpoint_list => Verdict::Reply(envelope::error_frame(
-                id,
-                Code::UNIMPLEMENTED,
-                format!("{ty} is blocked"),
-            )),
-            Decision::Deny { reason, .. } => Verdict::Reply(envelope::error_frame(
-                id,
-                Code::PERMISSION_DENIED,
-                format!("{ty} is blocked by policy: {reason}"),
-            )),
-            Decision::Error(e) => Verdict::Reply(envelope::error_frame(
-                id,
-                Code::INTERNAL,
-                format!("{ty}: internal error: {e}"),
-            )),
+            },
+            Decision::Deny { .. } if self.endpoint_list => Action::Answer {
+                code: Code::UNIMPLEMENTED,
+                message: format!("{ty} is blocked"),
+            },
+            Decision::Deny { reason, .. } => Action::Answer {
+                code: Code::PERMISSION_DENIED,
+                message: format!("{ty} is blocked by policy: {reason}"),
+            },
+            Decision::Error(e) => Action::Answer {
+                code: Code::INTERNAL,
+                message: format!("{ty}: internal error: {e}"),
+            },
+        };
+        Judgement {
+            decision,
+            overridden,
+            action,
         }
     }
 
     /// Answers an allowed SetPolicy: compile the new policy completely, then swap.
-    fn set_policy(&self, id: u32, input: &serde_json::Value) -> Frame {
+    fn set_policy(&self, input: &serde_json::Value) -> Action {
         let text = input
             .get("policy")
             .and_then(|p| p.as_str())
             .unwrap_or_default();
         let old = self.policy();
-        match Policy::load("SetPolicy", text, old.version()) {
+        match Policy::load_with("SetPolicy", text, old.version(), old.options()) {
             Ok(new) => {
                 let new_digest = new.digest().to_string();
                 self.swap_policy(new);
                 tracing::warn!(old = old.digest(), new = %new_digest, "policy replaced by SetPolicy");
-                envelope::ok_frame(id, &[])
+                Action::Answer {
+                    code: Code::OK,
+                    message: String::new(),
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "SetPolicy: new policy rejected, old policy stays");
-                envelope::error_frame(id, Code::INVALID_ARGUMENT, format!("SetPolicyRequest: {e}"))
+                Action::Answer {
+                    code: Code::INVALID_ARGUMENT,
+                    message: format!("SetPolicyRequest: {e}"),
+                }
             }
         }
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::attestation::{self, EvidenceSource};
 use crate::config::{Config, LimitsSection, SetPolicySetting, DEFAULT_AGENT, DEFAULT_LISTEN};
 use crate::policy::sources::{self, Loaded, Origin, PolicySources};
-use crate::policy::{Policy, RegoVersion};
+use crate::policy::{LoadOptions, Policy, RegoVersion, DEFAULT_EVAL_TIMEOUT};
 use crate::storage::{self, Report, SetupAt, StorageConfig, StorageError};
 use crate::wire::input::InputShape;
 use address::{Address, Listener};
@@ -106,11 +106,14 @@ impl ServeSettings {
 /// Loads a policy file (or the embedded default) and checks it, as `serve` does
 /// (`sources::load` with only a policy file configured); for `demo`.
 pub fn load_policy(file: Option<&PathBuf>, rego: RegoVersion) -> anyhow::Result<Policy> {
-    let policy = sources::load(&PolicySources {
-        policy_file: file.cloned(),
-        rego,
-        ..Default::default()
-    })?
+    let policy = sources::load(
+        &PolicySources {
+            policy_file: file.cloned(),
+            rego,
+            ..Default::default()
+        },
+        LoadOptions::default(),
+    )?
     .policy;
     tracing::info!(
         source = policy.source_name(),
@@ -131,11 +134,8 @@ pub struct Prepared {
 /// flags. Nothing is listened on or set up yet.
 pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
     let base = file.clone().overlay(flags.clone());
-    if let Some(ms) = base.limits.eval_timeout_ms.filter(|ms| *ms > 0) {
-        crate::policy::set_eval_timeout(Duration::from_millis(ms));
-    }
-    let loaded = sources::load(&policy_sources(&base))?;
-    let cfg = match &loaded.initdata_config {
+    let source = sources::read(&policy_sources(&base))?;
+    let cfg = match &source.initdata_config {
         Some(text) => {
             let layer = Config::parse(text, "from initdata (agent-warden.toml)")?;
             layer.check_initdata_layer()?;
@@ -145,11 +145,15 @@ pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
         None => base,
     };
     let settings = ServeSettings::from_config(&cfg)?;
-    if let Some(ms) = settings.limits.eval_timeout_ms {
-        // The initdata layer may set it too: applies to this policy and later ones.
-        crate::policy::set_eval_timeout(Duration::from_millis(ms));
-        loaded.policy.set_timeout(Duration::from_millis(ms));
-    }
+    // Compiled only now that the initdata layer is known: it may set the time limit.
+    let options = LoadOptions {
+        eval_timeout: settings
+            .limits
+            .eval_timeout_ms
+            .map_or(DEFAULT_EVAL_TIMEOUT, Duration::from_millis),
+        ..LoadOptions::default()
+    };
+    let loaded = source.load(options)?;
     tracing::info!(
         origin = %loaded.origin,
         policy_digest = loaded.policy.digest(),

@@ -1,11 +1,12 @@
 //! Policy tools: `agent-warden policy check|eval|test|replay|hash`.
 //!
-//! Offline helpers for policy authors. `check`, `eval` and `replay` load the policy
-//! with [`Policy::load`] and decide with [`Policy::decide_with_ops`], exactly as
-//! `serve` does (same Rego version handling, errors, path helpers and decision rules:
-//! `true` or `{"allowed": true}` allows, anything else denies). `test` loads several
-//! modules at once, which `Policy` cannot, so it uses its own engine set up the same
-//! way ([`crate::policy::engine::new_engine`]). docs/POLICY.md describes each command and its output.
+//! Offline helpers for policy authors. `eval` and `replay` load the policy (or a legacy
+//! endpoint list) from the same sources as `serve` and decide through the same function,
+//! [`Guard::decide`]: the policy's decision and serve's rules on top of it
+//! (AllowRequestsFailingPolicy, endpoint-list answers, blanked reads, SetPolicy).
+//! `check` loads with [`Policy::load`]. `test` loads several modules at once, which
+//! `Policy` cannot, so it uses an engine from [`crate::policy::engine::new_engine`].
+//! docs/POLICY.md describes each command and its output.
 
 pub mod demo;
 
@@ -16,14 +17,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use regorus::Engine;
 
-use crate::policy::sources::DEFAULT_POLICY;
-use crate::policy::{Decision, Policy, RegoVersion};
+use crate::policy::sources::{Origin, PolicySources};
+use crate::policy::{Decision, LoadOptions, Policy, RegoVersion};
+use crate::serve::judge::{Action, Guard, Judgement};
 use crate::wire::encode;
 use crate::wire::input::InputShape;
 use crate::wire::methods;
-
-/// Name under which the embedded default policy is reported.
-pub const DEFAULT_POLICY_NAME: &str = "embedded coco-default.rego";
 
 /// `agent-warden policy ...`
 #[derive(Debug, Args)]
@@ -70,8 +69,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Policy file [default: the embedded coco-default policy].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "endpoints")]
     pub policy: Option<PathBuf>,
+    /// A legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy,
+    /// decided and answered as `serve --endpoints` does.
+    #[arg(long)]
+    pub endpoints: Option<PathBuf>,
     /// Rego version of the policy.
     #[arg(long, value_enum, default_value = "v0")]
     pub rego: RegoVersion,
@@ -94,8 +97,12 @@ pub struct ReplayArgs {
     /// The capture: one JSON object per line, {"kind": "<RequestType>", "request": <input>}.
     pub capture: PathBuf,
     /// Policy file [default: the embedded coco-default policy].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "endpoints")]
     pub policy: Option<PathBuf>,
+    /// A legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy,
+    /// decided and answered as `serve --endpoints` does.
+    #[arg(long)]
+    pub endpoints: Option<PathBuf>,
     /// Rego version of the policy.
     #[arg(long, value_enum, default_value = "v0")]
     pub rego: RegoVersion,
@@ -135,14 +142,6 @@ fn read_json(path: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
     let text = read_text(path, what)?;
     serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{what} {} is not valid JSON: {e}", path.display()))
-}
-
-/// The policy named on the command line, or the embedded default: (name, text).
-fn policy_text(file: Option<&PathBuf>) -> anyhow::Result<(String, String)> {
-    match file {
-        Some(path) => Ok((path.display().to_string(), read_text(path, "policy")?)),
-        None => Ok((DEFAULT_POLICY_NAME.to_string(), DEFAULT_POLICY.to_string())),
-    }
 }
 
 /// Identifiers in `text` (candidate rule names), in order of first appearance.
@@ -301,6 +300,39 @@ fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------------------
 // eval
 
+/// A [`Guard`] that decides as `serve` does with the policy (or endpoint list) named on
+/// the command line, or the embedded default.
+fn serve_guard(
+    policy: Option<&PathBuf>,
+    endpoints: Option<&PathBuf>,
+    rego: RegoVersion,
+) -> anyhow::Result<Guard> {
+    let loaded = crate::policy::sources::load(
+        &PolicySources {
+            policy_file: policy.cloned(),
+            endpoint_list: endpoints.cloned(),
+            rego,
+            ..PolicySources::default()
+        },
+        LoadOptions::default(),
+    )?;
+    let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
+    Ok(Guard::new(loaded.policy, InputShape::Current).with_endpoint_list(endpoint_list))
+}
+
+/// What `serve` does with a request, in words: `forward`, `forward, answer data
+/// blanked`, or the status it answers with.
+fn serve_action(j: &Judgement) -> String {
+    match &j.action {
+        Action::Forward {
+            blank_data: true, ..
+        } => "forward, answer data blanked".to_string(),
+        Action::Forward { .. } => "forward".to_string(),
+        Action::Answer { code, message } if message.is_empty() => format!("answer {code:?}"),
+        Action::Answer { code, message } => format!("answer {code:?}: {message}"),
+    }
+}
+
 /// One evaluated request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -410,6 +442,11 @@ struct EvalReport<'a> {
     allowed: bool,
     /// Why it was denied (or the engine error); null when allowed.
     reason: Option<&'a str>,
+    /// What `serve` does with it: `forward`, `forward, answer data blanked`, or
+    /// `answer <CODE>: <message>`.
+    serve: String,
+    /// `AllowRequestsFailingPolicy` when that rule turned a denial into forwarding.
+    overridden_by: Option<&'static str>,
     /// The rule's value; null when undefined.
     value: Option<&'a serde_json::Value>,
     /// State operations an allowing result asks for; null when none.
@@ -420,8 +457,9 @@ struct EvalReport<'a> {
 fn eval(a: &EvalArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     known_request_type(&a.request_type)?;
     let input = read_json(&a.input, "input")?;
-    let (name, text) = policy_text(a.policy.as_ref())?;
-    let policy = Policy::load(&name, &text, a.rego)?;
+    let guard = serve_guard(a.policy.as_ref(), a.endpoints.as_ref(), a.rego)?;
+    let policy = guard.policy();
+    let name = policy.source_name().to_string();
     if let Some(path) = &a.data {
         seed_state(&policy, &read_json(path, "data document")?)
             .map_err(|e| anyhow::anyhow!("data document {}: {e:#}", path.display()))?;
@@ -432,15 +470,21 @@ fn eval(a: &EvalArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
             a.request_type
         );
     }
+    let method = methods::table()
+        .by_request_type(&a.request_type)
+        .ok_or_else(|| anyhow::anyhow!("unknown request type {:?}", a.request_type))?;
     let o = evaluate(&policy, &a.request_type, &input);
-    let (decision, reason) = verdict(&o.decision);
+    let judged = guard.decide(method, &input, 0, 0);
+    let (decision, reason) = verdict(&judged.decision);
     let report = EvalReport {
         request_type: &a.request_type,
         policy: &name,
         policy_sha256: policy.digest(),
-        decision,
-        allowed: o.decision.is_allowed(),
+        decision: if judged.overridden { "allow" } else { decision },
+        allowed: judged.decision.is_allowed() || judged.overridden,
         reason,
+        serve: serve_action(&judged),
+        overridden_by: judged.overridden.then_some(PERMISSIVE_RULE),
         value: o.value.as_ref(),
         ops: o.ops.as_ref(),
         prints: &o.prints,
@@ -717,12 +761,12 @@ pub struct ReplaySummary {
 }
 
 fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
-    let (name, text) = policy_text(a.policy.as_ref())?;
-    let policy = Policy::load(&name, &text, a.rego)?;
+    let guard = serve_guard(a.policy.as_ref(), a.endpoints.as_ref(), a.rego)?;
+    let name = guard.policy().source_name().to_string();
     let file = std::fs::File::open(&a.capture)
         .map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;
     let mut sum = ReplaySummary::default();
-    writeln!(out, "policy: {name} (sha256 {})", policy.digest())?;
+    writeln!(out, "policy: {name} (sha256 {})", guard.policy().digest())?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
         let line =
@@ -738,24 +782,43 @@ fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> 
                 continue;
             }
         };
-        let (d, ops) = policy.decide_with_ops(&c.kind, &c.request);
-        // As `serve` does once the agent has answered: an allowed request's state
+        let Some(method) = methods::table().by_request_type(&c.kind) else {
+            sum.malformed += 1;
+            writeln!(
+                out,
+                "line {n}: malformed: unknown request type {:?}",
+                c.kind
+            )?;
+            continue;
+        };
+        let judged = guard.decide(method, &c.request, 0, n as u32);
+        // As `serve` does once the agent has answered: a forwarded request's state
         // operations are applied (the capture does not say whether the agent
-        // succeeded; it is assumed to have).
-        let state_note = match (&d, ops) {
-            (Decision::Allow, Some(ops)) => match policy.apply_ops(&ops) {
+        // succeeded; it is assumed to have). An allowed SetPolicy has replaced the
+        // policy for the lines after it.
+        let state_note = match &judged.action {
+            Action::Forward {
+                ops: Some((policy, ops)),
+                ..
+            } => match policy.apply_ops(ops) {
                 Ok(()) if ops.0.len() == 1 => " (state: 1 operation applied)".to_string(),
                 Ok(()) => format!(" (state: {} operations applied)", ops.0.len()),
                 Err(e) => format!(" (state not changed: {e})"),
             },
             _ => String::new(),
         };
-        match &d {
+        match &judged.decision {
+            _ if judged.overridden => sum.allowed += 1,
             Decision::Allow => sum.allowed += 1,
             Decision::Deny { .. } => sum.denied += 1,
             Decision::Error(_) => sum.errors += 1,
         }
-        match verdict(&d) {
+        match verdict(&judged.decision) {
+            (v, Some(reason)) if judged.overridden => writeln!(
+                out,
+                "line {n}: {}: allow ({PERMISSIVE_RULE}; the policy said {v}: {reason}){state_note}",
+                c.kind
+            )?,
             (v, None) => writeln!(out, "line {n}: {}: {v}{state_note}", c.kind)?,
             (v, Some(reason)) => writeln!(out, "line {n}: {}: {v}: {reason}", c.kind)?,
         }

@@ -118,12 +118,14 @@ impl MethodTable {
         v
     }
 
+    /// The (first) method whose request is `request_type`.
+    pub fn by_request_type(&self, request_type: &str) -> Option<&Method> {
+        self.methods.iter().find(|m| m.request_type == request_type)
+    }
+
     /// The request message descriptor for a policy request type name.
     pub fn request_descriptor(&self, request_type: &str) -> Option<&MessageDescriptor> {
-        self.methods
-            .iter()
-            .find(|m| m.request_type == request_type)
-            .map(|m| &m.request)
+        self.by_request_type(request_type).map(|m| &m.request)
     }
 }
 
