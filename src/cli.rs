@@ -39,6 +39,8 @@ pub enum Command {
     Policy(crate::tools::PolicyArgs),
     /// Encrypted scratch disk: setup, teardown, status
     Storage(crate::storage::StorageArgs),
+    /// The tenant's initdata: pack a policy into the pod annotation, TEE digests and disk image.
+    Initdata(crate::tenant::InitdataArgs),
 }
 
 /// Flags of `agent-warden serve` (each overrides the configuration file and the
@@ -160,7 +162,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Parses the process arguments, runs the subcommand and returns the exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
-    let default_log = if matches!(cli.command, Command::Demo(_)) {
+    let default_log = if matches!(cli.command, Command::Demo(_) | Command::Initdata(_)) {
         "warn"
     } else {
         "info"
@@ -195,6 +197,7 @@ pub fn run() -> i32 {
         // Dispatch arms are added below by each area.
         Command::Policy(args) => crate::tools::run_cli(args),
         Command::Storage(args) => crate::storage::run_cli(args),
+        Command::Initdata(args) => crate::tenant::run_cli(args),
     };
     match result {
         Ok(code) => code,

@@ -33,5 +33,6 @@ pub mod logging;
 pub mod policy;
 pub mod serve;
 pub mod storage;
+pub mod tenant;
 pub mod tools;
 pub mod wire;

@@ -32,6 +32,8 @@ pub const MAX_DECOMPRESSED_LEN: u64 = 64 << 20;
 pub const POLICY_KEY: &str = "policy.rego";
 /// The `[data]` key holding agent-warden's configuration (a TOML document as a string).
 pub const WARDEN_CONFIG_KEY: &str = "agent-warden.toml";
+/// The pod annotation kata's runtime reads initdata from (kata-types `annotations/mod.rs`).
+pub const INITDATA_ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_data";
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const HEADER_LEN: u64 = 16;
@@ -341,22 +343,92 @@ fn gunzip_bounded(compressed: &[u8], origin: &str) -> Result<Vec<u8>, Attestatio
     Ok(out)
 }
 
-/// Builds an initdata image from TOML bytes: magic, u64 LE length, gzip data, zero-padded to
-/// a multiple of 512 bytes so it can back a disk directly.
-pub fn build_initdata_image(toml: &[u8]) -> Result<Vec<u8>, AttestationError> {
+/// One gzip member of `data` (default level, no file name), as kata's Go runtime writes it.
+fn gzip(data: &[u8], origin: &str) -> Result<Vec<u8>, AttestationError> {
     let gz_err = |err| AttestationError::Gzip {
-        origin: "building an initdata image".into(),
+        origin: origin.to_string(),
         err,
     };
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(toml).map_err(gz_err)?;
-    let compressed = enc.finish().map_err(gz_err)?;
+    enc.write_all(data).map_err(gz_err)?;
+    enc.finish().map_err(gz_err)
+}
+
+/// Builds an initdata image from TOML bytes: magic, u64 LE length, gzip data, zero-padded to
+/// a multiple of 512 bytes (kata's sector size) so it can back a disk directly.
+pub fn build_initdata_image(toml: &[u8]) -> Result<Vec<u8>, AttestationError> {
+    let compressed = gzip(toml, "building an initdata image")?;
     let mut image = Vec::with_capacity(compressed.len() + 512 + HEADER_LEN as usize);
     image.extend_from_slice(INITDATA_MAGIC);
     image.extend_from_slice(&(compressed.len() as u64).to_le_bytes());
     image.extend_from_slice(&compressed);
     image.resize(image.len().div_ceil(512) * 512, 0);
     Ok(image)
+}
+
+/// The value of the pod annotation [`INITDATA_ANNOTATION`]: the TOML bytes gzip-compressed,
+/// then standard base64 (padded), as kata's runtime decodes it.
+pub fn initdata_annotation_value(toml: &[u8]) -> Result<String, AttestationError> {
+    use base64::Engine as _;
+    let compressed = gzip(toml, "building the initdata annotation")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(compressed))
+}
+
+/// Writes an initdata TOML document: `version`, `algorithm`, then `[data]` with `entries` in
+/// the given order (keys quoted). Values are multi-line literal strings (`'''`) when TOML
+/// allows that for the text, escaped one-line strings otherwise. The result parses back with
+/// [`parse_initdata`] to the same entries (checked here: an error otherwise).
+pub fn render_initdata(
+    algorithm: Algorithm,
+    entries: &[(&str, &str)],
+) -> Result<String, AttestationError> {
+    let mut out = format!(
+        "version = {}\nalgorithm = {}\n\n[data]\n",
+        toml_string(INITDATA_VERSION),
+        toml_string(algorithm.name())
+    );
+    for (key, value) in entries {
+        out.push_str(&toml_string(key));
+        out.push_str(" = ");
+        if literal_fits(value) {
+            out.push_str("'''\n");
+            out.push_str(value);
+            out.push_str("'''\n");
+        } else {
+            out.push_str(&toml_string(value));
+            out.push('\n');
+        }
+    }
+    let parsed = parse_with_origin(out.as_bytes(), "the written initdata")?;
+    for (key, value) in entries {
+        if parsed.data.get(*key).and_then(|v| v.as_str()) != Some(*value) {
+            return Err(AttestationError::Toml {
+                origin: "the written initdata".into(),
+                message: format!("entry {key:?} does not read back as written"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `text` can be a TOML multi-line literal string verbatim: no `'''`, no trailing
+/// quote (it would merge with the closing delimiter), no control characters but tab and
+/// newline (CR only before LF).
+fn literal_fits(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !text.contains("'''")
+        && !text.ends_with('\'')
+        && bytes.iter().enumerate().all(|(i, &b)| match b {
+            b'\t' | b'\n' => true,
+            b'\r' => bytes.get(i + 1) == Some(&b'\n'),
+            0..=0x1f | 0x7f => false,
+            _ => true,
+        })
+}
+
+/// A one-line TOML string (the toml crate picks the quoting and escapes), also valid as a key.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
 }
 
 /// Looks under `dev_root` (normally `/dev`) for the first `vd*` or `sd*` entry (vd before sd,

@@ -24,6 +24,7 @@
 //! Public API (all re-exported here):
 //! - [`Algorithm`], [`Initdata`], [`parse_initdata`], [`read_initdata_device`],
 //!   [`decode_initdata_image`], [`scan_for_initdata`], [`build_initdata_image`],
+//!   [`render_initdata`], [`initdata_annotation_value`], [`INITDATA_ANNOTATION`],
 //!   [`load_initdata`], [`MeasuredDocument`], [`load_measured_document`];
 //! - [`digest()`], [`fit`], [`DigestForms`], [`hash_report`], [`to_hex`], [`decode_hex`];
 //! - [`EvidenceSource`], [`TsmReportDir`], [`check_evidence`], [`read_evidence`],
@@ -57,10 +58,10 @@ pub use evidence::{
     TDX_TD10_BODY_LEN,
 };
 pub use initdata::{
-    build_initdata_image, decode_initdata_image, load_initdata, load_measured_document,
-    parse_initdata, read_initdata_device, scan_for_initdata, Algorithm, Initdata, MeasuredDocument,
-    INITDATA_MAGIC, INITDATA_VERSION, MAX_COMPRESSED_LEN, MAX_DECOMPRESSED_LEN, POLICY_KEY,
-    WARDEN_CONFIG_KEY,
+    build_initdata_image, decode_initdata_image, initdata_annotation_value, load_initdata,
+    load_measured_document, parse_initdata, read_initdata_device, render_initdata,
+    scan_for_initdata, Algorithm, Initdata, MeasuredDocument, INITDATA_ANNOTATION, INITDATA_MAGIC,
+    INITDATA_VERSION, MAX_COMPRESSED_LEN, MAX_DECOMPRESSED_LEN, POLICY_KEY, WARDEN_CONFIG_KEY,
 };
 
 /// Everything that can go wrong in this module. Each message names the file, device or

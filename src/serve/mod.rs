@@ -8,6 +8,7 @@ pub mod audit;
 pub mod judge;
 pub mod limits;
 pub mod relay;
+pub mod sdnotify;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -386,6 +387,7 @@ pub async fn serve_with(
         }
     };
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
+    sdnotify::notify_logged("READY=1");
     let max_connections = settings
         .limits
         .max_connections
@@ -398,6 +400,7 @@ pub async fn serve_with(
         max_connections,
     )
     .await;
+    sdnotify::notify_logged("STOPPING=1");
     tracing::info!("shutting down");
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)

@@ -133,7 +133,8 @@ pub fn run_cli(args: PolicyArgs) -> anyhow::Result<i32> {
 // ---------------------------------------------------------------------------
 // Shared pieces
 
-fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
+/// A text file, or an error naming `what` and the path.
+pub(crate) fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
 }
