@@ -2,9 +2,10 @@
 //! kata-agent (../shared/kata-agent/bin/kata-agent, kata-containers 7c6ba40c, agent 4.1.0,
 //! no in-process policy), run in fresh namespaces by ../shared/kata-agent/run-agent.sh.
 //!
-//! - Start-up as in a guest: the policy (testdata/kata-e2e-pod.rego) comes from an initdata
-//!   disk found by `--initdata-scan`, and `--require-evidence file:` holds its digest. With
-//!   a wrong digest, serve exits 1 and nothing listens.
+//! - Start-up as in a guest: `agent-warden initdata pack` makes the initdata disk from the
+//!   policy (testdata/kata-e2e-pod.rego); serve finds it with `--initdata-scan`, and
+//!   `--require-evidence file:` holds the MRCONFIGID that pack printed. With a wrong value,
+//!   serve exits 1 and nothing listens.
 //! - A pod's life, sent by a real ttrpc client (the host): CreateSandbox, CreateContainer
 //!   (busybox rootfs in the shared directory), StartContainer, ExecProcess `echo hello`,
 //!   ReadStdout ("hello\n"), WaitProcess, ExecProcess `sh -c 'cat /etc/shadow'` (denied by
@@ -135,26 +136,32 @@ async fn kata_agent_pod_life_through_agent_warden() {
     let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
 
-    // The initdata disk and the TEE's evidence, as a guest would have them.
-    let policy = std::fs::read_to_string(kata::repo_path(kata::POLICY)).unwrap();
-    let toml = format!(
-        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"policy.rego\" = '''\n{policy}'''\n"
-    );
+    // The initdata disk and the TEE's evidence, as a guest would have them: the tenant's
+    // `agent-warden initdata pack` writes the disk image and prints TDX's MRCONFIGID.
     let dev = work.path().join("dev");
     std::fs::create_dir(&dev).unwrap();
-    std::fs::write(
-        dev.join("vda"),
-        agent_warden::attestation::build_initdata_image(toml.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let digest = agent_warden::attestation::to_hex(&agent_warden::attestation::digest(
-        agent_warden::attestation::Algorithm::Sha256,
-        toml.as_bytes(),
-    ));
-    let good = work.path().join("hostdata.hex");
+    let pack = std::process::Command::new(kata::WARDEN)
+        .args(["initdata", "pack", "--policy", kata::POLICY, "--rego", "v1"])
+        .arg("--write-image")
+        .arg(dev.join("vda"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&pack.stdout).into_owned();
+    assert!(
+        pack.status.success(),
+        "initdata pack: {printed}{}",
+        String::from_utf8_lossy(&pack.stderr)
+    );
+    let digest = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("tdx mrconfigid (hex, 48 bytes): "))
+        .unwrap_or_else(|| panic!("no MRCONFIGID in: {printed}"))
+        .to_string();
+    let good = work.path().join("mrconfigid.hex");
     std::fs::write(&good, &digest).unwrap();
     let wrong = work.path().join("wrong.hex");
-    std::fs::write(&wrong, "ab".repeat(32)).unwrap();
+    std::fs::write(&wrong, "ab".repeat(48)).unwrap();
 
     // The reference: the pod's life sent to kata-agent directly.
     let mut agent = KataAgent::start(&kit, &kit.agent, &[]).unwrap();
@@ -221,11 +228,19 @@ async fn kata_agent_pod_life_through_agent_warden() {
             format!("logged {}", through.logged[i].join(", "))
         };
         if i == kata::DENIED {
-            evidence.push_str(if through.shadow_running[i] {
-                "; `cat /etc/shadow` RUNNING"
-            } else {
-                "; no `cat /etc/shadow` process"
-            });
+            let ps = |r: &Run| {
+                if r.shadow_running[i] {
+                    "`cat /etc/shadow` running"
+                } else {
+                    "no `cat /etc/shadow` process"
+                }
+            };
+            evidence = format!(
+                "{evidence}, {} (directly: logged {}, {})",
+                ps(&through),
+                direct.logged[i].join(", "),
+                ps(&direct)
+            );
         }
         println!(
             "{:<2} | {:<38} | {:<30} | {:<60} | {:<5} | {}",
