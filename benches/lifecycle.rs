@@ -6,7 +6,8 @@
 //!                 front of bin/kata-agent (the release binary `cargo bench` builds)
 //!   kata-policy   bin/kata-agent-policy, kata's in-process regorus policy, the same file
 //!                 through KATA_AGENT_POLICY_FILE
-//! Each round runs the three in turn, each with a fresh kata-agent (DestroySandbox ends it);
+//! Each round runs the three in turn (starting with another one each round), each with a
+//! fresh kata-agent (DestroySandbox ends it);
 //! the rootfs copy after CreateSandbox is not timed. Prints the median of each step and of
 //! the per-run sums. LIFECYCLE_RUNS sets the number of rounds (default 11).
 //!
@@ -126,7 +127,9 @@ async fn main() {
     let mut times: Vec<Vec<Vec<f64>>> = vec![Vec::new(); MODES.len()];
     let mut denials: Vec<String> = vec![String::new(); MODES.len()];
     for round in 0..rounds {
-        for (m, (mode, name)) in MODES.iter().enumerate() {
+        // Each round starts with another mode, so that none always follows the same one.
+        for m in (0..MODES.len()).map(|k| (k + round) % MODES.len()) {
+            let (mode, name) = &MODES[m];
             match one_pod(&kit, *mode).await {
                 Ok(out) => {
                     denials[m] = out[kata::DENIED].0.describe("ExecProcess");
@@ -158,6 +161,14 @@ async fn main() {
     print!("| **sum of the steps** |");
     for m in 0..MODES.len() {
         print!(" **{:.1}** |", col(m, &|r| r.iter().sum()));
+    }
+    print!("\n| (min–max of the sums) |");
+    for run in &times {
+        let sums: Vec<f64> = run.iter().map(|r| r.iter().sum()).collect();
+        let (lo, hi) = sums
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        print!(" {lo:.1}–{hi:.1} |");
     }
     print!("\n| sum without WaitProcess (init) |");
     for m in 0..MODES.len() {
