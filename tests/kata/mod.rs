@@ -152,7 +152,9 @@ impl KataAgent {
             let pid = fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|t| t.trim().parse::<u32>().ok());
-            if let (Some(pid), true) = (pid, sock.exists()) {
+            // The socket file appears at bind(), before listen(): wait for a connection.
+            if let (Some(pid), true) = (pid, std::os::unix::net::UnixStream::connect(&sock).is_ok())
+            {
                 break pid;
             }
             if let Ok(Some(st)) = script.try_wait() {
@@ -257,6 +259,11 @@ impl KataAgent {
             return Err(err("etc/shadow", std::io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// Whether kata-agent said on stderr that it shut down (it does after DestroySandbox).
+    pub fn shut_down(&self) -> bool {
+        self.stderr().contains("kata-agent shutdown complete")
     }
 
     /// Waits up to `within` for kata-agent to exit on its own (it does after DestroySandbox).
