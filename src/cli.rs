@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{AuditSection, Config, LimitsSection, PolicySection, SetPolicySetting};
+use crate::config::Config;
 use crate::policy::RegoVersion;
-use crate::wire::input::InputShape;
 
 /// agent-warden: guards the Kata Containers guest agent with a Rego policy.
 #[derive(Debug, Parser)]
@@ -34,68 +33,24 @@ pub enum Command {
     Endpoints,
     /// Run a demo: a built-in agent behind agent-warden, and a scripted host session.
     Demo(DemoArgs),
-    // Subcommand variants are added below by each area.
     /// Policy tools: check, eval, test, replay, hash.
     Policy(crate::tools::PolicyArgs),
     /// Encrypted scratch disk: setup, teardown, status
     Storage(crate::storage::StorageArgs),
     /// The tenant's initdata: pack a policy into the pod annotation, TEE digests and disk image.
-    Initdata(crate::tenant::InitdataArgs),
+    Initdata(crate::tools::initdata::InitdataArgs),
 }
 
-/// Flags of `agent-warden serve` (each overrides the configuration file and the
-/// configuration carried in initdata).
+/// Flags of `agent-warden serve`. Each setting is a configuration key too (defined
+/// once, in [`crate::config`]); a flag overrides the configuration file and the
+/// configuration carried in initdata.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML; see src/config.rs for every key).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Where the host connects [default: vsock://-1:1024].
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Where kata-agent listens [default: unix:///run/kata-agent.sock].
-    #[arg(long)]
-    pub agent: Option<String>,
-    /// Initdata document holding the policy (TOML, gzip, or the block-device image).
-    #[arg(long, value_name = "FILE")]
-    pub initdata: Option<PathBuf>,
-    /// Look for an initdata block device (vd*, sd*) under DIR.
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "/dev")]
-    pub initdata_scan: Option<PathBuf>,
-    /// Policy file (Rego, package agent_policy) [default: embedded coco-default].
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    /// Legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy.
-    #[arg(long, value_name = "FILE")]
-    pub endpoints: Option<PathBuf>,
-    /// Rego version of the policy [default: v0, as kata-agent].
-    #[arg(long, value_enum)]
-    pub rego: Option<RegoVersion>,
-    /// Policy input shape: current kata-agent, or an older kata-agent's (legacy, legacy-stream-ports).
-    #[arg(long, value_enum)]
-    pub input_shape: Option<InputShape>,
-    /// Whether SetPolicy may replace the policy [default: auto = forbid for initdata policies].
-    #[arg(long, value_enum)]
-    pub set_policy: Option<SetPolicySetting>,
-    /// Refuse to serve unless the TEE reports the policy's digest: snp[:TSM_ROOT],
-    /// snp-report:DIR, tdx[:DEVICE], tdx-sysfs[:PATH], tdx-quote[:TSM_ROOT], file:PATH.
-    #[arg(long, value_name = "SOURCE")]
-    pub require_evidence: Option<String>,
-    /// Record every decided input to FILE (JSON lines, for `policy replay`).
-    #[arg(long, value_name = "FILE")]
-    pub capture: Option<PathBuf>,
-    /// Keep env values and byte payloads in the capture (masked by default).
-    #[arg(long)]
-    pub capture_unmasked: bool,
-    /// Most host connections served at once.
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Most requests in flight per host connection.
-    #[arg(long, value_name = "N")]
-    pub max_in_flight: Option<usize>,
-    /// Time limit of one policy evaluation, in milliseconds.
-    #[arg(long, value_name = "MS")]
-    pub eval_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub settings: Config,
     /// Scratch disk device (sets [storage] device): a path or MAJ:MIN.
     #[arg(long, value_name = "PATH|MAJ:MIN")]
     pub storage_device: Option<String>,
@@ -125,28 +80,8 @@ impl ServeArgs {
             t
         });
         let flags = Config {
-            listen: self.listen.clone(),
-            agent: self.agent.clone(),
-            policy: PolicySection {
-                initdata: self.initdata.clone(),
-                initdata_scan: self.initdata_scan.clone(),
-                file: self.policy.clone(),
-                endpoints: self.endpoints.clone(),
-                rego: self.rego,
-                input_shape: self.input_shape,
-                set_policy: self.set_policy,
-                require_evidence: self.require_evidence.clone(),
-            },
-            audit: AuditSection {
-                capture: self.capture.clone(),
-                capture_unmasked: self.capture_unmasked.then_some(true),
-            },
-            limits: LimitsSection {
-                max_connections: self.max_connections,
-                max_in_flight: self.max_in_flight,
-                eval_timeout_ms: self.eval_timeout_ms,
-            },
             storage,
+            ..self.settings.clone()
         };
         Ok((file, flags))
     }
@@ -194,10 +129,9 @@ pub fn run() -> i32 {
                 Ok(0)
             })
         }),
-        // Dispatch arms are added below by each area.
         Command::Policy(args) => crate::tools::run_cli(args),
         Command::Storage(args) => crate::storage::run_cli(args),
-        Command::Initdata(args) => crate::tenant::run_cli(args),
+        Command::Initdata(args) => crate::tools::initdata::run_cli(args),
     };
     match result {
         Ok(code) => code,

@@ -27,7 +27,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::RegoVersion;
 use crate::wire::input::InputShape;
@@ -36,25 +36,62 @@ use crate::wire::input::InputShape;
 pub const DEFAULT_LISTEN: &str = "vsock://-1:1024";
 /// Default agent address: where kata-agent listens when moved aside.
 pub const DEFAULT_AGENT: &str = "unix:///run/kata-agent.sock";
+/// Default most host connections served at once (each costs two sockets and a task).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default most requests in flight per host connection; beyond it a request is
+/// answered RESOURCE_EXHAUSTED and not forwarded.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default time limit of one policy evaluation, in milliseconds
+/// ([`crate::policy::DEFAULT_EVAL_TIMEOUT`]).
+pub const DEFAULT_EVAL_TIMEOUT_MS: u64 = crate::policy::DEFAULT_EVAL_TIMEOUT.as_millis() as u64;
 
-/// The whole configuration document.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A flag's help text with its default, as clap would print a `default_value` (the
+/// settings have no clap defaults: an unset flag must not hide the lower layers).
+fn defaulted(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// The name of an enum setting's default value, as the flag takes it.
+fn default_name<T: clap::ValueEnum + Default>() -> String {
+    T::default()
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+// Every setting is defined once, below: its TOML key (the field, in its table), its
+// `serve` flag (clap derives it from the same field; `--config` sections are
+// flattened), its help text and its default. The layers are documents of this one
+// type, merged key by key ([`Config::overlay`]).
+
+/// The whole configuration document, and `serve`'s flags.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    #[arg(long, value_name = "ADDR", help = defaulted("Where the host connects (vsock://CID:PORT or unix:///path)", DEFAULT_LISTEN))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    #[arg(long, value_name = "ADDR", help = defaulted("Where kata-agent listens", DEFAULT_AGENT))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     #[serde(default)]
+    #[command(flatten)]
     pub policy: PolicySection,
     #[serde(default)]
+    #[command(flatten)]
     pub audit: AuditSection,
     #[serde(default)]
+    #[command(flatten)]
     pub limits: LimitsSection,
-    /// The `[storage]` table (see the storage module, which validates it).
+    /// The `[storage]` table (see the storage module, which validates it); the flag
+    /// `--storage-device` sets its `device`.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<toml::Table>,
 }
 
 /// Whether SetPolicy may replace the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SetPolicySetting {
     /// `forbid` when the policy came from initdata (the measured policy must stay the
@@ -68,39 +105,80 @@ pub enum SetPolicySetting {
 }
 
 /// The `[policy]` table: where the policy comes from and how it is read.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySection {
+    /// Initdata document holding the policy (TOML, gzip, or the block-device image).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initdata: Option<PathBuf>,
+    /// Look for an initdata block device (vd*, sd*) under DIR [default when given bare: /dev].
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "/dev")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initdata_scan: Option<PathBuf>,
+    #[arg(long = "policy", value_name = "FILE", help = defaulted("Policy file (Rego, package agent_policy)", "the embedded coco-default policy"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// Legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<PathBuf>,
+    #[arg(long, value_enum, help = defaulted("Rego version of the policy", default_name::<RegoVersion>()))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rego: Option<RegoVersion>,
+    #[arg(long, value_enum, help = defaulted("Policy input shape: current kata-agent, or an older kata-agent's (legacy, legacy-stream-ports)", default_name::<InputShape>()))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input_shape: Option<InputShape>,
+    #[arg(long, value_enum, help = defaulted("Whether SetPolicy may replace the policy (auto = forbid for initdata policies, else the policy decides)", default_name::<SetPolicySetting>()))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub set_policy: Option<SetPolicySetting>,
+    /// Refuse to serve unless the TEE reports the policy's digest: snp[:TSM_ROOT],
+    /// snp-report:DIR, tdx[:DEVICE], tdx-sysfs[:PATH], tdx-quote[:TSM_ROOT], file:PATH.
+    #[arg(long, value_name = "SOURCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub require_evidence: Option<String>,
 }
 
 /// The `[audit]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
+    /// Record every decided input to FILE (JSON lines, for `policy replay`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capture: Option<PathBuf>,
+    /// Keep env values and byte payloads in the capture (masked by default).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capture_unmasked: Option<bool>,
 }
 
 /// The `[limits]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
+    #[arg(long, value_name = "N", help = defaulted("Most host connections served at once", DEFAULT_MAX_CONNECTIONS))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    #[arg(long, value_name = "N", help = defaulted("Most requests in flight per host connection", DEFAULT_MAX_IN_FLIGHT))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
+    #[arg(long, value_name = "MS", help = defaulted("Time limit of one policy evaluation, in milliseconds", DEFAULT_EVAL_TIMEOUT_MS))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_timeout_ms: Option<u64>,
 }
 
-/// `upper` if set, else `lower`.
-fn pick<T>(lower: Option<T>, upper: Option<T>) -> Option<T> {
-    upper.or(lower)
+/// `upper` merged into `lower`: every key `upper` sets wins, tables are merged key by
+/// key.
+fn merge(lower: &mut toml::Table, upper: toml::Table) {
+    for (key, value) in upper {
+        match (lower.get_mut(&key), value) {
+            (Some(toml::Value::Table(l)), toml::Value::Table(u)) => merge(l, u),
+            (_, value) => {
+                lower.insert(key, value);
+            }
+        }
+    }
 }
 
 impl Config {
@@ -116,43 +194,40 @@ impl Config {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration {origin}: {e}"))
     }
 
-    /// This layer with `upper` on top: every key `upper` sets wins; `[storage]` is merged
-    /// key by key.
-    pub fn overlay(self, upper: Config) -> Config {
-        let (p, q) = (self.policy, upper.policy);
-        let (a, b) = (self.audit, upper.audit);
-        let (l, m) = (self.limits, upper.limits);
-        let storage = match (self.storage, upper.storage) {
-            (Some(mut lower), Some(upper)) => {
-                lower.extend(upper);
-                Some(lower)
-            }
-            (lower, upper) => upper.or(lower),
+    /// This layer with `upper` on top: every key `upper` sets wins; tables (`[storage]`
+    /// too) are merged key by key.
+    pub fn overlay(self, upper: Config) -> anyhow::Result<Config> {
+        let table = |c: Config| {
+            toml::Table::try_from(c).map_err(|e| {
+                anyhow::anyhow!("a configuration value cannot be written as TOML: {e}")
+            })
         };
-        Config {
-            listen: pick(self.listen, upper.listen),
-            agent: pick(self.agent, upper.agent),
-            policy: PolicySection {
-                initdata: pick(p.initdata, q.initdata),
-                initdata_scan: pick(p.initdata_scan, q.initdata_scan),
-                file: pick(p.file, q.file),
-                endpoints: pick(p.endpoints, q.endpoints),
-                rego: pick(p.rego, q.rego),
-                input_shape: pick(p.input_shape, q.input_shape),
-                set_policy: pick(p.set_policy, q.set_policy),
-                require_evidence: pick(p.require_evidence, q.require_evidence),
-            },
-            audit: AuditSection {
-                capture: pick(a.capture, b.capture),
-                capture_unmasked: pick(a.capture_unmasked, b.capture_unmasked),
-            },
-            limits: LimitsSection {
-                max_connections: pick(l.max_connections, m.max_connections),
-                max_in_flight: pick(l.max_in_flight, m.max_in_flight),
-                eval_timeout_ms: pick(l.eval_timeout_ms, m.eval_timeout_ms),
-            },
-            storage,
-        }
+        let mut lower = table(self)?;
+        merge(&mut lower, table(upper)?);
+        toml::Value::Table(lower)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("invalid configuration after layering: {e}"))
+    }
+
+    /// Most host connections at once.
+    pub fn max_connections(&self) -> usize {
+        self.limits
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// Most requests in flight per host connection.
+    pub fn max_in_flight(&self) -> usize {
+        self.limits.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT)
+    }
+
+    /// Time limit of one policy evaluation.
+    pub fn eval_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.limits
+                .eval_timeout_ms
+                .unwrap_or(DEFAULT_EVAL_TIMEOUT_MS),
+        )
     }
 
     /// Checks a configuration carried inside initdata: it cannot name another policy
@@ -221,7 +296,7 @@ mod tests {
             "upper",
         )
         .unwrap();
-        let c = lower.overlay(upper);
+        let c = lower.overlay(upper).unwrap();
         assert_eq!(c.listen.as_deref(), Some("unix:///u"));
         assert_eq!(c.agent.as_deref(), Some("unix:///a"));
         assert_eq!(c.policy.set_policy, Some(SetPolicySetting::Policy));

@@ -1,7 +1,7 @@
 //! agent-warden: a policy-enforcing ttrpc interposer for the Kata Containers guest agent.
 //!
 //! The tree follows a request's path, and dependencies run one way
-//! (`serve` → `policy`, `wire`; `tools` → `serve::judge`, `policy`, `wire`):
+//! (`serve` → `policy`, `wire`; `tools` → `serve`, `policy`, `wire`):
 //! - [`wire`]: what the host sends. A ttrpc [`wire::frame`] is opened by
 //!   [`wire::envelope`], named by [`wire::methods`], and decoded by [`wire::input`] into
 //!   the JSON that kata-agent gives its policy engine.
@@ -10,7 +10,8 @@
 //! - [`serve`]: start-up, the accept loop, the per-request judgement and the socket
 //!   relay that forwards allowed frames byte-for-byte.
 //! - [`attestation`] binds the policy to the measured initdata; [`storage`] owns the
-//!   encrypted scratch disk; [`tools`] are the policy tools and the demo.
+//!   encrypted scratch disk; [`tools`] are the policy tools, the tenant's `initdata pack`
+//!   and the demo.
 //!
 //! [`config`] and [`cli`] turn files and flags into settings. See docs/ARCHITECTURE.md.
 
@@ -33,6 +34,5 @@ pub mod logging;
 pub mod policy;
 pub mod serve;
 pub mod storage;
-pub mod tenant;
 pub mod tools;
 pub mod wire;

@@ -616,9 +616,22 @@ fn snp_refuses_wrong_provider_stale_report_and_short_outblob() {
         SNP_PROVIDER,
         &snp_report(&expected, &rd)[..0xE0],
     );
-    let msg = check_evidence(&snp_existing(short), &expected)
-        .unwrap_err()
-        .to_string();
+    let err = check_evidence(&snp_existing(short), &expected).unwrap_err();
+    // The parser's typed error is the detail, and the error's source.
+    assert!(
+        matches!(
+            &err,
+            AttestationError::EvidenceUnavailable { detail, .. }
+                if matches!(**detail, EvidenceError::SnpTooShort { len: 0xE0 })
+        ),
+        "{err:?}"
+    );
+    let source = std::error::Error::source(&err).map(|s| s.to_string());
+    assert_eq!(
+        source.as_deref(),
+        Some("SNP report is 224 bytes, expected at least 1184")
+    );
+    let msg = err.to_string();
     assert!(msg.contains("SNP report is 224 bytes"), "{msg}");
 
     let no_outblob = tmp.path().join("no_outblob");
@@ -739,21 +752,35 @@ fn tdx_quote_format_errors() {
     let rd = evidence_report_data(&expected);
     let mut wrong_tee = td_quote(4, &expected, &rd);
     wrong_tee[4] = 0;
-    assert!(tdx_quote_fields(&wrong_tee)
-        .unwrap_err()
-        .contains("TEE type"));
+    let e = tdx_quote_fields(&wrong_tee).unwrap_err();
+    assert!(
+        matches!(e, EvidenceError::QuoteTeeType { found: 0 }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("TEE type"), "{e}");
     let mut v3 = td_quote(4, &expected, &rd);
     v3[0] = 3;
-    assert!(tdx_quote_fields(&v3).unwrap_err().contains("version 3"));
+    let e = tdx_quote_fields(&v3).unwrap_err();
+    assert!(
+        matches!(e, EvidenceError::QuoteVersion { found: 3 }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("version 3"), "{e}");
     let mut v5_type = td_quote(5, &expected, &rd);
     v5_type[48] = 9;
-    assert!(tdx_quote_fields(&v5_type)
-        .unwrap_err()
-        .contains("body type"));
+    let e = tdx_quote_fields(&v5_type).unwrap_err();
+    assert!(
+        matches!(e, EvidenceError::QuoteBodyType { found: 9 }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("body type"), "{e}");
     let q = td_quote(4, &expected, &rd);
-    assert!(tdx_quote_fields(&q[..TDX_QUOTE_HEADER_LEN + 100])
-        .unwrap_err()
-        .contains("too short"));
+    let e = tdx_quote_fields(&q[..TDX_QUOTE_HEADER_LEN + 100]).unwrap_err();
+    assert!(
+        matches!(e, EvidenceError::QuoteBodyTooShort { len: 148, body: 48 }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("too short"), "{e}");
     let f = tdx_quote_fields(&q).unwrap();
     assert_eq!(f.measured, expected);
     assert_eq!(f.report_data, rd);

@@ -103,13 +103,15 @@ fn exec_start_is_what_the_cli_and_the_drop_in_expect() {
     let Sub::Serve(s) = cli.command else {
         panic!("not serve: {argv:?}")
     };
-    assert_eq!(s.listen.as_deref(), Some("vsock://-1:1024"));
-    assert_eq!(s.initdata_scan.as_deref(), Some(Path::new("/dev")));
-    assert_eq!(s.require_evidence.as_deref(), Some("snp"));
-    assert!(s.policy.is_none() && s.initdata.is_none() && s.endpoints.is_none());
+    let (listen, p) = (&s.settings.listen, &s.settings.policy);
+    assert_eq!(listen.as_deref(), Some("vsock://-1:1024"));
+    assert_eq!(p.initdata_scan.as_deref(), Some(Path::new("/dev")));
+    assert_eq!(p.require_evidence.as_deref(), Some("snp"));
+    assert!(p.file.is_none() && p.initdata.is_none() && p.endpoints.is_none());
     // The flags resolve to settings serve accepts (addresses, evidence source).
     let (file, flags) = s.layers().unwrap();
-    let settings = agent_warden::serve::ServeSettings::from_config(&file.overlay(flags)).unwrap();
+    let settings =
+        agent_warden::serve::ServeSettings::from_config(&file.overlay(flags).unwrap()).unwrap();
     assert_eq!(settings.listen.to_string(), "vsock://-1:1024");
 
     let service = section(UNIT, "Service");
@@ -126,7 +128,7 @@ fn exec_start_is_what_the_cli_and_the_drop_in_expect() {
     );
 
     // kata-agent listens exactly where agent-warden forwards, and starts after it.
-    let agent = s.agent.expect("--agent");
+    let agent = s.settings.agent.expect("--agent");
     let drop_service = section(DROP_IN, "Service");
     assert_eq!(
         values(&drop_service, "Environment"),
@@ -226,7 +228,7 @@ fn stderr_of(run: &mut Run) -> String {
 #[test]
 fn the_unit_command_serves_a_packed_initdata_and_notifies_only_once_listening() {
     let dir = tempfile::tempdir().unwrap();
-    let packed = agent_warden::tenant::pack(
+    let packed = agent_warden::tools::initdata::pack(
         Algorithm::Sha384,
         RegoVersion::V0,
         "coco-default.rego",

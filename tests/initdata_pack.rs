@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 
 use agent_warden::attestation::{self, Algorithm, MeasuredDocument};
 use agent_warden::policy::sources::{self, PolicySources};
-use agent_warden::policy::RegoVersion;
-use agent_warden::tenant::pack;
+use agent_warden::policy::{LoadOptions, RegoVersion};
+use agent_warden::tools::initdata::pack;
 
 const POLICY: &str = "package agent_policy\n\ndefault CreateContainerRequest := true\ndefault ExecProcessRequest := false\n";
 const CONFIG: &str = "listen = \"vsock://-1:1024\"\n[policy]\nset_policy = \"forbid\"\n";
@@ -75,10 +75,13 @@ fn pack_round_trips_through_the_loader_for_every_algorithm() {
             assert_eq!(attestation::parse_initdata(&toml).unwrap().digest(), digest);
 
             // What serve would enforce and expect the TEE to report.
-            let loaded = sources::load(&PolicySources {
-                initdata: Some(img.clone()),
-                ..Default::default()
-            })
+            let loaded = sources::load(
+                &PolicySources {
+                    initdata: Some(img.clone()),
+                    ..Default::default()
+                },
+                LoadOptions::default(),
+            )
             .unwrap();
             assert_eq!(loaded.policy.text(), POLICY);
             assert_eq!(loaded.expected_digest(), digest);

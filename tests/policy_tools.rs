@@ -516,7 +516,8 @@ fn replay_exits_non_zero_on_malformed_lines() {
 #[test]
 fn hash_prints_the_sha256_of_a_plain_policy_with_the_tee_forms() {
     let bytes = std::fs::read(Path::new(ROOT).join("policies/coco-default.rego")).unwrap();
-    let hex = agent_warden::policy::sha256_hex(&bytes);
+    use agent_warden::attestation::{digest, to_hex, Algorithm};
+    let hex = to_hex(&digest(Algorithm::Sha256, &bytes));
     let o = run(&["policy", "hash", "--hex", "policies/coco-default.rego"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("{hex}\n"));

@@ -193,6 +193,102 @@ impl std::str::FromStr for EvidenceSource {
     }
 }
 
+/// Why a source's report or value could not be read or understood: the `detail` of
+/// [`AttestationError::EvidenceUnavailable`], which adds the source and the expected value.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error("SNP report is {len} bytes, expected at least {SNP_REPORT_LEN}")]
+    SnpTooShort { len: usize },
+    #[error("TD quote is {len} bytes, too short for its header")]
+    QuoteHeaderTooShort { len: usize },
+    #[error("quote TEE type is {found:#x}, expected {TDX_TEE_TYPE:#x} (TDX)")]
+    QuoteTeeType { found: u32 },
+    #[error("TD quote version {found}, expected 4 or 5")]
+    QuoteVersion { found: u16 },
+    #[error("TD quote v5 is too short for its body descriptor")]
+    QuoteDescriptorTooShort,
+    #[error("TD quote v5 body type is {found}, expected 2 or 3 (TD report)")]
+    QuoteBodyType { found: u16 },
+    #[error("TD quote v5 body size is {size}, expected at least {TDX_TD10_BODY_LEN}")]
+    QuoteBodySize { size: u32 },
+    #[error(
+        "TD quote is {len} bytes, too short for a {TDX_TD10_BODY_LEN}-byte report body at {body}"
+    )]
+    QuoteBodyTooShort { len: usize, body: usize },
+    #[error("TDREPORT is {len} bytes, expected {TDREPORT_LEN}")]
+    TdreportTooShort { len: usize },
+    #[error("TDREPORT type is {found:#04x}, expected 0x81 (TDX)")]
+    TdreportType { found: u8 },
+    /// `found` and `written` in hex.
+    #[error(
+        "the report carries REPORT_DATA {found} instead of the {written} written for this \
+         request (a stale report, or another process using the same report directory)"
+    )]
+    ReportDataMismatch { found: String, written: String },
+    #[error(
+        "holds {len} bytes that are neither {} raw bytes nor hex of that many",
+        .wanted.iter().map(usize::to_string).collect::<Vec<_>>().join(" or ")
+    )]
+    FieldLength { len: usize, wanted: Vec<usize> },
+    #[error(
+        "{} is not a directory: no configfs-tsm (is configfs mounted at \
+         /sys/kernel/config and the TEE guest driver loaded?)",
+        .reports.display()
+    )]
+    NoTsm { reports: PathBuf },
+    #[error("{} is missing: not a configfs-tsm report directory", .provider.display())]
+    NotReportDir { provider: PathBuf },
+    #[error("{} is {found:?}, expected {expected:?} (wrong TEE for this evidence source)", .path.display())]
+    WrongProvider {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    #[error(
+        "{} changed from {} to {} while the report was read (another writer)",
+        .path.display(),
+        .before.as_deref().unwrap_or("?"),
+        .after.as_deref().unwrap_or("?")
+    )]
+    GenerationChanged {
+        path: PathBuf,
+        before: Option<String>,
+        after: Option<String>,
+    },
+    #[error("cannot {action} {}: {err}", .path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("TDX_CMD_GET_REPORT0 on {} failed: {err}", .device.display())]
+    Ioctl {
+        device: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    /// A bounded read of an attribute, report or evidence file failed.
+    #[error(transparent)]
+    Read(Box<AttestationError>),
+}
+
+impl EvidenceError {
+    fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Self + 'a {
+        move |err| EvidenceError::Io {
+            path: path.to_path_buf(),
+            action,
+            err,
+        }
+    }
+}
+
+impl From<AttestationError> for EvidenceError {
+    fn from(e: AttestationError) -> Self {
+        EvidenceError::Read(Box::new(e))
+    }
+}
+
 /// The measured field and the REPORT_DATA found in a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportFields {
@@ -231,12 +327,10 @@ fn u32_le(buf: &[u8], offset: usize) -> Option<u32> {
 }
 
 /// HOST_DATA and REPORT_DATA of an SNP ATTESTATION_REPORT (as configfs-tsm's `outblob`).
-pub fn snp_report_fields(report: &[u8]) -> Result<ReportFields, String> {
+pub fn snp_report_fields(report: &[u8]) -> Result<ReportFields, EvidenceError> {
+    let too_short = EvidenceError::SnpTooShort { len: report.len() };
     if report.len() < SNP_REPORT_LEN {
-        return Err(format!(
-            "SNP report is {} bytes, expected at least {SNP_REPORT_LEN}",
-            report.len()
-        ));
+        return Err(too_short);
     }
     let measured = slice_array::<SNP_HOSTDATA_LEN>(report, SNP_HOSTDATA_OFFSET);
     let report_data = slice_array::<64>(report, SNP_REPORT_DATA_OFFSET);
@@ -245,28 +339,21 @@ pub fn snp_report_fields(report: &[u8]) -> Result<ReportFields, String> {
             measured: m.to_vec(),
             report_data: r,
         }),
-        _ => Err("SNP report too short".into()),
+        _ => Err(too_short),
     }
 }
 
 /// MRCONFIGID and REPORTDATA of a TD quote, version 4 or 5.
-pub fn tdx_quote_fields(quote: &[u8]) -> Result<ReportFields, String> {
+pub fn tdx_quote_fields(quote: &[u8]) -> Result<ReportFields, EvidenceError> {
+    let header_too_short = || EvidenceError::QuoteHeaderTooShort { len: quote.len() };
     let (Some(version), Some(tee_type)) = (u16_le(quote, 0), u32_le(quote, 4)) else {
-        return Err(format!(
-            "TD quote is {} bytes, too short for its header",
-            quote.len()
-        ));
+        return Err(header_too_short());
     };
     if quote.len() < TDX_QUOTE_HEADER_LEN {
-        return Err(format!(
-            "TD quote is {} bytes, too short for its header",
-            quote.len()
-        ));
+        return Err(header_too_short());
     }
     if tee_type != TDX_TEE_TYPE {
-        return Err(format!(
-            "quote TEE type is {tee_type:#x}, expected {TDX_TEE_TYPE:#x} (TDX)"
-        ));
+        return Err(EvidenceError::QuoteTeeType { found: tee_type });
     }
     let body = match version {
         4 => TDX_QUOTE_HEADER_LEN,
@@ -275,27 +362,24 @@ pub fn tdx_quote_fields(quote: &[u8]) -> Result<ReportFields, String> {
                 u16_le(quote, TDX_QUOTE_HEADER_LEN),
                 u32_le(quote, TDX_QUOTE_HEADER_LEN + 2),
             ) else {
-                return Err("TD quote v5 is too short for its body descriptor".into());
+                return Err(EvidenceError::QuoteDescriptorTooShort);
             };
             if !(body_type == 2 || body_type == 3) {
-                return Err(format!(
-                    "TD quote v5 body type is {body_type}, expected 2 or 3 (TD report)"
-                ));
+                return Err(EvidenceError::QuoteBodyType { found: body_type });
             }
             if (size as usize) < TDX_TD10_BODY_LEN {
-                return Err(format!(
-                    "TD quote v5 body size is {size}, expected at least {TDX_TD10_BODY_LEN}"
-                ));
+                return Err(EvidenceError::QuoteBodySize { size });
             }
             TDX_QUOTE_HEADER_LEN + 6
         }
-        v => return Err(format!("TD quote version {v}, expected 4 or 5")),
+        found => return Err(EvidenceError::QuoteVersion { found }),
+    };
+    let body_too_short = EvidenceError::QuoteBodyTooShort {
+        len: quote.len(),
+        body,
     };
     if quote.len() < body + TDX_TD10_BODY_LEN {
-        return Err(format!(
-            "TD quote is {} bytes, too short for a {TDX_TD10_BODY_LEN}-byte report body at {body}",
-            quote.len()
-        ));
+        return Err(body_too_short);
     }
     let measured = slice_array::<TDX_MRCONFIGID_LEN>(quote, body + TDX_BODY_MRCONFIGID_OFFSET);
     let report_data = slice_array::<64>(quote, body + TDX_BODY_REPORTDATA_OFFSET);
@@ -304,25 +388,22 @@ pub fn tdx_quote_fields(quote: &[u8]) -> Result<ReportFields, String> {
             measured: m.to_vec(),
             report_data: r,
         }),
-        _ => Err("TD quote too short".into()),
+        _ => Err(body_too_short),
     }
 }
 
 /// MRCONFIGID and REPORTDATA of a TDREPORT.
-pub fn tdreport_fields(report: &[u8]) -> Result<ReportFields, String> {
+pub fn tdreport_fields(report: &[u8]) -> Result<ReportFields, EvidenceError> {
+    let too_short = EvidenceError::TdreportTooShort { len: report.len() };
     if report.len() < TDREPORT_LEN {
-        return Err(format!(
-            "TDREPORT is {} bytes, expected {TDREPORT_LEN}",
-            report.len()
-        ));
+        return Err(too_short);
     }
     match report.first() {
         Some(0x81) => {}
         kind => {
-            return Err(format!(
-                "TDREPORT type is {:#04x}, expected 0x81 (TDX)",
-                kind.copied().unwrap_or_default()
-            ))
+            return Err(EvidenceError::TdreportType {
+                found: kind.copied().unwrap_or_default(),
+            })
         }
     }
     let measured = slice_array::<TDX_MRCONFIGID_LEN>(report, TDREPORT_MRCONFIGID_OFFSET);
@@ -332,7 +413,7 @@ pub fn tdreport_fields(report: &[u8]) -> Result<ReportFields, String> {
             measured: m.to_vec(),
             report_data: r,
         }),
-        _ => Err("TDREPORT too short".into()),
+        _ => Err(too_short),
     }
 }
 
@@ -343,25 +424,24 @@ pub fn read_evidence(
     expected: &[u8],
 ) -> Result<ReportedValue, AttestationError> {
     let (field, len) = src.field();
-    let unavailable = |detail: String| AttestationError::EvidenceUnavailable {
+    let unavailable = |detail: EvidenceError| AttestationError::EvidenceUnavailable {
         evidence: src.to_string(),
         field,
         expected: to_hex(&len.map_or_else(|| expected.to_vec(), |l| fit(expected, l))),
-        detail,
+        detail: Box::new(detail),
     };
     let report_data = evidence_report_data(expected);
-    let fields = |parsed: Result<ReportFields, String>| -> Result<Vec<u8>, AttestationError> {
-        let f = parsed.map_err(&unavailable)?;
-        if f.report_data != report_data {
-            return Err(unavailable(format!(
-                "the report carries REPORT_DATA {} instead of the {} written for this request \
-                 (a stale report, or another process using the same report directory)",
-                to_hex(&f.report_data),
-                to_hex(&report_data)
-            )));
-        }
-        Ok(f.measured)
-    };
+    let fields =
+        |parsed: Result<ReportFields, EvidenceError>| -> Result<Vec<u8>, AttestationError> {
+            let f = parsed.map_err(&unavailable)?;
+            if f.report_data != report_data {
+                return Err(unavailable(EvidenceError::ReportDataMismatch {
+                    found: to_hex(&f.report_data),
+                    written: to_hex(&report_data),
+                }));
+            }
+            Ok(f.measured)
+        };
     let bytes = match src {
         EvidenceSource::SnpConfigfsTsm { tsm } => {
             let blob = tsm_outblob(tsm, SNP_PROVIDER, &report_data).map_err(&unavailable)?;
@@ -383,12 +463,12 @@ pub fn read_evidence(
         }
         EvidenceSource::TdxSysfs { path } => {
             let raw = read_file_bounded(path, SMALL_FILE_LIMIT, "a measurement register")
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| unavailable(e.into()))?;
             decode_field_bytes(&raw, &[TDX_MRCONFIGID_LEN]).map_err(&unavailable)?
         }
         EvidenceSource::File { path } => {
             let raw = read_file_bounded(path, SMALL_FILE_LIMIT, "an evidence file")
-                .map_err(|e| unavailable(e.to_string()))?;
+                .map_err(|e| unavailable(e.into()))?;
             decode_field_bytes(&raw, &FILE_EVIDENCE_LENGTHS).map_err(&unavailable)?
         }
     };
@@ -422,7 +502,7 @@ pub fn check_evidence(src: &EvidenceSource, expected: &[u8]) -> Result<(), Attes
 }
 
 /// Raw bytes of one of `lengths`, or hex text decoding to one of them.
-fn decode_field_bytes(raw: &[u8], lengths: &[usize]) -> Result<Vec<u8>, String> {
+fn decode_field_bytes(raw: &[u8], lengths: &[usize]) -> Result<Vec<u8>, EvidenceError> {
     if let Some(decoded) = std::str::from_utf8(raw).ok().and_then(decode_hex) {
         if lengths.contains(&decoded.len()) {
             return Ok(decoded);
@@ -431,12 +511,10 @@ fn decode_field_bytes(raw: &[u8], lengths: &[usize]) -> Result<Vec<u8>, String> 
     if lengths.contains(&raw.len()) {
         return Ok(raw.to_vec());
     }
-    let wanted: Vec<String> = lengths.iter().map(|l| l.to_string()).collect();
-    Err(format!(
-        "holds {} bytes that are neither {} raw bytes nor hex of that many",
-        raw.len(),
-        wanted.join(" or ")
-    ))
+    Err(EvidenceError::FieldLength {
+        len: raw.len(),
+        wanted: lengths.to_vec(),
+    })
 }
 
 static NEXT_REPORT: AtomicU64 = AtomicU64::new(0);
@@ -453,16 +531,16 @@ impl Drop for FreshReportDir {
 }
 
 /// Runs one configfs-tsm request and returns `outblob`.
-fn tsm_outblob(tsm: &TsmReportDir, provider: &str, inblob: &[u8; 64]) -> Result<Vec<u8>, String> {
+fn tsm_outblob(
+    tsm: &TsmReportDir,
+    provider: &'static str,
+    inblob: &[u8; 64],
+) -> Result<Vec<u8>, EvidenceError> {
     let (_guard, dir) = match tsm {
         TsmReportDir::Fresh { root } => {
             let reports = root.join("report");
             if !reports.is_dir() {
-                return Err(format!(
-                    "{} is not a directory: no configfs-tsm (is configfs mounted at \
-                     /sys/kernel/config and the TEE guest driver loaded?)",
-                    reports.display()
-                ));
+                return Err(EvidenceError::NoTsm { reports });
             }
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -470,61 +548,55 @@ fn tsm_outblob(tsm: &TsmReportDir, provider: &str, inblob: &[u8; 64]) -> Result<
                 .unwrap_or(0);
             let n = NEXT_REPORT.fetch_add(1, Ordering::Relaxed);
             let dir = reports.join(format!("agent-warden-{}-{nanos}-{n}", std::process::id()));
-            std::fs::create_dir(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir(&dir).map_err(EvidenceError::io(&dir, "create"))?;
             (Some(FreshReportDir(dir.clone())), dir)
         }
         TsmReportDir::Existing { dir } => (None, dir.clone()),
     };
     let attr = |name: &str| dir.join(name);
-    let text = |name: &str| -> Result<Option<String>, String> {
+    let text = |name: &str| -> Result<Option<String>, EvidenceError> {
         match read_file_bounded(&attr(name), SMALL_FILE_LIMIT, "a configfs-tsm attribute") {
             Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().to_string())),
             Err(AttestationError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
                 Ok(None)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     };
-    let found = text("provider")?.ok_or_else(|| {
-        format!(
-            "{} is missing: not a configfs-tsm report directory",
-            attr("provider").display()
-        )
+    let found = text("provider")?.ok_or_else(|| EvidenceError::NotReportDir {
+        provider: attr("provider"),
     })?;
     if found != provider {
-        return Err(format!(
-            "{} is {found:?}, expected {provider:?} (wrong TEE for this evidence source)",
-            attr("provider").display()
-        ));
+        return Err(EvidenceError::WrongProvider {
+            path: attr("provider"),
+            found,
+            expected: provider,
+        });
     }
     // A guest running above VMPL0 (SNP under an SVSM) cannot get a report at a more
     // privileged level than its own; ask at the floor the provider advertises.
     if let Some(floor) = text("privlevel_floor")? {
         if !floor.is_empty() && floor != "0" {
             std::fs::write(attr("privlevel"), &floor)
-                .map_err(|e| format!("cannot write {}: {e}", attr("privlevel").display()))?;
+                .map_err(EvidenceError::io(&attr("privlevel"), "write"))?;
         }
     }
-    std::fs::write(attr("inblob"), inblob)
-        .map_err(|e| format!("cannot write {}: {e}", attr("inblob").display()))?;
+    std::fs::write(attr("inblob"), inblob).map_err(EvidenceError::io(&attr("inblob"), "write"))?;
     let before = text("generation")?;
-    let outblob = read_file_bounded(&attr("outblob"), OUTBLOB_LIMIT, "a configfs-tsm outblob")
-        .map_err(|e| e.to_string())?;
+    let outblob = read_file_bounded(&attr("outblob"), OUTBLOB_LIMIT, "a configfs-tsm outblob")?;
     let after = text("generation")?;
     if before != after {
-        return Err(format!(
-            "{} changed from {} to {} while the report was read (another writer)",
-            attr("generation").display(),
-            before.as_deref().unwrap_or("?"),
-            after.as_deref().unwrap_or("?")
-        ));
+        return Err(EvidenceError::GenerationChanged {
+            path: attr("generation"),
+            before,
+            after,
+        });
     }
     Ok(outblob)
 }
 
 /// `TDX_CMD_GET_REPORT0` on the TDX guest device: the TDREPORT for `report_data`.
-fn tdx_get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8>, String> {
+fn tdx_get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8>, EvidenceError> {
     use std::os::fd::AsRawFd;
 
     /// `struct tdx_report_req` from linux/tdx-guest.h.
@@ -542,7 +614,7 @@ fn tdx_get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8>, Stri
         .read(true)
         .write(true)
         .open(device)
-        .map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+        .map_err(EvidenceError::io(device, "open"))?;
     let mut req = TdxReportReq {
         reportdata: *report_data,
         tdreport: [0; TDREPORT_LEN],
@@ -558,11 +630,10 @@ fn tdx_get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8>, Stri
         )
     };
     if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!(
-            "TDX_CMD_GET_REPORT0 on {} failed: {e}",
-            device.display()
-        ));
+        return Err(EvidenceError::Ioctl {
+            device: device.to_path_buf(),
+            err: std::io::Error::last_os_error(),
+        });
     }
     Ok(req.tdreport.to_vec())
 }
@@ -605,8 +676,16 @@ mod tests {
         assert_eq!(f.measured, vec![7; 48]);
         assert_eq!(f.report_data, [9; 64]);
         r[0] = 0;
-        assert!(tdreport_fields(&r).unwrap_err().contains("type"));
-        assert!(tdreport_fields(&r[..100]).is_err());
+        let e = tdreport_fields(&r).unwrap_err();
+        assert!(
+            matches!(e, EvidenceError::TdreportType { found: 0 }),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "TDREPORT type is 0x00, expected 0x81 (TDX)");
+        assert!(matches!(
+            tdreport_fields(&r[..100]),
+            Err(EvidenceError::TdreportTooShort { len: 100 })
+        ));
         assert!(tdreport_fields(&[]).is_err());
     }
 
@@ -616,8 +695,14 @@ mod tests {
         let p = dir.path().join("tdx_guest");
         std::fs::write(&p, b"").unwrap();
         let err = tdx_get_report(&p, &[0; 64]).unwrap_err();
-        assert!(err.contains("TDX_CMD_GET_REPORT0"), "{err}");
+        assert!(matches!(err, EvidenceError::Ioctl { .. }), "{err:?}");
+        assert!(err.to_string().contains("TDX_CMD_GET_REPORT0"), "{err}");
         let err = tdx_get_report(&dir.path().join("none"), &[0; 64]).unwrap_err();
-        assert!(err.contains("cannot open"), "{err}");
+        assert!(
+            matches!(&err, EvidenceError::Io { action: "open", err, .. }
+                if err.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cannot open"), "{err}");
     }
 }

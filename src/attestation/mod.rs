@@ -30,7 +30,8 @@
 //! - [`EvidenceSource`], [`TsmReportDir`], [`check_evidence`], [`read_evidence`],
 //!   [`evidence_report_data`], the pure parsers [`snp_report_fields`], [`tdx_quote_fields`],
 //!   [`tdreport_fields`], and the layout constants they use;
-//! - [`AttestationError`], the one error type.
+//! - [`AttestationError`], the one error type; [`EvidenceError`] is its detail when a TEE's
+//!   report or value cannot be read or parsed (the parsers return it).
 //!
 //! Layout facts (offsets in bytes): SNP ATTESTATION_REPORT (AMD SEV-SNP ABI): 0x4A0 long,
 //! REPORT_DATA at 0x50 (64), HOST_DATA at 0xC0 (32). TD quote v4: 48-byte header
@@ -50,7 +51,7 @@ use std::path::{Path, PathBuf};
 pub use digest::{digest, fit, hash_report, render_report, DigestForms};
 pub use evidence::{
     check_evidence, evidence_report_data, read_evidence, snp_report_fields, tdreport_fields,
-    tdx_quote_fields, EvidenceSource, ReportFields, ReportedValue, TsmReportDir,
+    tdx_quote_fields, EvidenceError, EvidenceSource, ReportFields, ReportedValue, TsmReportDir,
     DEFAULT_TDX_GUEST_DEVICE, DEFAULT_TDX_MRCONFIGID_SYSFS, DEFAULT_TSM_ROOT, SNP_HOSTDATA_LEN,
     SNP_HOSTDATA_OFFSET, SNP_PROVIDER, SNP_REPORT_DATA_OFFSET, SNP_REPORT_LEN, TDREPORT_LEN,
     TDREPORT_MRCONFIGID_OFFSET, TDREPORT_REPORTDATA_OFFSET, TDX_BODY_MRCONFIGID_OFFSET,
@@ -144,7 +145,8 @@ pub enum AttestationError {
         evidence: String,
         field: &'static str,
         expected: String,
-        detail: String,
+        #[source]
+        detail: Box<EvidenceError>,
     },
     #[error(
         "attestation mismatch: expected {field} {expected} (from the policy/initdata{note}) but {evidence} reported {reported}"

@@ -19,7 +19,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use regorus::Engine;
-use sha2::{Digest, Sha256};
 
 /// The Rego language version a policy is written in.
 #[derive(
@@ -49,7 +48,7 @@ impl RegoVersion {
             RegoVersion::V1 => RegoVersion::V0,
         }
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             RegoVersion::V0 => "v0",
             RegoVersion::V1 => "v1",
@@ -89,6 +88,44 @@ pub enum PolicyError {
         message: String,
     },
 }
+
+/// A failure to change the policy state (`data.pstate`).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("policy state lock poisoned")]
+    Poisoned,
+    #[error("cannot apply policy state operations: {0}")]
+    Patch(#[source] json_patch::PatchError),
+}
+
+/// A result's `ops` that are not state operations the policy may ask for.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("policy ops: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("policy ops are not a JSON patch: {0}")]
+    NotAPatch(#[source] serde_json::Error),
+    #[error("policy ops may only change /pstate, not {path}")]
+    OutsideState { path: String },
+}
+
+/// A failure of the engine to evaluate a rule.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("policy engine lock poisoned")]
+    Poisoned,
+    /// The policy state could not be given to the engine as `data.pstate`.
+    #[error("policy state: {0}")]
+    State(#[source] anyhow::Error),
+    /// regorus failed (a runtime error, the time limit, ...); its own text.
+    #[error(transparent)]
+    Engine(anyhow::Error),
+}
+
+/// A request's JSON that the engine cannot take as input.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot convert input for the engine: {0}")]
+pub struct InputError(#[source] serde_json::Error);
 
 /// The state generation of an engine that has not been prepared yet.
 const UNPREPARED: u64 = u64::MAX;
@@ -165,10 +202,11 @@ impl Default for LoadOptions {
     }
 }
 
-/// sha256 of the policy text, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
+/// sha256 of the policy text, lowercase hex: the digest attestation expects of a plain
+/// policy ([`crate::attestation::digest`]).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use crate::attestation::{digest, to_hex, Algorithm};
+    to_hex(&digest(Algorithm::Sha256, bytes))
 }
 
 impl Policy {
@@ -275,14 +313,10 @@ impl Policy {
     }
 
     /// Applies state operations (paths under `/pstate`) from an earlier decision.
-    pub fn apply_ops(&self, ops: &StateOps) -> Result<(), String> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| "policy state lock poisoned".to_string())?;
+    pub fn apply_ops(&self, ops: &StateOps) -> Result<(), StateError> {
+        let mut state = self.state.lock().map_err(|_| StateError::Poisoned)?;
         let mut doc = serde_json::json!({ "pstate": state.clone() });
-        json_patch::patch(&mut doc, ops)
-            .map_err(|e| format!("cannot apply policy state operations: {e}"))?;
+        json_patch::patch(&mut doc, ops).map_err(StateError::Patch)?;
         *state = doc
             .get_mut("pstate")
             .map(serde_json::Value::take)
@@ -387,12 +421,9 @@ impl Policy {
         &self,
         name: &str,
         input: regorus::Value,
-    ) -> Result<(Option<regorus::Value>, Vec<String>), String> {
+    ) -> Result<(Option<regorus::Value>, Vec<String>), EvalError> {
         let mut engine = {
-            let mut slot = self
-                .engine
-                .lock()
-                .map_err(|_| "policy engine lock poisoned".to_string())?;
+            let mut slot = self.engine.lock().map_err(|_| EvalError::Poisoned)?;
             let (engine, seen_gen) = &mut *slot;
             let gen = self.state_gen.load(Ordering::SeqCst);
             if gen != *seen_gen {
@@ -402,17 +433,15 @@ impl Policy {
                     let data = serde_json::from_value::<regorus::Value>(
                         serde_json::json!({ "pstate": state }),
                     )
-                    .map_err(|e| format!("policy state: {e}"))?;
+                    .map_err(|e| EvalError::State(e.into()))?;
                     engine.clear_data();
-                    engine
-                        .add_data(data)
-                        .map_err(|e| format!("policy state: {e}"))?;
+                    engine.add_data(data).map_err(EvalError::State)?;
                 }
                 // Prepare (analyse, schedule) the shared engine itself, so that the
                 // clones below start prepared instead of each paying for it.
                 engine
                     .eval_query("true".to_string(), false)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(EvalError::Engine)?;
                 let _ = engine.take_prints();
                 *seen_gen = gen;
             }
@@ -436,7 +465,7 @@ impl Policy {
             Err(e) => Err(e),
         };
         let prints = engine.take_prints().unwrap_or_default();
-        value.map(|v| (v, prints)).map_err(|e| e.to_string())
+        value.map(|v| (v, prints)).map_err(EvalError::Engine)
     }
 
     /// Decides one request of type `request_type` with `input` (kata's policy JSON).
@@ -467,18 +496,13 @@ impl Policy {
         // Converted from the borrowed document: no copy of the input first.
         let input = match engine_value(input) {
             Ok(v) => v,
-            Err(e) => {
-                return (
-                    Decision::Error(format!("cannot convert input for the engine: {e}")),
-                    None,
-                )
-            }
+            Err(e) => return (Decision::Error(e.to_string()), None),
         };
         if let Some(fast) = self.fast(request_type, &input) {
             return fast;
         }
         let result = match self.eval(request_type, input) {
-            Err(e) => (Decision::Error(e), None),
+            Err(e) => (Decision::Error(e.to_string()), None),
             Ok((value, prints)) => conclude(request_type, value, prints),
         };
         tracing::trace!(
@@ -499,10 +523,10 @@ const SERDE_JSON_NUMBER_KEY: &str = "$serde_json::private::Number";
 /// string is copied once, not twice) and without serde's visitor machinery. Anything
 /// unusual (a float that is not finite, an object that regorus would read as a number)
 /// is handed to regorus's deserialiser.
-fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, String> {
+fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, InputError> {
     use serde_json::Value as J;
     let by_regorus =
-        |v: &J| <regorus::Value as serde::Deserialize>::deserialize(v).map_err(|e| e.to_string());
+        |v: &J| <regorus::Value as serde::Deserialize>::deserialize(v).map_err(InputError);
     Ok(match v {
         J::Null => regorus::Value::Null,
         J::Bool(b) => regorus::Value::Bool(*b),
@@ -525,7 +549,7 @@ fn engine_value(v: &serde_json::Value) -> Result<regorus::Value, String> {
             Some(_) => regorus::Value::from(
                 map.iter()
                     .map(|(k, v)| Ok((regorus::Value::from(k.as_str()), engine_value(v)?)))
-                    .collect::<Result<std::collections::BTreeMap<_, _>, String>>()?,
+                    .collect::<Result<std::collections::BTreeMap<_, _>, InputError>>()?,
             ),
         },
     })
@@ -554,10 +578,9 @@ fn conclude(
 }
 
 /// Reads the `ops` of a result as an RFC 6902 patch confined to `/pstate`.
-fn ops_from_value(v: &regorus::Value) -> Result<StateOps, String> {
-    let json = serde_json::to_value(v).map_err(|e| format!("policy ops: {e}"))?;
-    let patch: StateOps = serde_json::from_value(json)
-        .map_err(|e| format!("policy ops are not a JSON patch: {e}"))?;
+fn ops_from_value(v: &regorus::Value) -> Result<StateOps, OpsError> {
+    let json = serde_json::to_value(v).map_err(OpsError::NotJson)?;
+    let patch: StateOps = serde_json::from_value(json).map_err(OpsError::NotAPatch)?;
     for op in &patch.0 {
         let path = match op {
             json_patch::PatchOperation::Add(o) => &o.path,
@@ -567,8 +590,9 @@ fn ops_from_value(v: &regorus::Value) -> Result<StateOps, String> {
             json_patch::PatchOperation::Copy(o) => &o.path,
             json_patch::PatchOperation::Test(o) => &o.path,
         };
-        if !path.to_string().starts_with("/pstate") {
-            return Err(format!("policy ops may only change /pstate, not {path}"));
+        let path = path.to_string();
+        if !path.starts_with("/pstate") {
+            return Err(OpsError::OutsideState { path });
         }
     }
     Ok(patch)
@@ -732,6 +756,51 @@ StartContainerRequest if {
             .unwrap_err()
             .to_string();
         assert!(e.contains("package agent_policy"), "{e}");
+    }
+
+    #[test]
+    fn ops_outside_pstate_or_not_a_patch_are_errors() {
+        let outside = ops_from_value(
+            &engine_value(&json!([{"op": "add", "path": "/other", "value": 1}])).unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&outside, OpsError::OutsideState { path } if path == "/other"),
+            "{outside:?}"
+        );
+        assert_eq!(
+            outside.to_string(),
+            "policy ops may only change /pstate, not /other"
+        );
+        let not_patch =
+            ops_from_value(&engine_value(&json!([{"op": "jump"}])).unwrap()).unwrap_err();
+        assert!(matches!(not_patch, OpsError::NotAPatch(_)), "{not_patch:?}");
+        assert!(std::error::Error::source(&not_patch).is_some());
+        // Through a decision, the text names the request type and fails closed.
+        let src = "package agent_policy\nimport rego.v1\nX := {\"allowed\": true, \"ops\": [{\"op\": \"add\", \"path\": \"/x\", \"value\": 1}]}\n";
+        let p = Policy::load("p.rego", src, RegoVersion::V1).unwrap();
+        assert_eq!(
+            p.decide_with_ops("X", &json!({})),
+            (
+                Decision::Error("X: policy ops may only change /pstate, not /x".to_string()),
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn failing_state_ops_leave_the_state_alone() {
+        let p = load();
+        let ops: StateOps =
+            serde_json::from_value(json!([{"op": "remove", "path": "/pstate/missing"}])).unwrap();
+        let e = p.apply_ops(&ops).unwrap_err();
+        assert!(matches!(e, StateError::Patch(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot apply policy state operations: "),
+            "{e}"
+        );
+        assert_eq!(p.state(), json!({}));
     }
 
     #[test]

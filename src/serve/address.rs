@@ -16,33 +16,61 @@ pub enum Address {
     Vsock { cid: u32, port: u32 },
 }
 
+/// Text that is not an address in kata's syntax; `text` is what was given.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("{text:?}: a unix address needs an absolute path, e.g. unix:///run/kata-agent.sock")]
+    RelativeUnixPath { text: String },
+    #[error("{text:?}: a vsock address is vsock://CID:PORT, e.g. vsock://-1:1024")]
+    VsockWithoutPort { text: String },
+    #[error("{text:?}: bad vsock CID {cid:?}: {err}")]
+    BadCid {
+        text: String,
+        cid: String,
+        #[source]
+        err: std::num::ParseIntError,
+    },
+    #[error("{text:?}: bad vsock port {port:?}: {err}")]
+    BadPort {
+        text: String,
+        port: String,
+        #[source]
+        err: std::num::ParseIntError,
+    },
+    #[error("{text:?}: unsupported address; use vsock://CID:PORT or unix:///path")]
+    Unsupported { text: String },
+}
+
 impl FromStr for Address {
-    type Err = String;
+    type Err = AddressError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.to_string();
         if let Some(path) = s.strip_prefix("unix://") {
             if !path.starts_with('/') {
-                return Err(format!("{s:?}: a unix address needs an absolute path, e.g. unix:///run/kata-agent.sock"));
+                return Err(AddressError::RelativeUnixPath { text });
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
         if let Some(rest) = s.strip_prefix("vsock://") {
-            let (cid, port) = rest.rsplit_once(':').ok_or_else(|| {
-                format!("{s:?}: a vsock address is vsock://CID:PORT, e.g. vsock://-1:1024")
-            })?;
+            let Some((cid, port)) = rest.rsplit_once(':') else {
+                return Err(AddressError::VsockWithoutPort { text });
+            };
             let cid = match cid {
                 "-1" => u32::MAX,
-                c => c
-                    .parse::<u32>()
-                    .map_err(|e| format!("{s:?}: bad vsock CID {c:?}: {e}"))?,
+                c => c.parse::<u32>().map_err(|err| AddressError::BadCid {
+                    text: text.clone(),
+                    cid: c.to_string(),
+                    err,
+                })?,
             };
-            let port = port
-                .parse::<u32>()
-                .map_err(|e| format!("{s:?}: bad vsock port {port:?}: {e}"))?;
+            let port = port.parse::<u32>().map_err(|err| AddressError::BadPort {
+                text,
+                port: port.to_string(),
+                err,
+            })?;
             return Ok(Address::Vsock { cid, port });
         }
-        Err(format!(
-            "{s:?}: unsupported address; use vsock://CID:PORT or unix:///path"
-        ))
+        Err(AddressError::Unsupported { text })
     }
 }
 
@@ -176,15 +204,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_addresses_with_a_hint() {
-        for bad in [
-            "tcp://1.2.3.4:5",
-            "unix://relative",
-            "vsock://x:1",
-            "vsock://1",
-            "vsock://1:port",
+        let kind = |e: &AddressError| match e {
+            AddressError::RelativeUnixPath { .. } => "relative",
+            AddressError::VsockWithoutPort { .. } => "no port",
+            AddressError::BadCid { .. } => "cid",
+            AddressError::BadPort { .. } => "port",
+            AddressError::Unsupported { .. } => "unsupported",
+        };
+        for (bad, want) in [
+            ("tcp://1.2.3.4:5", "unsupported"),
+            ("unix://relative", "relative"),
+            ("vsock://x:1", "cid"),
+            ("vsock://1", "no port"),
+            ("vsock://1:port", "port"),
         ] {
             let e = bad.parse::<Address>().unwrap_err();
-            assert!(e.contains(bad), "{e}");
+            assert_eq!(kind(&e), want, "{e:?}");
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("{bad:?}: ")), "{text}");
         }
     }
 }

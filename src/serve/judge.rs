@@ -33,10 +33,6 @@ pub struct Guard {
     max_in_flight: usize,
 }
 
-/// Requests in flight per host connection unless configured (`[limits] max_in_flight`).
-/// Beyond it a request is answered RESOURCE_EXHAUSTED and not forwarded.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
-
 /// Whether SetPolicy may replace the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetPolicyMode {
@@ -107,7 +103,7 @@ impl Guard {
             set_policy: SetPolicyMode::PolicyDecides,
             endpoint_list: false,
             capture: None,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -213,7 +209,13 @@ impl Guard {
         }
         let req = match envelope::decode_request(f.body()) {
             Ok(r) => r,
-            Err(e) => return Verdict::Reply(envelope::error_frame(id, Code::INVALID_ARGUMENT, e)),
+            Err(e) => {
+                return Verdict::Reply(envelope::error_frame(
+                    id,
+                    Code::INVALID_ARGUMENT,
+                    e.to_string(),
+                ))
+            }
         };
         let Some(m) = methods::table().lookup(&req.service, &req.method) else {
             tracing::warn!(conn, stream = id, service = %req.service, method = %req.method, "unknown method, not forwarded");

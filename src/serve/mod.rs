@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::attestation::{self, EvidenceSource};
-use crate::config::{Config, LimitsSection, SetPolicySetting, DEFAULT_AGENT, DEFAULT_LISTEN};
+use crate::config::{
+    Config, SetPolicySetting, DEFAULT_AGENT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
+};
 use crate::policy::sources::{self, Loaded, Origin, PolicySources};
-use crate::policy::{LoadOptions, Policy, RegoVersion, DEFAULT_EVAL_TIMEOUT};
+use crate::policy::{LoadOptions, Policy, RegoVersion};
 use crate::storage::{self, Report, SetupAt, StorageConfig, StorageError};
 use crate::wire::input::InputShape;
 use address::{Address, Listener};
@@ -34,7 +36,12 @@ pub struct ServeSettings {
     pub require_evidence: Option<EvidenceSource>,
     /// Capture file, and whether it keeps env values and payloads unmasked.
     pub capture: Option<(PathBuf, bool)>,
-    pub limits: LimitsSection,
+    /// Most host connections served at once.
+    pub max_connections: usize,
+    /// Most requests in flight per host connection.
+    pub max_in_flight: usize,
+    /// Time limit of one policy evaluation.
+    pub eval_timeout: Duration,
     /// The scratch disk, when `[storage]` names a device.
     pub storage: Option<StorageConfig>,
 }
@@ -98,7 +105,9 @@ impl ServeSettings {
                 .capture
                 .clone()
                 .map(|p| (p, cfg.audit.capture_unmasked.unwrap_or(false))),
-            limits: cfg.limits.clone(),
+            max_connections: cfg.max_connections(),
+            max_in_flight: cfg.max_in_flight(),
+            eval_timeout: cfg.eval_timeout(),
             storage,
         })
     }
@@ -134,24 +143,21 @@ pub struct Prepared {
 /// carries an `agent-warden.toml`, puts that configuration between the file and the
 /// flags. Nothing is listened on or set up yet.
 pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
-    let base = file.clone().overlay(flags.clone());
+    let base = file.clone().overlay(flags.clone())?;
     let source = sources::read(&policy_sources(&base))?;
     let cfg = match &source.initdata_config {
         Some(text) => {
             let layer = Config::parse(text, "from initdata (agent-warden.toml)")?;
             layer.check_initdata_layer()?;
             tracing::info!("configuration from initdata applied (flags still override it)");
-            file.overlay(layer).overlay(flags)
+            file.overlay(layer)?.overlay(flags)?
         }
         None => base,
     };
     let settings = ServeSettings::from_config(&cfg)?;
     // Compiled only now that the initdata layer is known: it may set the time limit.
     let options = LoadOptions {
-        eval_timeout: settings
-            .limits
-            .eval_timeout_ms
-            .map_or(DEFAULT_EVAL_TIMEOUT, Duration::from_millis),
+        eval_timeout: settings.eval_timeout,
         ..LoadOptions::default()
     };
     let loaded = source.load(options)?;
@@ -192,12 +198,7 @@ pub fn build_guard(
     let mut guard = Guard::new(loaded.policy, settings.input_shape)
         .with_set_policy(set_policy)
         .with_endpoint_list(endpoint_list)
-        .with_max_in_flight(
-            settings
-                .limits
-                .max_in_flight
-                .unwrap_or(judge::DEFAULT_MAX_IN_FLIGHT),
-        );
+        .with_max_in_flight(settings.max_in_flight);
     if let Some((path, unmasked)) = &settings.capture {
         let capture = crate::serve::audit::Capture::create(path, *unmasked)
             .map_err(|e| anyhow::anyhow!("cannot create capture file {}: {e}", path.display()))?;
@@ -254,11 +255,6 @@ async fn connect_agent(agent: &Address) -> std::io::Result<address::Conn> {
 
 /// How long, after a shutdown signal, connections may take to finish their requests.
 pub const DRAIN: Duration = Duration::from_secs(5);
-
-/// Host connections served at once unless configured (`[limits] max_connections`).
-/// The kata runtime uses a handful; the bound stops a host from exhausting the guest's
-/// file descriptors and memory.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// [`run_with`] with [`DEFAULT_MAX_CONNECTIONS`].
 pub async fn run(
@@ -388,16 +384,12 @@ pub async fn serve_with(
     };
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
     sdnotify::notify_logged("READY=1");
-    let max_connections = settings
-        .limits
-        .max_connections
-        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
     run_with(
         listener,
         settings.agent.clone(),
         guard,
         shutdown,
-        max_connections,
+        settings.max_connections,
     )
     .await;
     sdnotify::notify_logged("STOPPING=1");

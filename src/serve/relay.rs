@@ -18,7 +18,7 @@
 //! system calls and wake-ups; a lone request is written as soon as it is decided.
 //!
 //! Limits per connection: at most `max_in_flight` requests forwarded and not yet
-//! answered ([`Guard::with_max_in_flight`], default [`DEFAULT_MAX_IN_FLIGHT`]); a
+//! answered ([`Guard::with_max_in_flight`], default [`crate::config::DEFAULT_MAX_IN_FLIGHT`]); a
 //! request beyond it is answered RESOURCE_EXHAUSTED (8) `too many requests in flight
 //! on this connection (limit N)` and not forwarded. Answers waiting for a host that
 //! does not read are bounded (32 frames, 8 MiB); beyond that the agent side is not
@@ -47,6 +47,11 @@ use crate::wire::frame::{Frame, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
 const HOST_QUEUE: usize = 32;
 const HOST_QUEUE_BYTES: usize = 8 << 20;
 
+/// The connection's in-flight table (stream id → what to do with the answer). Both
+/// directions use it from the connection's one task, so the lock is never contended;
+/// it is a `Mutex` rather than a `RefCell` because the connection's future must be
+/// `Send` (it is spawned), and a `RefCell` shared by the two halves of its `select!`
+/// would make it not so.
 type Inflight = Mutex<HashMap<u32, Pending>>;
 
 /// The queue to the task that writes to the host, bounded by frames and by bytes.

@@ -9,6 +9,7 @@
 //! docs/POLICY.md describes each command and its output.
 
 pub mod demo;
+pub mod initdata;
 
 use std::collections::BTreeSet;
 use std::io::BufRead;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use regorus::Engine;
 
-use crate::policy::sources::{Origin, PolicySources};
+use crate::policy::sources::{read_text, Origin, PolicySources};
 use crate::policy::{Decision, LoadOptions, Policy, RegoVersion};
 use crate::serve::judge::{Action, Guard, Judgement};
 use crate::wire::encode;
@@ -68,6 +69,14 @@ pub struct EvalArgs {
     /// A data document (JSON object) merged under `data`, e.g. {"pstate": {...}}.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: PolicyChoice,
+}
+
+/// Which policy `eval` and `replay` decide with: a policy file, a legacy endpoint list,
+/// or the embedded default, read as `serve` reads them.
+#[derive(Debug, Args)]
+pub struct PolicyChoice {
     /// Policy file [default: the embedded coco-default policy].
     #[arg(long, conflicts_with = "endpoints")]
     pub policy: Option<PathBuf>,
@@ -96,16 +105,8 @@ pub struct TestArgs {
 pub struct ReplayArgs {
     /// The capture: one JSON object per line, {"kind": "<RequestType>", "request": <input>}.
     pub capture: PathBuf,
-    /// Policy file [default: the embedded coco-default policy].
-    #[arg(long, conflicts_with = "endpoints")]
-    pub policy: Option<PathBuf>,
-    /// A legacy endpoint list (TOML `[endpoints] allowed = [...]`) instead of a policy,
-    /// decided and answered as `serve --endpoints` does.
-    #[arg(long)]
-    pub endpoints: Option<PathBuf>,
-    /// Rego version of the policy.
-    #[arg(long, value_enum, default_value = "v0")]
-    pub rego: RegoVersion,
+    #[command(flatten)]
+    pub source: PolicyChoice,
 }
 
 /// Flags of `policy hash`.
@@ -132,12 +133,6 @@ pub fn run_cli(args: PolicyArgs) -> anyhow::Result<i32> {
 
 // ---------------------------------------------------------------------------
 // Shared pieces
-
-/// A text file, or an error naming `what` and the path.
-pub(crate) fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))
-}
 
 fn read_json(path: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
     let text = read_text(path, what)?;
@@ -257,22 +252,18 @@ fn list(names: &[String]) -> String {
     }
 }
 
-fn rego_name(v: RegoVersion) -> &'static str {
-    match v {
-        RegoVersion::V0 => "v0",
-        RegoVersion::V1 => "v1",
-    }
-}
-
 fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     let name = a.file.display().to_string();
     let text = read_text(&a.file, "policy")?;
     let c = coverage(&name, &text, a.rego)?;
-    let sha = crate::policy::sha256_hex(text.as_bytes());
+    let sha = crate::attestation::to_hex(&crate::attestation::digest(
+        crate::attestation::Algorithm::Sha256,
+        text.as_bytes(),
+    ));
     writeln!(
         out,
         "{name}: ok (Rego {}, package agent_policy, sha256 {sha})",
-        rego_name(a.rego)
+        RegoVersion::name(a.rego)
     )?;
     writeln!(out, "defined ({}): {}", c.defined.len(), list(&c.defined))?;
     writeln!(
@@ -303,16 +294,12 @@ fn check(a: &CheckArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
 
 /// A [`Guard`] that decides as `serve` does with the policy (or endpoint list) named on
 /// the command line, or the embedded default.
-fn serve_guard(
-    policy: Option<&PathBuf>,
-    endpoints: Option<&PathBuf>,
-    rego: RegoVersion,
-) -> anyhow::Result<Guard> {
+fn serve_guard(choice: &PolicyChoice) -> anyhow::Result<Guard> {
     let loaded = crate::policy::sources::load(
         &PolicySources {
-            policy_file: policy.cloned(),
-            endpoint_list: endpoints.cloned(),
-            rego,
+            policy_file: choice.policy.clone(),
+            endpoint_list: choice.endpoints.clone(),
+            rego: choice.rego,
             ..PolicySources::default()
         },
         LoadOptions::default(),
@@ -458,7 +445,7 @@ struct EvalReport<'a> {
 fn eval(a: &EvalArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     known_request_type(&a.request_type)?;
     let input = read_json(&a.input, "input")?;
-    let guard = serve_guard(a.policy.as_ref(), a.endpoints.as_ref(), a.rego)?;
+    let guard = serve_guard(&a.source)?;
     let policy = guard.policy();
     let name = policy.source_name().to_string();
     if let Some(path) = &a.data {
@@ -762,7 +749,7 @@ pub struct ReplaySummary {
 }
 
 fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
-    let guard = serve_guard(a.policy.as_ref(), a.endpoints.as_ref(), a.rego)?;
+    let guard = serve_guard(&a.source)?;
     let name = guard.policy().source_name().to_string();
     let file = std::fs::File::open(&a.capture)
         .map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;

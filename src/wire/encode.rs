@@ -14,9 +14,16 @@ use serde_json::{Map, Value};
 
 use crate::wire::input::{
     copy_file_link_key, copy_file_type, field_key, is_nullable, oneof_variant_name, rust_ident,
-    CodecError, InputShape, COPY_FILE_REQUEST, MAX_DEPTH,
+    InputShape, COPY_FILE_REQUEST, MAX_DEPTH,
 };
 use crate::wire::protocols::agent::CopyFileRequest;
+
+/// A policy input that does not describe a request of the asked type. The text names
+/// the message, key or JSON path at fault; it goes to a tool's user, a test or a
+/// bench, never to the host.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EncodeError(pub String);
 
 /// Inverse of [`to_policy_input`]: the request `desc` that has this policy
 /// input. Unknown keys, wrong JSON types and out-of-range numbers are errors;
@@ -25,7 +32,7 @@ pub fn from_policy_input(
     desc: &MessageDescriptor,
     input: &Value,
     shape: InputShape,
-) -> Result<Box<dyn MessageDyn>, CodecError> {
+) -> Result<Box<dyn MessageDyn>, EncodeError> {
     json_to_message(desc, input, shape, desc.full_name(), 0)
 }
 
@@ -40,12 +47,12 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn mismatch(path: &str, expected: &str, found: &Value) -> CodecError {
+fn mismatch(path: &str, expected: &str, found: &Value) -> EncodeError {
     let shown = match found {
         Value::Number(n) => format!("{} ({n})", json_type(found)),
         _ => json_type(found).to_owned(),
     };
-    CodecError(format!("{path}: expected {expected}, found {shown}"))
+    EncodeError(format!("{path}: expected {expected}, found {shown}"))
 }
 
 pub(crate) fn json_to_message(
@@ -54,9 +61,9 @@ pub(crate) fn json_to_message(
     shape: InputShape,
     path: &str,
     depth: usize,
-) -> Result<Box<dyn MessageDyn>, CodecError> {
+) -> Result<Box<dyn MessageDyn>, EncodeError> {
     if depth > MAX_DEPTH {
-        return Err(CodecError(format!(
+        return Err(EncodeError(format!(
             "{path}: messages nested deeper than {MAX_DEPTH}"
         )));
     }
@@ -64,7 +71,7 @@ pub(crate) fn json_to_message(
         .as_object()
         .ok_or_else(|| mismatch(path, &format!("an object ({})", desc.full_name()), v))?;
     if desc.is_map_entry() {
-        return Err(CodecError(format!(
+        return Err(EncodeError(format!(
             "{path}: {} is a map entry, not a message",
             desc.full_name()
         )));
@@ -85,7 +92,7 @@ pub(crate) fn json_to_message(
             set_oneof(&mut *msg, &oneof, val, shape, &child, depth)?;
         } else {
             let shape_name = shape.name();
-            return Err(CodecError(format!(
+            return Err(EncodeError(format!(
                 "{path}: message {} has no key `{key}` in the {shape_name} input shape",
                 desc.full_name()
             )));
@@ -101,7 +108,7 @@ fn set_field(
     shape: InputShape,
     path: &str,
     depth: usize,
-) -> Result<(), CodecError> {
+) -> Result<(), EncodeError> {
     match field.runtime_field_type() {
         RuntimeFieldType::Singular(rt) => {
             if val.is_null() && is_nullable(field, &rt) {
@@ -157,7 +164,7 @@ fn set_oneof(
     shape: InputShape,
     path: &str,
     depth: usize,
-) -> Result<(), CodecError> {
+) -> Result<(), EncodeError> {
     let variants: Vec<String> = oneof
         .fields()
         .map(|f| oneof_variant_name(f.name()))
@@ -173,14 +180,14 @@ fn set_oneof(
             .fields()
             .find(|f| oneof_variant_name(f.name()) == *tag)
         else {
-            return Err(CodecError(format!(
+            return Err(EncodeError(format!(
                 "{path}: oneof {} has no variant `{tag}` (expected one of {})",
                 oneof.full_name(),
                 variants.join(", ")
             )));
         };
         let RuntimeFieldType::Singular(rt) = field.runtime_field_type() else {
-            return Err(CodecError(format!(
+            return Err(EncodeError(format!(
                 "{path}: oneof member {} is not singular",
                 field.full_name()
             )));
@@ -197,7 +204,7 @@ pub(crate) fn json_to_value(
     shape: InputShape,
     path: &str,
     depth: usize,
-) -> Result<ReflectValueBox, CodecError> {
+) -> Result<ReflectValueBox, EncodeError> {
     Ok(match rt {
         RuntimeType::I32 => ReflectValueBox::I32(int(v, path, "an i32")?),
         RuntimeType::I64 => ReflectValueBox::I64(int(v, path, "an i64")?),
@@ -220,30 +227,30 @@ pub(crate) fn json_to_value(
     })
 }
 
-fn int<T: TryFrom<i64>>(v: &Value, path: &str, what: &str) -> Result<T, CodecError> {
+fn int<T: TryFrom<i64>>(v: &Value, path: &str, what: &str) -> Result<T, EncodeError> {
     v.as_i64()
         .and_then(|n| T::try_from(n).ok())
         .ok_or_else(|| mismatch(path, what, v))
 }
 
-fn uint<T: TryFrom<u64>>(v: &Value, path: &str, what: &str) -> Result<T, CodecError> {
+fn uint<T: TryFrom<u64>>(v: &Value, path: &str, what: &str) -> Result<T, EncodeError> {
     v.as_u64()
         .and_then(|n| T::try_from(n).ok())
         .ok_or_else(|| mismatch(path, what, v))
 }
 
-fn float(v: &Value, path: &str) -> Result<f64, CodecError> {
+fn float(v: &Value, path: &str) -> Result<f64, EncodeError> {
     match v {
         Value::Null => Ok(f64::NAN),
         _ => v.as_f64().ok_or_else(|| mismatch(path, "a number", v)),
     }
 }
 
-fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, CodecError> {
+fn string<'a>(v: &'a Value, path: &str) -> Result<&'a str, EncodeError> {
     v.as_str().ok_or_else(|| mismatch(path, "a string", v))
 }
 
-fn bytes(v: &Value, path: &str) -> Result<Vec<u8>, CodecError> {
+fn bytes(v: &Value, path: &str) -> Result<Vec<u8>, EncodeError> {
     let items = v
         .as_array()
         .ok_or_else(|| mismatch(path, "an array of bytes", v))?;
@@ -254,8 +261,8 @@ fn bytes(v: &Value, path: &str) -> Result<Vec<u8>, CodecError> {
         .collect()
 }
 
-fn map_key_from_str(kt: &RuntimeType, k: &str, path: &str) -> Result<ReflectValueBox, CodecError> {
-    let bad = || CodecError(format!("{path}: map key {k:?} is not a valid {kt:?}"));
+fn map_key_from_str(kt: &RuntimeType, k: &str, path: &str) -> Result<ReflectValueBox, EncodeError> {
+    let bad = || EncodeError(format!("{path}: map key {k:?} is not a valid {kt:?}"));
     Ok(match kt {
         RuntimeType::String => ReflectValueBox::String(k.to_owned()),
         RuntimeType::I32 => ReflectValueBox::I32(k.parse().map_err(|_| bad())?),
@@ -271,7 +278,7 @@ fn copy_file_from_json(
     obj: &Map<String, Value>,
     shape: InputShape,
     path: &str,
-) -> Result<CopyFileRequest, CodecError> {
+) -> Result<CopyFileRequest, EncodeError> {
     let link_key = copy_file_link_key(shape);
     let mut req = CopyFileRequest::new();
     let mut file_type: Option<&str> = None;
@@ -289,7 +296,7 @@ fn copy_file_from_json(
             "file_type" if shape == InputShape::Current => file_type = Some(string(v, &child)?),
             k if k == link_key => link = string(v, &child)?,
             _ => {
-                return Err(CodecError(format!(
+                return Err(EncodeError(format!(
                     "{path}: message {COPY_FILE_REQUEST} has no key `{key}` in the {} input shape",
                     shape.name()
                 )))
@@ -299,7 +306,7 @@ fn copy_file_from_json(
     let derived = copy_file_type(req.file_mode);
     if let Some(t) = file_type {
         if t != derived {
-            return Err(CodecError(format!(
+            return Err(EncodeError(format!(
                 "{path}.file_type: {t:?} contradicts file_mode {:#o} ({derived})",
                 req.file_mode
             )));
@@ -308,7 +315,7 @@ fn copy_file_from_json(
     if derived == "Symlink" {
         req.data = link.as_bytes().to_vec();
     } else if !link.is_empty() {
-        return Err(CodecError(format!(
+        return Err(EncodeError(format!(
             "{path}.{link_key}: set, but file_mode {:#o} is not a symlink",
             req.file_mode
         )));

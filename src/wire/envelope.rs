@@ -7,14 +7,23 @@ pub use ttrpc::proto::{Code, Request, Response, Status};
 
 use crate::wire::frame::{Frame, TYPE_RESPONSE};
 
+/// A frame body that is not a ttrpc envelope. The text is what the host is told.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("malformed ttrpc request envelope: {0}")]
+    Request(#[source] protobuf::Error),
+    #[error("malformed ttrpc response envelope: {0}")]
+    Response(#[source] protobuf::Error),
+}
+
 /// Decodes a request frame's body.
-pub fn decode_request(body: &[u8]) -> Result<Request, String> {
-    Request::parse_from_bytes(body).map_err(|e| format!("malformed ttrpc request envelope: {e}"))
+pub fn decode_request(body: &[u8]) -> Result<Request, EnvelopeError> {
+    Request::parse_from_bytes(body).map_err(EnvelopeError::Request)
 }
 
 /// Decodes a response frame's body.
-pub fn decode_response(body: &[u8]) -> Result<Response, String> {
-    Response::parse_from_bytes(body).map_err(|e| format!("malformed ttrpc response envelope: {e}"))
+pub fn decode_response(body: &[u8]) -> Result<Response, EnvelopeError> {
+    Response::parse_from_bytes(body).map_err(EnvelopeError::Response)
 }
 
 /// The status code of a response (OK when no status is set).
@@ -76,6 +85,12 @@ mod tests {
     #[test]
     fn garbage_is_a_clear_error() {
         let e = decode_request(&[0xff, 0xff, 0xff]).unwrap_err();
-        assert!(e.starts_with("malformed ttrpc request envelope"), "{e}");
+        assert!(matches!(e, EnvelopeError::Request(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("malformed ttrpc request envelope: "),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -90,11 +90,18 @@ impl InputShape {
     }
 }
 
-/// A request could not be decoded, or a policy input could not be turned
-/// back into a request. The text names the message, key or path at fault.
+/// A request payload that is not the message its method names.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CodecError(pub String);
+pub enum DecodeError {
+    #[error("{name} is a map entry, not a request")]
+    MapEntry { name: String },
+    #[error("cannot decode {name}: {err}")]
+    Malformed {
+        name: String,
+        #[source]
+        err: protobuf::Error,
+    },
+}
 
 /// One field whose JSON key differs from protos/ in older agents' input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,15 +176,13 @@ const S_IFLNK: u32 = 0o120000;
 pub fn decode_request(
     desc: &MessageDescriptor,
     payload: &[u8],
-) -> Result<Box<dyn MessageDyn>, CodecError> {
+) -> Result<Box<dyn MessageDyn>, DecodeError> {
+    let name = || desc.full_name().to_string();
     if desc.is_map_entry() {
-        return Err(CodecError(format!(
-            "{} is a map entry, not a request",
-            desc.full_name()
-        )));
+        return Err(DecodeError::MapEntry { name: name() });
     }
     desc.parse_from_bytes(payload)
-        .map_err(|e| CodecError(format!("cannot decode {}: {e}", desc.full_name())))
+        .map_err(|err| DecodeError::Malformed { name: name(), err })
 }
 
 /// The JSON kata-agent evaluates its policy on for this request.
@@ -851,7 +856,23 @@ mod tests {
             .nested_messages()
             .find(|m| m.is_map_entry())
             .unwrap();
-        assert!(decode_request(&entry, &[]).is_err());
+        let err = decode_request(&entry, &[]).unwrap_err();
+        assert!(matches!(err, DecodeError::MapEntry { .. }), "{err:?}");
+        assert!(
+            err.to_string().ends_with("is a map entry, not a request"),
+            "{err}"
+        );
+        let err = decode_request(
+            &agent::CreateContainerRequest::descriptor(),
+            &[0xff, 0xff, 0xff],
+        )
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot decode grpc.CreateContainerRequest: "),
+            "{err}"
+        );
         assert!(from_policy_input(&entry, &json!({}), InputShape::Current).is_err());
         for payload in [
             &[0xff_u8, 0xff, 0xff][..],

@@ -19,8 +19,8 @@ use clap::{Args, Subcommand};
 
 use crate::attestation::{self, Algorithm, MeasuredDocument, POLICY_KEY, WARDEN_CONFIG_KEY};
 use crate::config::{Config, PolicySection};
+use crate::policy::sources::read_text;
 use crate::policy::{Policy, RegoVersion};
-use crate::tools::read_text;
 
 /// `agent-warden initdata ...`
 #[derive(Debug, Args)]
