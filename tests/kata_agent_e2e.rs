@@ -235,8 +235,8 @@ async fn kata_agent_pod_life_through_agent_warden() {
     // The table.
     let steps = kata::pod_steps();
     println!(
-        "\n{:<2} | {:<38} | {:<30} | {:<60} | {:<5} | kata-agent (through agent-warden)",
-        "#", "request", "direct", "through agent-warden", "bytes"
+        "\n| # | request | answer direct | answer through agent-warden | frames | kata-agent's side \
+         through agent-warden (its log, process list) |\n|---|---|---|---|---|---|"
     );
     for (i, step) in steps.iter().enumerate() {
         let d = &direct.answers[i];
@@ -265,7 +265,7 @@ async fn kata_agent_pod_life_through_agent_warden() {
             );
         }
         println!(
-            "{:<2} | {:<38} | {:<30} | {:<60} | {:<5} | {}",
+            "| {} | {} | {} | {} | {} | {} |",
             i + 1,
             step.name,
             d.describe(step.method),
