@@ -17,8 +17,12 @@
 //!   /etc/shadow` appears in the namespace's process list (directly, it does: the rootfs's
 //!   /etc/shadow is a FIFO, so the cat blocks until the container dies).
 //!
+//! - kata's own in-process policy on the same file (bin/kata-agent-policy,
+//!   KATA_AGENT_POLICY_FILE) as the referee: the same steps allowed with the same answer
+//!   bytes, the shadow exec denied.
+//!
 //! Needs root, ../shared/kata-agent, libseccomp2 and busybox-static: skipped otherwise,
-//! except under CI=true, where it fails. Takes about 5 s.
+//! except under CI=true, where it fails. Takes 2-4 s.
 
 mod common;
 mod kata;
@@ -232,11 +236,21 @@ async fn kata_agent_pod_life_through_agent_warden() {
         "policy from the initdata disk, evidence checked:\n{warden_log}"
     );
 
+    // kata's own in-process policy on the same file (bin/kata-agent-policy), as the referee
+    // of the decisions: the same steps allowed, with the same answer bytes, the same denied.
+    let policy_file = kata::repo_path(kata::POLICY).display().to_string();
+    let env = [("KATA_AGENT_POLICY_FILE", policy_file.as_str())];
+    let mut agent = KataAgent::start(&kit, &kit.agent_policy, &env).unwrap();
+    let agent_sock = agent.socket();
+    let kata_policy = run(&kit, &mut agent, &agent_sock).await;
+    agent.stop();
+
     // The table.
     let steps = kata::pod_steps();
     println!(
         "\n| # | request | answer direct | answer through agent-warden | frames | kata-agent's side \
-         through agent-warden (its log, process list) |\n|---|---|---|---|---|---|"
+         through agent-warden (its log, process list) | answer of kata-agent-policy |\n\
+         |---|---|---|---|---|---|---|"
     );
     for (i, step) in steps.iter().enumerate() {
         let d = &direct.answers[i];
@@ -264,14 +278,21 @@ async fn kata_agent_pod_life_through_agent_warden() {
                 ps(&direct)
             );
         }
+        let k = &kata_policy.answers[i];
+        let k_same = if direct.frames.get(i) == kata_policy.frames.get(i) {
+            "same frame as direct".to_string()
+        } else {
+            k.describe(step.method)
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             step.name,
             d.describe(step.method),
             t.describe(step.method),
             if same { "same" } else { "DIFF" },
-            evidence
+            evidence,
+            k_same
         );
     }
     println!("(took {:.1} s)", started.elapsed().as_secs_f64());
@@ -315,6 +336,25 @@ async fn kata_agent_pod_life_through_agent_warden() {
     assert_eq!(
         through.answers[kata::WAIT_INIT].describe("WaitProcess"),
         "OK status=137"
+    );
+    // kata's own policy engine agrees: every other answer the same bytes, the shadow exec
+    // denied (inside kata-agent, in its own words).
+    for (i, step) in steps.iter().enumerate() {
+        if i != kata::DENIED {
+            assert_eq!(
+                kata_policy.frames[i], direct.frames[i],
+                "kata-agent-policy, step {}",
+                step.name
+            );
+        }
+    }
+    let kata_denied = &kata_policy.answers[kata::DENIED];
+    assert_eq!(kata_denied.code, 7, "{kata_denied:?}");
+    assert!(
+        kata_denied
+            .message
+            .contains("ExecProcessRequest is blocked by policy"),
+        "{kata_denied:?}"
     );
     // ... and the shadow exec denied by the policy, never reaching kata-agent.
     let denied = &through.answers[kata::DENIED];
