@@ -199,7 +199,7 @@ fn own_subjects() -> Vec<Subject> {
 
 fn ours(p: &Policy, c: &Case) -> bool {
     let msg = input::decode_request(&c.desc, &c.bytes).unwrap();
-    let input = input::to_policy_input(&*msg, c.shape);
+    let input = input::to_policy_input(&*msg, c.shape).expect("policy input");
     p.decide(&c.ty, &input).is_allowed()
 }
 

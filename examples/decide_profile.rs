@@ -76,7 +76,7 @@ fn case(ty: &str, input: &serde_json::Value, shape: InputShape) -> Case {
 
 fn decide(p: &Policy, ty: &str, c: &Case) -> bool {
     let msg = input::decode_request(&c.desc, &c.bytes).expect("decode");
-    let input = input::to_policy_input(&*msg, c.shape);
+    let input = input::to_policy_input(&*msg, c.shape).expect("policy input");
     p.decide(ty, &input).is_allowed()
 }
 

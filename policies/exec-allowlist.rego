@@ -136,9 +136,12 @@ copy_path_allowed if {
 	path.is_beneath(input.path, shared_dir)
 }
 
-# The target of a symbolic link (current and older kata-agent input shapes); ""
-# for anything else.
-link_target := object.get(input, "symlink_target", object.get(input, "symlink_src", ""))
+# The target of a symbolic link; "" for anything else. Current kata-agent:
+# symlink_target, null unless a symlink; older kata-agent: symlink_src, "" unless
+# a symlink.
+link_target := input.symlink_target if is_string(input.symlink_target)
+else := input.symlink_src if is_string(input.symlink_src)
+else := ""
 
 copy_link_allowed if link_target == ""
 

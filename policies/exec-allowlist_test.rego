@@ -61,22 +61,22 @@ test_streams_and_set_policy if {
 }
 
 test_copy_file_beneath_shared_dir_allowed if {
-	CopyFileRequest with input as {"path": concat("/", [shared, "c1-abc/hostname"]), "file_type": "Regular", "symlink_target": ""}
-	CopyFileRequest with input as {"path": concat("/", [shared, "c1-abc"]), "file_type": "Directory", "symlink_target": ""}
+	CopyFileRequest with input as {"path": concat("/", [shared, "c1-abc/hostname"]), "file_type": "Regular", "symlink_target": null}
+	CopyFileRequest with input as {"path": concat("/", [shared, "c1-abc"]), "file_type": "Directory", "symlink_target": null}
 }
 
 test_copy_file_dot_dot_escapes_denied if {
-	not CopyFileRequest with input as {"path": concat("/", [shared, "../../../etc/passwd"]), "symlink_target": ""}
-	not CopyFileRequest with input as {"path": concat("/", [shared, "c1/../../x"]), "symlink_target": ""}
-	not CopyFileRequest with input as {"path": concat("/", [shared, "link/../x"]), "symlink_target": ""}
-	not CopyFileRequest with input as {"path": concat("/", [shared, ".."]), "symlink_target": ""}
+	not CopyFileRequest with input as {"path": concat("/", [shared, "../../../etc/passwd"]), "symlink_target": null}
+	not CopyFileRequest with input as {"path": concat("/", [shared, "c1/../../x"]), "symlink_target": null}
+	not CopyFileRequest with input as {"path": concat("/", [shared, "link/../x"]), "symlink_target": null}
+	not CopyFileRequest with input as {"path": concat("/", [shared, ".."]), "symlink_target": null}
 }
 
 test_copy_file_outside_denied if {
-	not CopyFileRequest with input as {"path": "/etc/passwd", "symlink_target": ""}
-	not CopyFileRequest with input as {"path": shared, "symlink_target": ""}
-	not CopyFileRequest with input as {"path": concat("", [shared, "X/a"]), "symlink_target": ""}
-	not CopyFileRequest with input as {"path": "run/kata-containers/shared/containers/a", "symlink_target": ""}
+	not CopyFileRequest with input as {"path": "/etc/passwd", "symlink_target": null}
+	not CopyFileRequest with input as {"path": shared, "symlink_target": null}
+	not CopyFileRequest with input as {"path": concat("", [shared, "X/a"]), "symlink_target": null}
+	not CopyFileRequest with input as {"path": "run/kata-containers/shared/containers/a", "symlink_target": null}
 }
 
 # Kubernetes ConfigMap volumes: key -> ..data/key, ..data -> ..2024_01_01_00_00_00.1

@@ -1,6 +1,8 @@
 //! Round trips of every request input that a real (older) kata-agent recorded
 //! in the genpolicy peer data: recorded JSON → protobuf request → wire bytes →
 //! decoded request → JSON must give back exactly the recorded JSON.
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use agent_warden::wire::encode::from_policy_input;
@@ -98,34 +100,12 @@ fn through_the_wire(
         .write_to_bytes_dyn()
         .map_err(|e| format!("encode: {e}"))?;
     let back = decode_request(desc, &bytes).map_err(|e| e.to_string())?;
-    Ok(to_policy_input(&*back, shape))
+    to_policy_input(&*back, shape).map_err(|e| e.to_string())
 }
 
 /// The first differing path between two JSON values, for readable failures.
 fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for k in x.keys().chain(y.keys()) {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => {
-                        if let Some(d) = first_difference(u, v, &p) {
-                            return Some(d);
-                        }
-                    }
-                    (u, v) => return Some(format!("{p}: {u:?} vs {v:?}")),
-                }
-            }
-            None
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (u, v))| first_difference(u, v, &format!("{path}[{i}]"))),
-        _ if a == b => None,
-        _ => Some(format!("{path}: {a} vs {b}")),
-    }
+    common::json_differences(a, b, path).into_iter().next()
 }
 
 /// Round trips one recorded line in `shape`; `Err` says where it differs.
@@ -206,7 +186,8 @@ fn recorded_inputs_round_trip_losslessly_in_current_shape() {
             let desc = descriptor(&r.ep, &r.origin);
             let msg =
                 from_policy_input(&desc, &r.input, legacy).unwrap_or_else(|e| fail(e.to_string()));
-            let current = to_policy_input(&*msg, InputShape::Current);
+            let current =
+                to_policy_input(&*msg, InputShape::Current).unwrap_or_else(|e| fail(e.to_string()));
             let again =
                 through_the_wire(&desc, &current, InputShape::Current).unwrap_or_else(|e| fail(e));
             if let Some(d) = first_difference(&again, &current, &r.ep) {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use agent_warden::wire::frame::{self, Frame, Header, Read, TYPE_DATA, TYPE_REQUEST};
@@ -111,6 +112,81 @@ async fn undefined_rule_is_denied() {
         msg.contains("CopyFileRequest is blocked by policy") && msg.contains("undefined"),
         "{msg}"
     );
+    h.stop().await;
+}
+
+/// The decision log of this test process (every test's decisions), as JSON lines.
+fn decision_log() -> Arc<Mutex<Vec<u8>>> {
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(move || LogSink(sink.clone()))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(agent_warden::logging::DECISION_TARGET, tracing::Level::INFO),
+            );
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .unwrap();
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// kata-agent refuses a CopyFile symlink whose target is not UTF-8 before its policy
+/// runs (it cannot build the input); agent-warden refuses it too, whatever the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_file_symlink_target_not_utf8_is_refused_before_the_policy() {
+    let log = decision_log();
+    let h = Harness::start(&allow_all()).await;
+    let c = h.agent_client().await;
+    let link = |data: &[u8]| agent::CopyFileRequest {
+        path: "/run/kata-containers/shared/containers/c1-cm/key".into(),
+        file_mode: 0o120777,
+        file_size: data.len() as i64,
+        data: data.to_vec(),
+        ..Default::default()
+    };
+    let (code, msg) = status(c.copy_file(ctx(), &link(&[b'a', 0xff, b'/'])).await);
+    assert_eq!(code, 3, "{msg}");
+    assert!(
+        msg.starts_with("CopyFileRequest: refused before policy evaluation")
+            && msg.contains("symlink target (data) is not valid UTF-8"),
+        "{msg}"
+    );
+    // A UTF-8 target, and non-UTF-8 data in a regular file, are up to the policy.
+    c.copy_file(ctx(), &link(b"..data/key")).await.unwrap();
+    let mut file = link(&[0xff, 0xfe]);
+    file.file_mode = 0o100644;
+    c.copy_file(ctx(), &file).await.unwrap();
+    assert_eq!(h.agent.calls(), vec!["CopyFile", "CopyFile"]);
+    let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let refusal = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|d| {
+            d["fields"]["request_type"] == "CopyFileRequest"
+                && d["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("not valid UTF-8"))
+        })
+        .unwrap_or_else(|| panic!("no refusal in the decision log:\n{text}"));
+    assert_eq!(refusal["fields"]["allowed"], false, "{refusal}");
     h.stop().await;
 }
 

@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for shape in InputShape::ALL {
-        let json = input::to_policy_input(&*msg, shape);
+        // Only a CopyFile symlink whose target is not UTF-8 has no input (kata refuses it).
+        let Ok(json) = input::to_policy_input(&*msg, shape) else {
+            assert_eq!(m.request_type, "CopyFileRequest");
+            continue;
+        };
         // kata-agent hands the input to regorus as a JSON string.
         let text = serde_json::to_string(&json).expect("policy input serialises");
         let reparsed: serde_json::Value = serde_json::from_str(&text).expect("policy input reparses");
@@ -35,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         let back = encode::from_policy_input(desc, &json, shape).unwrap_or_else(|e| {
             panic!("{}: own policy input rejected ({}): {e}", m.request_type, shape.name())
         });
-        let again = input::to_policy_input(&*back, shape);
+        let again = input::to_policy_input(&*back, shape).expect("rebuilt request has an input");
         assert_eq!(again, json, "{}: JSON → request → JSON differs ({})", m.request_type, shape.name());
 
         let bytes = back.write_to_bytes_dyn().expect("encode rebuilt request");
@@ -43,8 +47,8 @@ fuzz_target!(|data: &[u8]| {
             panic!("{}: rebuilt request does not decode ({}): {e}", m.request_type, shape.name())
         });
         assert_eq!(
-            input::to_policy_input(&*wired, shape),
-            json,
+            input::to_policy_input(&*wired, shape).ok(),
+            Some(json),
             "{}: through the wire differs ({})",
             m.request_type,
             shape.name()

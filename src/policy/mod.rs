@@ -315,12 +315,7 @@ impl Policy {
     /// Applies state operations (paths under `/pstate`) from an earlier decision.
     pub fn apply_ops(&self, ops: &StateOps) -> Result<(), StateError> {
         let mut state = self.state.lock().map_err(|_| StateError::Poisoned)?;
-        let mut doc = serde_json::json!({ "pstate": state.clone() });
-        json_patch::patch(&mut doc, ops).map_err(StateError::Patch)?;
-        *state = doc
-            .get_mut("pstate")
-            .map(serde_json::Value::take)
-            .unwrap_or_default();
+        *state = patched(&state, ops).map_err(StateError::Patch)?;
         self.state_gen.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -475,7 +470,35 @@ impl Policy {
 
     /// Like [`Policy::decide`], and also returns the state operations an allowing
     /// `{"allowed": true, "ops": [...]}` result asked for (`None` when there are none).
+    ///
+    /// As in kata-agent, whose policy applies them while deciding, operations that do
+    /// not apply to the current state (e.g. `remove` of a key that is not there) make
+    /// the decision an error: the request does not run. They are applied later, with
+    /// [`Policy::apply_ops`], once the agent has answered the request successfully.
     pub fn decide_with_ops(
+        &self,
+        request_type: &str,
+        input: &serde_json::Value,
+    ) -> (Decision, Option<StateOps>) {
+        match self.decide_unchecked(request_type, input) {
+            (decision, Some(ops)) => {
+                let state = self.state();
+                match patched(&state, &ops) {
+                    Ok(_) => (decision, Some(ops)),
+                    Err(e) => (
+                        Decision::Error(format!(
+                            "{request_type}: the policy's state operations do not apply: {e}"
+                        )),
+                        None,
+                    ),
+                }
+            }
+            undecided_or_without_ops => undecided_or_without_ops,
+        }
+    }
+
+    /// The decision and its ops, before checking that the ops apply.
+    fn decide_unchecked(
         &self,
         request_type: &str,
         input: &serde_json::Value,
@@ -561,20 +584,39 @@ fn conclude(
     value: Option<regorus::Value>,
     prints: Vec<String>,
 ) -> (Decision, Option<StateOps>) {
+    // kata-agent reads the result as {allowed, ops: Option<Patch>}: a missing or null
+    // `ops` is none, and only an allowing result's ops are applied.
     let ops = match &value {
-        Some(v @ regorus::Value::Object(_)) if v["ops"] != regorus::Value::Undefined => {
+        Some(v @ regorus::Value::Object(_))
+            if !matches!(v["ops"], regorus::Value::Undefined | regorus::Value::Null) =>
+        {
             Some(&v["ops"])
         }
         _ => None,
     };
     match ops.map(ops_from_value) {
         Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
-        Some(Ok(ops)) => (
-            interpret(request_type, value, prints),
-            Some(ops).filter(|o| !o.0.is_empty()),
-        ),
+        Some(Ok(ops)) => {
+            let decision = interpret(request_type, value, prints);
+            let ops = Some(ops).filter(|o| decision == Decision::Allow && !o.0.is_empty());
+            (decision, ops)
+        }
         None => (interpret(request_type, value, prints), None),
     }
+}
+
+/// `state` (the `data.pstate` document) with `ops` applied, as kata-agent patches its
+/// engine data `{"pstate": ...}`; an operation that does not apply is an error.
+fn patched(
+    state: &serde_json::Value,
+    ops: &StateOps,
+) -> Result<serde_json::Value, json_patch::PatchError> {
+    let mut doc = serde_json::json!({ "pstate": state.clone() });
+    json_patch::patch(&mut doc, ops)?;
+    Ok(doc
+        .get_mut("pstate")
+        .map(serde_json::Value::take)
+        .unwrap_or_default())
 }
 
 /// Reads the `ops` of a result as an RFC 6902 patch confined to `/pstate`.
@@ -610,6 +652,13 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
     };
     match allowed {
         Some(true) => Decision::Allow,
+        // kata-agent cannot read such a value either: it answers with an error, which
+        // (unlike a denial) AllowRequestsFailingPolicy does not turn into an allow.
+        None if value.as_ref().is_some_and(|v| *v != regorus::Value::Undefined) => {
+            Decision::Error(format!(
+                "the value of data.agent_policy.{request_type} is neither a bool nor an object with a bool `allowed`"
+            ))
+        }
         _ => {
             let detail = prints.join("\n");
             let reason = match (&value, allowed) {
@@ -617,10 +666,6 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
                     format!(
                         "rule data.agent_policy.{request_type} is undefined (denied by default)"
                     )
-                }
-                (Some(_), None) => {
-                    "the rule's value is neither a bool nor an object with a bool `allowed`"
-                        .to_string()
                 }
                 (Some(_), Some(_)) if !prints.is_empty() => shorten(&prints),
                 _ => "the policy returned false".to_string(),
@@ -709,10 +754,10 @@ StartContainerRequest if {
     }
 
     #[test]
-    fn non_bool_value_denies() {
+    fn non_bool_value_is_an_error() {
         let d = load().decide("ReadStreamRequest", &json!({}));
         assert!(
-            matches!(d, Decision::Deny { ref reason, .. } if reason.contains("neither a bool")),
+            matches!(d, Decision::Error(ref e) if e.contains("neither a bool")),
             "{d:?}"
         );
     }

@@ -245,7 +245,23 @@ impl Guard {
                 ));
             }
         };
-        let input = input::to_policy_input(&*msg, self.shape);
+        let input = match input::to_policy_input(&*msg, self.shape) {
+            Ok(input) => input,
+            Err(e) => {
+                // kata-agent refuses such a request before its policy runs: fail closed.
+                tracing::info!(
+                    target: crate::logging::DECISION_TARGET,
+                    conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
+                    allowed = false, reason = %e, policy = self.policy().digest(), eval_us = 0u64,
+                    "decision"
+                );
+                return Verdict::Reply(envelope::error_frame(
+                    id,
+                    Code::INVALID_ARGUMENT,
+                    format!("{ty}: refused before policy evaluation: {e}"),
+                ));
+            }
+        };
         if let Some(capture) = &self.capture {
             capture.record(ty, &input);
         }
@@ -292,7 +308,11 @@ impl Guard {
             Decision::Deny { reason, .. } => (false, reason.as_str()),
             Decision::Error(e) => (false, e.as_str()),
         };
-        let overridden = !allowed && policy.is_permissive() && m.handling != Handling::SetPolicy;
+        // As kata-agent: audit mode forgives denials, not errors (evaluation errors,
+        // unreadable values, state operations that do not apply).
+        let overridden = matches!(decision, Decision::Deny { .. })
+            && policy.is_permissive()
+            && m.handling != Handling::SetPolicy;
         tracing::info!(
             target: crate::logging::DECISION_TARGET,
             decision_id, conn, stream, service = %m.service, method = %m.name, request_type = ty,

@@ -282,7 +282,8 @@ fn copy_file_from_json(
     let link_key = copy_file_link_key(shape);
     let mut req = CopyFileRequest::new();
     let mut file_type: Option<&str> = None;
-    let mut link = "";
+    let mut link: Option<&str> = None;
+    let mut link_null = false;
     for (key, v) in obj {
         let child = format!("{path}.{key}");
         match key.as_str() {
@@ -294,7 +295,9 @@ fn copy_file_from_json(
             "gid" => req.gid = int(v, &child, "an i32")?,
             "offset" => req.offset = int(v, &child, "an i64")?,
             "file_type" if shape == InputShape::Current => file_type = Some(string(v, &child)?),
-            k if k == link_key => link = string(v, &child)?,
+            // Current shape: null unless a symlink.
+            k if k == link_key && shape == InputShape::Current && v.is_null() => link_null = true,
+            k if k == link_key => link = Some(string(v, &child)?),
             _ => {
                 return Err(EncodeError(format!(
                     "{path}: message {COPY_FILE_REQUEST} has no key `{key}` in the {} input shape",
@@ -312,13 +315,21 @@ fn copy_file_from_json(
             )));
         }
     }
-    if derived == "Symlink" {
-        req.data = link.as_bytes().to_vec();
-    } else if !link.is_empty() {
-        return Err(EncodeError(format!(
-            "{path}.{link_key}: set, but file_mode {:#o} is not a symlink",
-            req.file_mode
-        )));
+    match link {
+        Some(target) if derived == "Symlink" => req.data = target.as_bytes().to_vec(),
+        Some(target) if !target.is_empty() => {
+            return Err(EncodeError(format!(
+                "{path}.{link_key}: set, but file_mode {:#o} is not a symlink",
+                req.file_mode
+            )))
+        }
+        None if link_null && derived == "Symlink" => {
+            return Err(EncodeError(format!(
+                "{path}.{link_key}: null, but file_mode {:#o} is a symlink",
+                req.file_mode
+            )))
+        }
+        _ => {}
     }
     Ok(req)
 }

@@ -20,7 +20,10 @@
 //!   `<Variant>` is rust-protobuf's enum variant name for the member field
 //!   (the field name in CamelCase). Member fields have no keys of their own;
 //! * `CopyFileRequest` is special: kata-agent never shows the file data to the
-//!   policy, only a summary (see [`copy_file_type`] and the shapes below).
+//!   policy, only a summary (see [`copy_file_type`] and the shapes below). In
+//!   the current shape `symlink_target` is `null` unless the file is a symlink,
+//!   and a symlink whose target is not UTF-8 has no input at all: kata-agent
+//!   refuses it before evaluating the policy, and so does [`to_policy_input`].
 //!
 //! [`InputShape::Legacy`] and [`InputShape::LegacyStreamPorts`] reproduce the
 //! input of the two older kata-agent builds that recorded the genpolicy peer
@@ -101,6 +104,17 @@ pub enum DecodeError {
         #[source]
         err: protobuf::Error,
     },
+}
+
+/// A request kata-agent refuses before its policy runs: it has no policy input, and
+/// must be denied.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "{COPY_FILE_REQUEST}: the symlink target (data) is not valid UTF-8 ({0}); \
+         kata-agent refuses such a CopyFile before evaluating its policy"
+    )]
+    SymlinkNotUtf8(#[source] std::str::Utf8Error),
 }
 
 /// One field whose JSON key differs from protos/ in older agents' input.
@@ -185,9 +199,14 @@ pub fn decode_request(
         .map_err(|err| DecodeError::Malformed { name: name(), err })
 }
 
-/// The JSON kata-agent evaluates its policy on for this request.
-pub fn to_policy_input(msg: &dyn MessageDyn, shape: InputShape) -> Value {
-    message_to_json(msg, shape)
+/// The JSON kata-agent evaluates its policy on for this request, or why
+/// kata-agent refuses the request before any evaluation (the request must then
+/// be denied: it has no policy input).
+pub fn to_policy_input(msg: &dyn MessageDyn, shape: InputShape) -> Result<Value, Refused> {
+    match msg.downcast_ref::<CopyFileRequest>() {
+        Some(req) => copy_file_to_json(req, shape),
+        None => Ok(message_to_json(msg, shape)),
+    }
 }
 
 /// `file_type` of a CopyFile policy input: what `file_mode & S_IFMT` says.
@@ -260,11 +279,6 @@ pub(crate) fn is_nullable(field: &FieldDescriptor, rt: &RuntimeType) -> bool {
 
 fn message_to_json(msg: &dyn MessageDyn, shape: InputShape) -> Value {
     let desc = msg.descriptor_dyn();
-    if desc.full_name() == COPY_FILE_REQUEST {
-        if let Some(req) = msg.downcast_ref::<CopyFileRequest>() {
-            return copy_file_to_json(req, shape);
-        }
-    }
     let mut out = Map::new();
     for field in desc.fields() {
         if field.containing_oneof().is_some() {
@@ -359,11 +373,21 @@ pub(crate) fn copy_file_link_key(shape: InputShape) -> &'static str {
     }
 }
 
-fn copy_file_to_json(req: &CopyFileRequest, shape: InputShape) -> Value {
-    let link = if req.file_mode & S_IFMT == S_IFLNK {
-        String::from_utf8_lossy(&req.data).into_owned()
-    } else {
-        String::new()
+fn copy_file_to_json(req: &CopyFileRequest, shape: InputShape) -> Result<Value, Refused> {
+    let is_link = req.file_mode & S_IFMT == S_IFLNK;
+    let link = match shape {
+        // kata's PolicyCopyFileRequest: an Option<String>, None unless a symlink;
+        // a target that is not UTF-8 fails its conversion, before the policy runs.
+        InputShape::Current if is_link => match std::str::from_utf8(&req.data) {
+            Ok(target) => Value::String(target.to_owned()),
+            Err(e) => return Err(Refused::SymlinkNotUtf8(e)),
+        },
+        InputShape::Current => Value::Null,
+        // The older agents' symlink_src: a string, "" unless a symlink.
+        InputShape::Legacy | InputShape::LegacyStreamPorts if is_link => {
+            Value::String(String::from_utf8_lossy(&req.data).into_owned())
+        }
+        InputShape::Legacy | InputShape::LegacyStreamPorts => Value::String(String::new()),
     };
     let mut out = Map::new();
     out.insert("path".into(), Value::String(req.path.clone()));
@@ -379,9 +403,8 @@ fn copy_file_to_json(req: &CopyFileRequest, shape: InputShape) -> Value {
     out.insert("uid".into(), Value::from(req.uid));
     out.insert("gid".into(), Value::from(req.gid));
     out.insert("offset".into(), Value::from(req.offset));
-    let link_key = copy_file_link_key(shape);
-    out.insert(link_key.into(), Value::String(link));
-    Value::Object(out)
+    out.insert(copy_file_link_key(shape).into(), link);
+    Ok(Value::Object(out))
 }
 
 #[cfg(test)]
@@ -393,8 +416,12 @@ mod tests {
     use protobuf::MessageFull;
     use serde_json::json;
 
+    fn input(m: &dyn MessageDyn, shape: InputShape) -> Value {
+        to_policy_input(m, shape).unwrap()
+    }
+
     fn current<M: MessageFull>(m: &M) -> Value {
-        to_policy_input(m, InputShape::Current)
+        input(m, InputShape::Current)
     }
 
     /// JSON → message → bytes → message → JSON gives the same JSON back.
@@ -403,7 +430,7 @@ mod tests {
         let msg = from_policy_input(&desc, v, shape).expect("from_policy_input");
         let bytes = msg.write_to_bytes_dyn().expect("encode");
         let back = decode_request(&desc, &bytes).expect("decode");
-        assert_eq!(&to_policy_input(&*back, shape), v);
+        assert_eq!(&input(&*back, shape), v);
     }
 
     #[test]
@@ -659,10 +686,11 @@ mod tests {
     #[test]
     fn copy_file_current_shape_summarises_the_file() {
         for (mode, data, file_type, target) in [
-            (0o100644, &b"file contents"[..], "Regular", ""),
-            (0o040755, &b""[..], "Directory", ""),
-            (0o120777, &b"../target"[..], "Symlink", "../target"),
-            (0o010644, &b"fifo?"[..], "Unknown", ""),
+            (0o100644, &b"file contents"[..], "Regular", Value::Null),
+            (0o040755, &b""[..], "Directory", Value::Null),
+            (0o120777, &b"../target"[..], "Symlink", json!("../target")),
+            (0o120777, &b""[..], "Symlink", json!("")),
+            (0o010644, &b"fifo?"[..], "Unknown", Value::Null),
         ] {
             let req = copy_file(mode, data);
             let v = current(&req);
@@ -676,9 +704,22 @@ mod tests {
             );
             round_trip::<agent::CopyFileRequest>(&v, InputShape::Current);
         }
-        // Non-UTF-8 link targets are shown lossily.
-        let v = current(&copy_file(0o120777, &[b'a', 0xff]));
-        assert_eq!(v["symlink_target"], "a\u{fffd}");
+    }
+
+    #[test]
+    fn copy_file_symlink_target_not_utf8_has_no_current_input() {
+        let req = copy_file(0o120777, &[b'a', 0xff]);
+        let err = to_policy_input(&req, InputShape::Current).unwrap_err();
+        assert!(
+            matches!(err, Refused::SymlinkNotUtf8(_))
+                && err.to_string().contains("CopyFileRequest")
+                && err.to_string().contains("not valid UTF-8"),
+            "{err}"
+        );
+        // Not a symlink: the data is never looked at.
+        assert!(to_policy_input(&copy_file(0o100644, &[0xff]), InputShape::Current).is_ok());
+        // The older agents' shape keeps its lossy symlink_src.
+        assert_eq!(input(&req, InputShape::Legacy)["symlink_src"], "a\u{fffd}");
     }
 
     #[test]
@@ -690,7 +731,7 @@ mod tests {
             (0o060600, &b""[..], ""),
         ] {
             let req = copy_file(mode, data);
-            let v = to_policy_input(&req, InputShape::Legacy);
+            let v = input(&req, InputShape::Legacy);
             assert_eq!(
                 v,
                 json!({
@@ -729,6 +770,16 @@ mod tests {
             cur
         )
         .is_err());
+        assert!(from_policy_input(
+            &desc,
+            &json!({"file_mode": 0o120777, "symlink_target": null}),
+            cur
+        )
+        .is_err());
+        let regular = json!({"file_mode": 0o100644, "symlink_target": null});
+        assert!(from_policy_input(&desc, &regular, cur).is_ok());
+        assert!(from_policy_input(&desc, &json!({"symlink_target": null}), leg).is_err());
+        assert!(from_policy_input(&desc, &json!({"symlink_src": null}), leg).is_err());
         assert!(from_policy_input(&desc, &json!({"symlink_src": ""}), cur).is_err());
         assert!(from_policy_input(&desc, &json!({"file_type": "Regular"}), leg).is_err());
         assert!(from_policy_input(&desc, &json!({"data": []}), cur).is_err());
@@ -739,7 +790,7 @@ mod tests {
     fn legacy_shape_renames_and_omits_fields() {
         let mut iface = types::Interface::new();
         iface.devicePath = "0000:00:02.0".into();
-        let v = to_policy_input(&iface, InputShape::Legacy);
+        let v = input(&iface, InputShape::Legacy);
         assert_eq!(v["pciPath"], "0000:00:02.0");
         assert!(v.get("devicePath").is_none());
         round_trip::<types::Interface>(&v, InputShape::Legacy);
@@ -752,36 +803,31 @@ mod tests {
         );
         assert!(from_policy_input(&desc, &json!({"pciPath": ""}), InputShape::Current).is_err());
 
-        let v = to_policy_input(&agent::Storage::new(), InputShape::Legacy);
+        let v = input(&agent::Storage::new(), InputShape::Legacy);
         assert!(v.get("shared").is_none());
         assert!(v.get("fs_group").is_some());
-        let v = to_policy_input(&types::Route::new(), InputShape::Legacy);
+        let v = input(&types::Route::new(), InputShape::Legacy);
         assert!(v.get("flags").is_none() && v.get("mtu").is_none());
-        let v = to_policy_input(&agent::ExecProcessRequest::new(), InputShape::Legacy);
+        let v = input(&agent::ExecProcessRequest::new(), InputShape::Legacy);
         assert_eq!(
             v,
             json!({"container_id": "", "exec_id": "", "string_user": null, "process": null})
         );
-        let v = to_policy_input(&agent::CreateContainerRequest::new(), InputShape::Legacy);
+        let v = input(&agent::CreateContainerRequest::new(), InputShape::Legacy);
         assert!(v.get("stdin_port").is_none() && v.get("stderr_port").is_none());
         assert!(v.get("shared_mounts").is_some());
 
         // The later legacy agent already had the stream ports, nothing else changed.
         let later = InputShape::LegacyStreamPorts;
-        let v = to_policy_input(&agent::CreateContainerRequest::new(), later);
+        let v = input(&agent::CreateContainerRequest::new(), later);
         assert_eq!(v["stdin_port"], 0);
-        assert!(to_policy_input(&agent::ExecProcessRequest::new(), later)
+        assert!(input(&agent::ExecProcessRequest::new(), later)
             .get("stdout_port")
             .is_some());
-        assert_eq!(to_policy_input(&iface, later)["pciPath"], "0000:00:02.0");
-        assert!(to_policy_input(&agent::Storage::new(), later)
-            .get("shared")
-            .is_none());
+        assert_eq!(input(&iface, later)["pciPath"], "0000:00:02.0");
+        assert!(input(&agent::Storage::new(), later).get("shared").is_none());
         let req = copy_file(0o120777, b"t");
-        assert_eq!(
-            to_policy_input(&req, later),
-            to_policy_input(&req, InputShape::Legacy)
-        );
+        assert_eq!(input(&req, later), input(&req, InputShape::Legacy));
         let ports = json!({"stdin_port": 3});
         let ccr = agent::CreateContainerRequest::descriptor();
         assert!(from_policy_input(&ccr, &ports, later).is_ok());
@@ -1015,10 +1061,15 @@ mod tests {
                     let bytes = msg.write_to_bytes_dyn().unwrap();
                     let msg = decode_request(&desc, &bytes).unwrap();
                     for shape in InputShape::ALL {
-                        let v = to_policy_input(&*msg, shape);
+                        let Ok(v) = to_policy_input(&*msg, shape) else {
+                            // Only a CopyFile symlink whose target is not UTF-8.
+                            assert_eq!(desc.full_name(), COPY_FILE_REQUEST);
+                            assert_eq!(shape, InputShape::Current);
+                            continue;
+                        };
                         let back = from_policy_input(&desc, &v, shape)
                             .unwrap_or_else(|e| panic!("{} {shape:?}: {e}\n{v}", desc.full_name()));
-                        assert_eq!(to_policy_input(&*back, shape), v, "{}", desc.full_name());
+                        assert_eq!(input(&*back, shape), v, "{}", desc.full_name());
                         if shape == InputShape::Current && desc.full_name() != COPY_FILE_REQUEST {
                             assert!(
                                 desc.eq(&*msg, &*back),

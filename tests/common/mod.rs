@@ -2,6 +2,8 @@
 //! (a real ttrpc server), byte taps on unix sockets, and agent-warden in between.
 #![allow(dead_code)]
 
+pub mod oracle;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,6 +80,14 @@ impl agent_ttrpc::AgentService for RecordingAgent {
         _: agent::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
         self.saw("ExecProcess");
+        Ok(Empty::new())
+    }
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.saw("RemoveContainer");
         Ok(Empty::new())
     }
     async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
@@ -641,4 +651,34 @@ pub async fn read_reply(s: &mut UnixStream) -> Option<(u32, i32, String)> {
 /// A raw host connection straight to agent-warden (no tap).
 pub async fn raw(h: &Harness) -> UnixStream {
     UnixStream::connect(&h.warden_sock).await.unwrap()
+}
+
+/// Every place where two JSON values differ, value by value (`null` is not `""`, a
+/// missing key is not a zero), as `path: left vs right` lines.
+pub fn json_differences(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Vec<String> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => out.extend(json_differences(u, v, &p)),
+                    (u, v) => out.push(format!(
+                        "{p}: {} vs {}",
+                        u.map_or("(absent)".into(), Value::to_string),
+                        v.map_or("(absent)".into(), Value::to_string)
+                    )),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                out.extend(json_differences(u, v, &format!("{path}[{i}]")));
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(format!("{path}: {a} vs {b}")),
+    }
+    out
 }
