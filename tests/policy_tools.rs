@@ -122,18 +122,18 @@ fn check_fails_clearly_on_a_policy_that_does_not_parse() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
     assert!(
-        stderr(&o).contains("failed to parse as Rego v0"),
+        stderr(&o).contains("failed to parse as Rego v1"),
         "{}",
         stderr(&o)
     );
 
-    // Parses only as v0: the error says so.
+    // Parses only as v0 (v1, today's kata-agent's, is the default): the error says so.
     std::fs::write(
         &p,
         "package agent_policy\nCreateContainerRequest { true }\n",
     )
     .unwrap();
-    let o = run(&["policy", "check", "--rego", "v1", p.to_str().unwrap()]);
+    let o = run(&["policy", "check", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("it does parse as Rego v0"),

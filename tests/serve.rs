@@ -86,6 +86,37 @@ impl Dir {
 }
 
 #[test]
+fn kata_picks_the_rego_version_and_rego_overrides_it() {
+    let d = Dir::new();
+    let (sock, listen, agent) = d.sock();
+    let v0 = d.write(
+        "v0.rego",
+        "package agent_policy\nCreateContainerRequest { true }\n",
+    );
+    let v1 = d.write(
+        "v1.rego",
+        "package agent_policy\nCreateContainerRequest if { true }\n",
+    );
+    let base = ["--listen", &listen, "--agent", &agent];
+    let serve = |extra: &[&str]| refused(&[&base[..], extra].concat(), &sock);
+    // Default: today's kata-agent, Rego v1; the error names the other version.
+    let err = serve(&["--policy", &v0]);
+    assert!(
+        err.contains("failed to parse as Rego v1") && err.contains("it does parse as Rego v0"),
+        "{err}"
+    );
+    // The 2024 kata-agents parsed Rego v0.
+    let err = serve(&["--kata", "2024", "--policy", &v1]);
+    assert!(
+        err.contains("failed to parse as Rego v0") && err.contains("it does parse as Rego v1"),
+        "{err}"
+    );
+    // --rego overrides --kata.
+    let err = serve(&["--kata", "2024", "--rego", "v1", "--policy", &v0]);
+    assert!(err.contains("failed to parse as Rego v1"), "{err}");
+}
+
+#[test]
 fn a_broken_policy_stops_the_process_before_listening() {
     let d = Dir::new();
     let (sock, listen, agent) = d.sock();

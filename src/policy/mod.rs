@@ -34,10 +34,12 @@ use regorus::Engine;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum RegoVersion {
-    /// Rego v0 (what kata-agent and genpolicy use; `import rego.v1` opts a module into v1).
-    #[default]
+    /// Rego v0, as the kata-agents whose policy engine was regorus 0.2.x parsed it (until
+    /// April 2026; `import rego.v1` opts a module into v1).
     V0,
-    /// Rego v1 (OPA 1.0 syntax: `if`, `contains` required).
+    /// Rego v1 (OPA 1.0 syntax: `if`, `contains` required), as today's kata-agent parses
+    /// it (regorus >= 0.3, which kata creates without `set_rego_v0`).
+    #[default]
     V1,
 }
 

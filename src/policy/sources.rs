@@ -207,14 +207,14 @@ pub fn read(s: &PolicySources) -> anyhow::Result<Source> {
         return Ok(plain(
             format!("endpoint list {}", path.display()),
             rego,
-            RegoVersion::V0,
+            RegoVersion::V1,
             Origin::EndpointList(path.clone()),
         ));
     }
     Ok(plain(
         EMBEDDED_DEFAULT_NAME.to_string(),
         DEFAULT_POLICY.to_string(),
-        RegoVersion::V0,
+        RegoVersion::V1,
         Origin::Embedded,
     ))
 }

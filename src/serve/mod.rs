@@ -53,7 +53,7 @@ pub fn policy_sources(cfg: &Config) -> PolicySources {
         initdata_scan: cfg.policy.initdata_scan.clone(),
         policy_file: cfg.policy.file.clone(),
         endpoint_list: cfg.policy.endpoints.clone(),
-        rego: cfg.policy.rego.unwrap_or_default(),
+        rego: cfg.policy.rego_version(),
     }
 }
 
@@ -97,7 +97,7 @@ impl ServeSettings {
             agent: agent
                 .parse::<Address>()
                 .map_err(|e| anyhow::anyhow!("agent: {e}"))?,
-            input_shape: cfg.policy.input_shape.unwrap_or_default(),
+            input_shape: cfg.policy.shape(),
             set_policy: cfg.policy.set_policy.unwrap_or_default(),
             require_evidence,
             capture: cfg

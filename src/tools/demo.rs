@@ -141,7 +141,7 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
 
     let policy = match policy {
         Some(p) => p,
-        None => serve::load_policy(None, crate::policy::RegoVersion::V0)?,
+        None => serve::load_policy(None, crate::policy::RegoVersion::V1)?,
     };
     let mut out = format!(
         "policy: {} (sha256 {})\n",

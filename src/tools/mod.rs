@@ -52,8 +52,8 @@ pub enum PolicyCommand {
 pub struct CheckArgs {
     /// The policy file (Rego, package agent_policy).
     pub file: PathBuf,
-    /// Rego version of the policy.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
@@ -84,8 +84,8 @@ pub struct PolicyChoice {
     /// decided and answered as `serve --endpoints` does.
     #[arg(long)]
     pub endpoints: Option<PathBuf>,
-    /// Rego version of the policy.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 
@@ -95,8 +95,9 @@ pub struct TestArgs {
     /// Test files, or directories searched (recursively) for *_test.rego files.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Rego version of the test files and the policies they are loaded with.
-    #[arg(long, value_enum, default_value = "v0")]
+    /// Rego version of the test files and the policies they are loaded with (v1: today's
+    /// kata-agent; v0: kata-agents with regorus 0.2.x).
+    #[arg(long, value_enum, default_value = "v1")]
     pub rego: RegoVersion,
 }
 

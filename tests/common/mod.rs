@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod peers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
