@@ -122,7 +122,18 @@ fn main() {
         ..LoadOptions::default()
     };
     let policy = Policy::load_with("policy.rego", &text, RegoVersion::V0, options).expect("load");
-    let warm: Vec<bool> = cases.iter().map(|c| decide(&policy, ty, c)).collect();
+    // The first decision of each input (after load, nothing decided yet): what a pod pays.
+    let mut first_us = Vec::new();
+    let warm: Vec<bool> = cases
+        .iter()
+        .map(|c| {
+            let t = Instant::now();
+            let allowed = decide(&policy, ty, c);
+            first_us.push(format!("{:.0}", t.elapsed().as_secs_f64() * 1e6));
+            allowed
+        })
+        .collect();
+    println!("first decisions, µs: {}", first_us.join(" "));
     let t = Instant::now();
     let allowed = measured(&policy, ty, &cases, rounds);
     let n = rounds * cases.len();

@@ -1,6 +1,7 @@
-//! The compiled fast path of [`crate::policy`]: each request type's rule compiled once
-//! (lazily, on its first request) to a regorus RVM program, run without the engine
-//! lock in a VM of its own. VMs that finished cleanly are kept (a few per request
+//! The compiled fast path of [`crate::policy`]: each request type's rule compiled once,
+//! when the policy is loaded ([`Compiled::compile_ahead`], so that no request pays for
+//! parsing and compiling), to a regorus RVM program, run without the engine lock in a
+//! VM of its own. VMs that finished cleanly are kept (a few per request
 //! type) and reused, without the last request's input and data: regorus resets a VM's
 //! execution state (registers, rule cache, stacks, counters) at the start of every
 //! run, and building and loading a VM was about a quarter of a small rule's decision.
@@ -45,8 +46,10 @@ const IDLE_VMS: usize = 8;
 
 /// Compiled programs of one policy, by request type.
 pub(crate) struct Compiled {
-    /// An engine over the print-free text, used only to compile.
-    engine: Mutex<Engine>,
+    /// An engine over the print-free text, used only to compile; dropped once
+    /// [`Compiled::compile_ahead`] has compiled every request type (its parsed policy
+    /// is a few MiB that no decision needs).
+    engine: Mutex<Option<Engine>>,
     programs: Mutex<HashMap<String, Option<Arc<Program>>>>,
     /// Idle VMs with a rule's program loaded, by request type (at most [`IDLE_VMS`]
     /// each), so that a request does not pay for building and loading a VM.
@@ -114,10 +117,64 @@ impl Compiled {
     /// Prepares the compiling engine; `engine` must already hold the stripped text.
     pub(crate) fn new(engine: Engine, timeout: Duration) -> Compiled {
         Compiled {
-            engine: Mutex::new(engine),
+            engine: Mutex::new(Some(engine)),
             programs: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
             timeout,
+        }
+    }
+
+    /// The fast path for a policy: its text without print statements, parsed by an
+    /// engine set up as the interpreter's; `None` when that text does not parse.
+    pub(crate) fn build(
+        source_name: &str,
+        text: &str,
+        version: super::RegoVersion,
+        timeout: Duration,
+    ) -> Option<Compiled> {
+        let mut engine = super::engine::new_engine(version, timeout);
+        match engine.add_policy(source_name.to_string(), strip_prints(text)) {
+            Ok(_) => Some(Compiled::new(engine, timeout)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no compiled fast path for this policy");
+                None
+            }
+        }
+    }
+
+    /// Compiles, ahead of any request, the program of every rule in `request_types`
+    /// that is not a constant (those are decided without an engine), and readies one
+    /// VM for each: a type's first request then costs what its tenth does. A rule the
+    /// policy does not define, or that does not compile, is remembered as such. This
+    /// changes when the work is done, never a decision: a rule is decided the same
+    /// whether its program was compiled ahead, on its first request, or not at all.
+    pub(crate) fn compile_ahead(&self, request_types: &[&str]) {
+        let constant = match self.engine.lock().as_deref_mut() {
+            Ok(Some(engine)) => super::constant::constant_rules(engine),
+            _ => return,
+        };
+        let started = std::time::Instant::now();
+        let mut compiled = 0;
+        for ty in request_types {
+            if constant.contains_key(*ty) {
+                continue;
+            }
+            if let Some(program) = self.program(ty) {
+                let mut vm = RegoVM::new();
+                vm.load_program(program);
+                self.put_idle(ty, vm);
+                compiled += 1;
+            }
+        }
+        tracing::debug!(
+            compiled,
+            constant = constant.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "fast path compiled ahead"
+        );
+        // Every request type now has its program, or is known to have none.
+        if let Ok(mut engine) = self.engine.lock() {
+            *engine = None;
         }
     }
 
@@ -126,12 +183,12 @@ impl Compiled {
             return p.clone();
         }
         let entry = format!("data.agent_policy.{request_type}");
-        let program = {
-            let mut engine = self.engine.lock().ok()?;
-            engine
+        let program = match self.engine.lock().ok()?.as_mut() {
+            Some(engine) => engine
                 .compile_with_entrypoint(&entry.as_str().into())
                 .map_err(|e| e.to_string())
-                .and_then(|c| compile_with_path_helpers(&c, &entry))
+                .and_then(|c| compile_with_path_helpers(&c, &entry)),
+            None => Err("not one of the request types compiled ahead".to_string()),
         };
         let program = match program {
             Ok(p) => Some(with_our_builtins(p)),
@@ -657,6 +714,45 @@ R if {
             allowed += usize::from(slow == Value::from(true));
         }
         assert_eq!(allowed, 1);
+    }
+
+    #[test]
+    fn compile_ahead_readies_every_evaluated_request_type_then_drops_the_engine() {
+        let policy = r#"package agent_policy
+import rego.v1
+default CreateContainerRequest := false
+CreateContainerRequest if input.ok
+default StartContainerRequest := true
+"#;
+        let (_, compiled) = engines(policy);
+        compiled.compile_ahead(&[
+            "CreateContainerRequest",
+            "StartContainerRequest",
+            "ExecProcessRequest",
+        ]);
+        {
+            let programs = compiled.programs.lock().unwrap();
+            assert!(programs.get("CreateContainerRequest").unwrap().is_some());
+            // Not defined by the policy: known to have no program.
+            assert!(programs.get("ExecProcessRequest").unwrap().is_none());
+            // A constant rule is decided without an engine: not compiled.
+            assert!(!programs.contains_key("StartContainerRequest"));
+            let idle = compiled.idle.lock().unwrap();
+            assert_eq!(idle.get("CreateContainerRequest").map(Vec::len), Some(1));
+        }
+        assert!(compiled.engine.lock().unwrap().is_none());
+        let v = |j: serde_json::Value| -> Value { serde_json::from_value(j).unwrap() };
+        let ok = v(serde_json::json!({"ok": true}));
+        assert_eq!(
+            compiled.eval("CreateContainerRequest", &ok, None),
+            Some(Value::Bool(true))
+        );
+        assert_eq!(
+            compiled.eval("CreateContainerRequest", &v(serde_json::json!({})), None),
+            Some(Value::Bool(false))
+        );
+        // Not a request type compiled ahead: no answer, the interpreter decides.
+        assert_eq!(compiled.eval("Other", &ok, None), None);
     }
 
     #[test]

@@ -151,15 +151,19 @@ default ObjRequest := {"allowed": true}
     #[test]
     fn policy_answers_constant_rules_without_evaluating() {
         use crate::policy::{Decision, Policy, RegoVersion};
-        let text = "package agent_policy\ndefault A := true\ndefault B := false\nB { input.ok }\n";
+        // The compiled fast path covers request types (compiled at load): compiles the request types' rules at load.
+        let text = "package agent_policy\ndefault A := true\ndefault CreateContainerRequest := false\nCreateContainerRequest { input.ok }\n";
         let p = Policy::load("t.rego", text, RegoVersion::V0).unwrap();
         let odd = serde_json::json!({"anything": [1, {"x": null}]});
         assert_eq!(p.decide("A", &odd), Decision::Allow);
         assert_eq!(
-            p.decide("B", &serde_json::json!({"ok": true})),
+            p.decide("CreateContainerRequest", &serde_json::json!({"ok": true})),
             Decision::Allow
         );
-        assert!(matches!(p.decide("B", &odd), Decision::Deny { .. }));
+        assert!(matches!(
+            p.decide("CreateContainerRequest", &odd),
+            Decision::Deny { .. }
+        ));
         assert_eq!((p.constant_allows(), p.fast_allows()), (1, 1));
         // Off together with the compiled fast path: the interpreter decides alone.
         let p = Policy::load("t.rego", text, RegoVersion::V0)
