@@ -32,7 +32,25 @@ fn warden(args: &[&str]) -> Command {
 
 /// Runs `serve` expecting it to refuse to start: returns stderr.
 fn refused(args: &[&str], sock: &Path) -> String {
-    let o: Output = warden(args).output().expect("run agent-warden");
+    // A start-up that should fail but serves instead must fail the test, not hang it.
+    let mut child = warden(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agent-warden");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "agent-warden {args:?} still running after 30 s: expected it to refuse to start"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o: Output = child
+        .wait_with_output()
+        .expect("collect agent-warden's output");
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "expected exit 1; stderr:\n{err}");
     assert!(
