@@ -49,7 +49,15 @@ fn spawn(policy: &Path, shape: &str, sock: &Path, agent: &Path) -> Child {
     let _ = std::fs::remove_file(sock);
     Command::new(BIN)
         // Rego v0: genpolicy's policies are v0 (the generated one imports rego.v1).
-        .args(["--log", "warn", "serve", "--rego", "v0", "--input-shape", shape])
+        .args([
+            "--log",
+            "warn",
+            "serve",
+            "--rego",
+            "v0",
+            "--input-shape",
+            shape,
+        ])
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))
         .arg("--agent")

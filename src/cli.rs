@@ -63,7 +63,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Rego version of --policy.
-    #[arg(long, value_enum, default_value = "v1")]
+    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
     pub rego: RegoVersion,
 }
 

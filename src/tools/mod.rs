@@ -53,7 +53,7 @@ pub struct CheckArgs {
     /// The policy file (Rego, package agent_policy).
     pub file: PathBuf,
     /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
-    #[arg(long, value_enum, default_value = "v1")]
+    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
     pub rego: RegoVersion,
 }
 
@@ -85,7 +85,7 @@ pub struct PolicyChoice {
     #[arg(long)]
     pub endpoints: Option<PathBuf>,
     /// Rego version of the policy (v1: today's kata-agent; v0: kata-agents with regorus 0.2.x).
-    #[arg(long, value_enum, default_value = "v1")]
+    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
     pub rego: RegoVersion,
 }
 
@@ -97,7 +97,7 @@ pub struct TestArgs {
     pub paths: Vec<PathBuf>,
     /// Rego version of the test files and the policies they are loaded with (v1: today's
     /// kata-agent; v0: kata-agents with regorus 0.2.x).
-    #[arg(long, value_enum, default_value = "v1")]
+    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
     pub rego: RegoVersion,
 }
 

@@ -52,7 +52,7 @@ pub struct PackArgs {
     #[arg(long, value_name = "ALG", default_value = "sha384")]
     pub algorithm: Algorithm,
     /// Rego version the guest's agent-warden parses the policy with (its --rego).
-    #[arg(long, value_enum, default_value = "v0")]
+    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
     pub rego: RegoVersion,
     /// Write the initdata TOML document to FILE.
     #[arg(long, value_name = "FILE")]
