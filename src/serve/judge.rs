@@ -249,12 +249,8 @@ impl Guard {
             Ok(input) => input,
             Err(e) => {
                 // kata-agent refuses such a request before its policy runs: fail closed.
-                tracing::info!(
-                    target: crate::logging::DECISION_TARGET,
-                    conn, stream = id, service = %m.service, method = %m.name, request_type = ty,
-                    allowed = false, reason = %e, policy = self.policy().digest(), eval_us = 0u64,
-                    "decision"
-                );
+                let reason = e.to_string();
+                self.log_decision(m, conn, id, Err(&reason), self.policy().digest(), 0);
                 return Verdict::Reply(envelope::error_frame(
                     id,
                     Code::INVALID_ARGUMENT,
@@ -278,6 +274,31 @@ impl Guard {
         }
     }
 
+    /// Writes one decision-log line (every decided or refused request gets exactly one)
+    /// and returns its decision id. `outcome` is `Err(reason)` for a denial.
+    fn log_decision(
+        &self,
+        m: &Method,
+        conn: u64,
+        stream: u32,
+        outcome: Result<(), &str>,
+        policy: &str,
+        eval_us: u64,
+    ) -> u64 {
+        let decision_id = self.next_decision.fetch_add(1, Ordering::Relaxed);
+        let (allowed, reason) = match outcome {
+            Ok(()) => (true, ""),
+            Err(reason) => (false, reason),
+        };
+        tracing::info!(
+            target: crate::logging::DECISION_TARGET,
+            decision_id, conn, stream, service = %m.service, method = %m.name,
+            request_type = %m.request_type, allowed, reason, policy, eval_us,
+            "decision"
+        );
+        decision_id
+    }
+
     /// Decides one request's policy input as `serve` does: the policy's decision, then
     /// serve's own rules on top (SetPolicy mode, AllowRequestsFailingPolicy, blanked
     /// reads, endpoint-list answers), logged as one decision line. An allowed
@@ -296,7 +317,6 @@ impl Guard {
         let started = Instant::now();
         let (mut decision, ops) = policy.decide_with_ops(ty, input);
         let eval_us = started.elapsed().as_micros() as u64;
-        let decision_id = self.next_decision.fetch_add(1, Ordering::Relaxed);
         if m.handling == Handling::SetPolicy && self.set_policy == SetPolicyMode::Forbidden {
             decision = Decision::Deny {
                 reason: "SetPolicy is disabled: the policy came from attested initdata".into(),
@@ -313,12 +333,8 @@ impl Guard {
         let overridden = matches!(decision, Decision::Deny { .. })
             && policy.is_permissive()
             && m.handling != Handling::SetPolicy;
-        tracing::info!(
-            target: crate::logging::DECISION_TARGET,
-            decision_id, conn, stream, service = %m.service, method = %m.name, request_type = ty,
-            allowed, reason, policy = policy.digest(), eval_us,
-            "decision"
-        );
+        let outcome = if allowed { Ok(()) } else { Err(reason) };
+        let decision_id = self.log_decision(m, conn, stream, outcome, policy.digest(), eval_us);
         if let Decision::Deny { detail, .. } = &decision {
             if !detail.is_empty() {
                 tracing::debug!(decision_id, request_type = ty, policy_output = %detail, "policy output for denial");
