@@ -384,12 +384,12 @@ const REGEX_CACHE_GENERATION: usize = 256;
 /// previous one; when the current one is full it becomes the previous one (dropping
 /// the older), so patterns built from request data cannot grow it without bound.
 struct RegexCache {
-    current: HashMap<Box<str>, Arc<Regex>>,
-    previous: HashMap<Box<str>, Arc<Regex>>,
+    current: HashMap<Box<str>, Arc<Pattern>>,
+    previous: HashMap<Box<str>, Arc<Pattern>>,
 }
 
 impl RegexCache {
-    fn get(&mut self, pattern: &str) -> Option<Arc<Regex>> {
+    fn get(&mut self, pattern: &str) -> Option<Arc<Pattern>> {
         if let Some(re) = self.current.get(pattern) {
             return Some(re.clone());
         }
@@ -398,7 +398,7 @@ impl RegexCache {
         Some(re)
     }
 
-    fn insert(&mut self, key: Box<str>, re: Arc<Regex>) {
+    fn insert(&mut self, key: Box<str>, re: Arc<Pattern>) {
         if self.current.len() >= REGEX_CACHE_GENERATION {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -415,15 +415,55 @@ static REGEX_CACHE: std::sync::LazyLock<Mutex<RegexCache>> = std::sync::LazyLock
 
 /// The compiled `pattern` from the cache, compiled (and cached) on first use; `None`
 /// if it does not compile.
-fn cached_regex(pattern: &str) -> Option<Arc<Regex>> {
+fn cached_regex(pattern: &str) -> Option<Arc<Pattern>> {
     if let Some(re) = REGEX_CACHE.lock().ok()?.get(pattern) {
         return Some(re);
     }
-    let re = Arc::new(build_regex(pattern)?);
+    let re = Arc::new(Pattern::new(pattern)?);
     if let Ok(mut cache) = REGEX_CACHE.lock() {
         cache.insert(pattern.into(), re.clone());
     }
     Some(re)
+}
+
+/// Texts longer than this are matched by the pattern's DFA-backed twin
+/// ([`Pattern::long_texts`]): without a DFA a match costs ~25 ns per byte (the PikeVM)
+/// instead of ~2, which on a text of a few KiB outweighs building the lazy DFA.
+const LONG_TEXT: usize = 4 * 1024;
+
+/// A compiled `regex.match` pattern: built without DFAs ([`build_regex`]), which is
+/// what a pod's short texts (IDs, paths, environment entries) want; a text longer than
+/// [`LONG_TEXT`] (which the host can send: up to a frame's 4 MiB) is matched by the
+/// same pattern as `regex::Regex` builds it, built the first time one comes. Both
+/// are regex's engines for one pattern, so which one answers changes only the time.
+struct Pattern {
+    short_texts: Regex,
+    long_texts: std::sync::OnceLock<Option<regex::Regex>>,
+}
+
+impl Pattern {
+    fn new(pattern: &str) -> Option<Pattern> {
+        Some(Pattern {
+            short_texts: build_regex(pattern)?,
+            long_texts: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Whether `pattern` (the one this was built from) matches `text`.
+    fn is_match(&self, pattern: &str, text: &str) -> bool {
+        if text.len() > LONG_TEXT {
+            let long = self.long_texts.get_or_init(|| {
+                regex::RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .ok()
+            });
+            if let Some(re) = long {
+                return re.is_match(text);
+            }
+        }
+        self.short_texts.is_match(text)
+    }
 }
 
 /// `pattern` compiled as `regex::RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT)
@@ -436,7 +476,8 @@ fn cached_regex(pattern: &str) -> Option<Arc<Regex>> {
 /// PikeVM, which it keeps for the cases the DFAs cannot take. For genpolicy's pods,
 /// replaying the `regex.match` calls of their CreateContainer requests: a new pattern
 /// plus its first matches cost 40-60% less (k8s-policy-job 1.60 → 0.64 ms per pod, web
-/// 2.70 → 1.17, pod-exec 2.15 → 0.98); a warm match costs more (+0.2-0.3 µs a call).
+/// 2.70 → 1.17, pod-exec 2.15 → 0.98); a warm match costs more (+0.2-0.3 µs a call),
+/// and a long text much more (hence [`Pattern`]).
 /// `tests::our_regex_answers_as_regex_does` holds the two side by side.
 fn build_regex(pattern: &str) -> Option<Regex> {
     let config = regex_automata::meta::Config::new()
@@ -463,7 +504,7 @@ fn regex_match(
 ) -> anyhow::Result<Value> {
     if let [Value::String(pattern), Value::String(value)] = args {
         if let Some(re) = cached_regex(pattern) {
-            return Ok(Value::Bool(re.is_match(value.as_ref())));
+            return Ok(Value::Bool(re.is_match(pattern, value)));
         }
     }
     match regorus_regex_match() {
@@ -754,18 +795,24 @@ N if not regex.match(input.p, input.s)
                 .build();
             let ours = build_regex(pattern);
             assert_eq!(theirs.is_ok(), ours.is_some(), "{pattern:?} compiles");
-            let (Ok(theirs), Some(ours)) = (theirs, ours) else {
+            assert_eq!(ours.is_some(), Pattern::new(pattern).is_some());
+            let (Ok(theirs), Some(ours), Some(cached)) = (theirs, ours, Pattern::new(pattern))
+            else {
                 continue;
             };
-            // A long text too: beyond what the bounded backtracker takes (the PikeVM
-            // answers), for every pattern.
+            // Long texts too: one just past LONG_TEXT, and one beyond what the bounded
+            // backtracker takes (the PikeVM answers), for every pattern.
             let long = format!("{} word 5 {}", "a".repeat(300_000), "κ".repeat(1000));
-            for text in REGEX_TEXTS.iter().copied().chain([long.as_str()]) {
+            let just_long = format!("{} word", "é".repeat(LONG_TEXT / 2));
+            let texts = REGEX_TEXTS.iter().copied();
+            for text in texts.chain([long.as_str(), just_long.as_str()]) {
                 // Twice: the second answer comes from warm matching caches.
                 for _ in 0..2 {
+                    let want = theirs.is_match(text);
+                    assert_eq!(want, ours.is_match(text), "{pattern:?} on {text:?}");
                     assert_eq!(
-                        theirs.is_match(text),
-                        ours.is_match(text),
+                        want,
+                        cached.is_match(pattern, text),
                         "{pattern:?} on {text:?}"
                     );
                     compared += 1;
@@ -776,12 +823,24 @@ N if not regex.match(input.p, input.s)
     }
 
     #[test]
+    fn long_texts_are_matched_by_the_dfa_twin_built_when_first_needed() {
+        let p = r"^HOSTNAME=[a-zA-Z0-9_\.\-]+$";
+        let pattern = Pattern::new(p).unwrap();
+        assert!(pattern.is_match(p, "HOSTNAME=web-0"));
+        assert!(pattern.long_texts.get().is_none(), "built for a short text");
+        let long = format!("HOSTNAME={}", "a".repeat(LONG_TEXT));
+        assert!(pattern.is_match(p, &long));
+        assert!(matches!(pattern.long_texts.get(), Some(Some(_))));
+        assert!(!pattern.is_match(p, &format!("{long}!")));
+    }
+
+    #[test]
     fn regex_cache_is_bounded() {
         let mut cache = RegexCache {
             current: HashMap::new(),
             previous: HashMap::new(),
         };
-        let re = Arc::new(build_regex("x").unwrap());
+        let re = Arc::new(Pattern::new("x").unwrap());
         for i in 0..(5 * REGEX_CACHE_GENERATION) {
             cache.insert(format!("p{i}").into(), re.clone());
             assert!(cache.current.len() + cache.previous.len() <= 2 * REGEX_CACHE_GENERATION);
