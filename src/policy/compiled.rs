@@ -33,7 +33,8 @@
 //! same strings match) but without the DFAs that `regex` also builds for each pattern
 //! ([`build_regex`]): most patterns of a pod are new to the process (they are made
 //! from its sandbox and container IDs) and are met a handful of times, and building
-//! them was most of a first CreateContainer's cost.
+//! them was most of a first CreateContainer's cost. Texts over 4 KiB, which a pod's
+//! requests do not have but a host can send, get the DFA-backed build ([`Pattern`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
