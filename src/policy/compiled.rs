@@ -789,22 +789,22 @@ N if not regex.match(input.p, input.s)
     fn our_regex_answers_as_regex_does() {
         // regorus's regex.match is `RegexBuilder::new(p).size_limit(100 KiB).build()`
         // then `is_match`: ours must compile the same patterns and match the same texts.
+        // Long texts too, for every pattern: one just past LONG_TEXT, and one beyond
+        // what the bounded backtracker takes (the PikeVM answers).
+        let long = format!("{} word 5 {}", "a".repeat(300_000), "κ".repeat(1000));
+        let just_long = format!("{} word", "é".repeat(LONG_TEXT / 2));
         let mut compared = 0;
         for pattern in REGEX_CASES {
             let theirs = regex::RegexBuilder::new(pattern)
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build();
             let ours = build_regex(pattern);
+            let cached = Pattern::new(pattern);
             assert_eq!(theirs.is_ok(), ours.is_some(), "{pattern:?} compiles");
-            assert_eq!(ours.is_some(), Pattern::new(pattern).is_some());
-            let (Ok(theirs), Some(ours), Some(cached)) = (theirs, ours, Pattern::new(pattern))
-            else {
+            assert_eq!(ours.is_some(), cached.is_some(), "{pattern:?} compiles");
+            let (Ok(theirs), Some(ours), Some(cached)) = (theirs, ours, cached) else {
                 continue;
             };
-            // Long texts too: one just past LONG_TEXT, and one beyond what the bounded
-            // backtracker takes (the PikeVM answers), for every pattern.
-            let long = format!("{} word 5 {}", "a".repeat(300_000), "κ".repeat(1000));
-            let just_long = format!("{} word", "é".repeat(LONG_TEXT / 2));
             let texts = REGEX_TEXTS.iter().copied();
             for text in texts.chain([long.as_str(), just_long.as_str()]) {
                 // Twice: the second answer comes from warm matching caches.
