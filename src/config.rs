@@ -14,6 +14,7 @@
 //! rego = "v1"                                # overrides kata's: "v0" or "v1"
 //! input_shape = "current"                    # overrides kata's: "legacy", "legacy-stream-ports"
 //! set_policy = "auto"                        # "auto" | "policy" | "forbid"
+//! deny_message = "reason"                    # what a denial says: "reason" | "full"
 //! require_evidence = "snp"                   # compare the digest with the TEE's before serving
 //! [audit]
 //! capture = "/run/agent-warden/capture.jsonl"  # every decided input, replayable
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::RegoVersion;
+use crate::policy::{DenyMessage, RegoVersion};
 use crate::wire::input::InputShape;
 
 /// Default listening address: kata-agent's own vsock port.
@@ -175,6 +176,9 @@ pub struct PolicySection {
     #[arg(long, value_enum, help = defaulted("Whether SetPolicy may replace the policy (auto = forbid for initdata policies, else the policy decides)", default_name::<SetPolicySetting>()))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set_policy: Option<SetPolicySetting>,
+    #[arg(long, value_enum, help = defaulted("What a denial says to the host and the decision log. reason: the rule that denied, no input values (the compiled fast path decides denials too). full: kata-agent's text, what the policy printed (the interpreter evaluates every denial again for its prints)", default_name::<DenyMessage>()))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_message: Option<DenyMessage>,
     /// Refuse to serve unless the TEE reports the policy's digest: snp[:TSM_ROOT],
     /// snp-report:DIR, tdx[:DEVICE], tdx-sysfs[:PATH], tdx-quote[:TSM_ROOT], file:PATH.
     #[arg(long, value_name = "SOURCE")]

@@ -14,6 +14,7 @@
 //! ../shared/kata-reference); without it the tests fail under CI=true and skip otherwise.
 
 mod common;
+mod scale;
 
 use agent_warden::policy::{LoadOptions, Policy, RegoVersion};
 use agent_warden::serve::judge::Guard;
@@ -352,4 +353,64 @@ async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
         fast > 0 && constant > 0,
         "{fast} compiled, {constant} constant allows"
     );
+}
+
+/// The generated growth scenarios (tests/scale): every request of each pod is allowed
+/// by kata-agent's own code, every mutation of its grown request is denied, and
+/// agent-warden (over ttrpc, fast paths on) decides each exactly as kata does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
+    let (Some(bin), Some(_)) = (oracle_binary("kata_oracle"), peers_dir()) else {
+        return;
+    };
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let (mut allowed, mut denied) = (0, 0);
+    let mut disagreements = Vec::new();
+    for n in scale::layers::LAYERS {
+        let g = scale::layers::scenario(&shared, n);
+        let s = Scenario {
+            name: g.name.clone(),
+            policy: g.policy.clone(),
+            inputs: g.requests.clone(),
+            outputs: Vec::new(),
+            rego: RegoVersion::V0,
+            shape: agent_warden::wire::input::InputShape::Legacy,
+        };
+        let mut oracle = Oracle::start(&bin, &s.policy, true);
+        let h = warden(&s).await;
+        h.agent.release(1_000_000);
+        let client = h.client().await;
+        let cases = g
+            .requests
+            .iter()
+            .map(|(ty, v)| (format!("{} {ty}", g.name), ty.as_str(), v, true))
+            .chain(g.mutations.iter().map(|(label, v)| {
+                (label.clone(), "CreateContainerRequest", v, false)
+            }));
+        for (label, ty, input, allow) in cases {
+            let payload = encode(ty, input, s.shape).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let kata = decide(&mut oracle, ty, &decode(ty, &payload, s.shape));
+            let want = if allow { Outcome::Allow } else { Outcome::Deny };
+            assert_eq!(kata, want, "{label}: kata-agent's decision is not the generator's");
+            let ours = send_bytes(&client, ty, payload).await;
+            if ours == kata {
+                if allow {
+                    allowed += 1;
+                } else {
+                    denied += 1;
+                }
+            } else {
+                disagreements.push(format!("{label}: agent-warden {ours:?}, kata {kata:?}"));
+            }
+        }
+        h.stop().await;
+    }
+    eprintln!("kata oracle, generated growth scenarios: {allowed} allowed and {denied} denied as kata decides");
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
+    assert!(denied >= 3 * scale::layers::LAYERS.len() - 1, "{denied} mutations");
 }

@@ -87,6 +87,30 @@ async fn denied_request_gets_permission_denied_and_never_reaches_agent() {
     let c = h.agent_client().await;
     let (code, msg) = status(c.exec_process(ctx(), &exec(&["sh", "-c", "id"])).await);
     assert_eq!(code, 7);
+    assert_eq!(
+        msg,
+        "ExecProcessRequest is blocked by policy: data.agent_policy.ExecProcessRequest is false"
+    );
+    settle().await;
+    assert!(h.agent.calls().is_empty());
+    assert!(h.agent_tap.sent_to_server().is_empty());
+    assert_eq!(h.guard.policy().fast_denials(), 1, "decided by the fast path");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_deny_message_sends_what_the_policy_printed_as_kata_agent_does() {
+    let options = agent_warden::policy::LoadOptions {
+        deny_message: agent_warden::policy::DenyMessage::Full,
+        ..Default::default()
+    };
+    let policy =
+        agent_warden::policy::Policy::load_with("test.rego", POLICY, RegoVersion::V0, options)
+            .unwrap();
+    let h = Harness::start_guard(Guard::new(policy, InputShape::Current)).await;
+    let c = h.agent_client().await;
+    let (code, msg) = status(c.exec_process(ctx(), &exec(&["sh", "-c", "id"])).await);
+    assert_eq!(code, 7);
     assert!(
         msg.starts_with("ExecProcessRequest is blocked by policy: "),
         "{msg}"
@@ -94,7 +118,6 @@ async fn denied_request_gets_permission_denied_and_never_reaches_agent() {
     assert!(msg.contains("checking exec of sh -c id"), "{msg}");
     settle().await;
     assert!(h.agent.calls().is_empty());
-    assert!(h.agent_tap.sent_to_server().is_empty());
     h.stop().await;
 }
 

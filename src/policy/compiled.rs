@@ -6,10 +6,14 @@
 //! execution state (registers, rule cache, stacks, counters) at the start of every
 //! run, and building and loading a VM was about a quarter of a small rule's decision.
 //!
-//! It may only *allow*. A policy's decision is the interpreter's; the VM answers first
-//! because it is several times faster, and whenever it does not produce an allow (a
-//! denial, an error, an instruction or time limit, a rule it cannot compile) the
-//! interpreter decides, with its prints as the reason. The RVM has no `print`, so the
+//! The VM answers first because it is several times faster. Its allow is the decision,
+//! and so is its denial, unless the denial's prints are wanted (`deny_message = "full"`:
+//! only the interpreter gathers prints). Whenever it does not produce a decision (an
+//! error, the time limit, a value that is not a decision, a rule it cannot compile) the
+//! interpreter decides. tests/kata_oracle.rs holds both to kata-agent's own decisions.
+//! The VM has no instruction limit (regorus's default of 25,000 is a size, not a time:
+//! genpolicy's layer-storage rule went past it at 9 layers); the time limit bounds it,
+//! as it bounds the interpreter. The RVM has no `print`, so the
 //! program is compiled from the policy text with its print statements removed (a line
 //! that is only `print(...)`); print always succeeds in Rego, so removing it cannot
 //! change a value. A line the removal would break makes compilation fail, and that
@@ -228,6 +232,8 @@ impl Compiled {
             }
         };
         vm.set_execution_timer_config(Some(super::engine::timer_config(timeout)));
+        // The time limit is the bound, as for the interpreter (module comment).
+        vm.set_max_instructions(usize::MAX);
         vm.set_data(data.cloned().unwrap_or(Value::Null)).ok()?;
         vm.set_input(input.clone());
         let host_calls = program_has_host_calls(&vm);

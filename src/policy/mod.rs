@@ -157,6 +157,8 @@ pub struct Policy {
     options: LoadOptions,
     /// How many allows came from the compiled fast path.
     fast_allows: AtomicU64,
+    /// How many denials came from the compiled fast path.
+    fast_denials: AtomicU64,
     /// How many allows came from constant rules.
     constant_allows: AtomicU64,
     /// Rules whose value is a bool whatever the request (see [`crate::policy::constant`]).
@@ -181,6 +183,42 @@ impl std::fmt::Debug for Policy {
 /// that would hold the connection for good.
 pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a denial says, to the host and in the decision log (`[policy] deny_message`),
+/// and so what a denial costs.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyMessage {
+    /// The rule that denied, without input values (`data.agent_policy.<T> is false`, or
+    /// undefined). The compiled fast path decides a denial as it decides an allow: a
+    /// denial costs what an allow of the same request costs. The policy's prints, when
+    /// the interpreter decided, go to the debug log only.
+    #[default]
+    Reason,
+    /// kata-agent's text: what the policy printed (the last lines, ≤ 256 bytes). Only the
+    /// interpreter gathers prints, so it evaluates every denied request (again, after
+    /// the fast path said no).
+    Full,
+}
+
+impl DenyMessage {
+    pub fn name(self) -> &'static str {
+        match self {
+            DenyMessage::Reason => "reason",
+            DenyMessage::Full => "full",
+        }
+    }
+}
+
 /// How a policy is loaded, besides its text and Rego version. Passed at load and kept
 /// by the policy (a policy replaced by SetPolicy is loaded with the same options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,9 +228,12 @@ pub struct LoadOptions {
     /// and never reaches the agent.
     pub eval_timeout: Duration,
     /// The compiled fast path (see [`compiled`]) and constant rules (see [`constant`]).
-    /// Decisions are the same either way (only allows come from them), so turning them
-    /// off exists for measurements and as an escape hatch.
+    /// Decisions are the same either way, so turning them off exists for measurements
+    /// and as an escape hatch.
     pub fast_path: bool,
+    /// What a denial's reason says; [`DenyMessage::Full`] has the interpreter decide
+    /// every denial (for its prints).
+    pub deny_message: DenyMessage,
 }
 
 impl Default for LoadOptions {
@@ -200,6 +241,7 @@ impl Default for LoadOptions {
         LoadOptions {
             eval_timeout: DEFAULT_EVAL_TIMEOUT,
             fast_path: true,
+            deny_message: DenyMessage::Reason,
         }
     }
 }
@@ -319,6 +361,7 @@ impl Policy {
             compiled: std::sync::OnceLock::new(),
             options,
             fast_allows: AtomicU64::new(0),
+            fast_denials: AtomicU64::new(0),
             constant_allows: AtomicU64::new(0),
             constant,
         };
@@ -394,6 +437,11 @@ impl Policy {
         self.fast_allows.load(Ordering::Relaxed)
     }
 
+    /// How many denials the compiled fast path has given.
+    pub fn fast_denials(&self) -> u64 {
+        self.fast_denials.load(Ordering::Relaxed)
+    }
+
     /// How many allows came from constant rules (see [`crate::policy::constant`]) without any
     /// evaluation.
     pub fn constant_allows(&self) -> u64 {
@@ -417,8 +465,9 @@ impl Policy {
             .as_ref()
     }
 
-    /// An allow decided by the compiled fast path; `None` when the interpreter must
-    /// decide (anything but a clean allow).
+    /// A decision of the compiled fast path: an allow, or (unless the denial's prints
+    /// are wanted, [`DenyMessage::Full`]) a denial; `None` when the interpreter must
+    /// decide (the program failed or was not compiled, its value is not a decision).
     fn fast(
         &self,
         request_type: &str,
@@ -436,11 +485,14 @@ impl Policy {
             None
         };
         let value = compiled.eval(request_type, input, data.as_ref())?;
-        let (decision, ops) = conclude(request_type, Some(value), Vec::new());
-        if decision != Decision::Allow {
-            return None;
-        }
-        self.fast_allows.fetch_add(1, Ordering::Relaxed);
+        let (decision, ops) = conclude(request_type, Some(value), Vec::new(), self.options.deny_message);
+        match decision {
+            Decision::Allow => self.fast_allows.fetch_add(1, Ordering::Relaxed),
+            Decision::Deny { .. } if self.options.deny_message == DenyMessage::Reason => {
+                self.fast_denials.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => return None,
+        };
         Some((decision, ops))
     }
 
@@ -554,7 +606,12 @@ impl Policy {
             if value {
                 self.constant_allows.fetch_add(1, Ordering::Relaxed);
             }
-            return conclude(request_type, Some(regorus::Value::Bool(value)), Vec::new());
+            return conclude(
+                request_type,
+                Some(regorus::Value::Bool(value)),
+                Vec::new(),
+                self.options.deny_message,
+            );
         }
         let started = Instant::now();
         // Converted from the borrowed document: no copy of the input first.
@@ -567,7 +624,7 @@ impl Policy {
         }
         let result = match self.eval(request_type, input) {
             Err(e) => (Decision::Error(e.to_string()), None),
-            Ok((value, prints)) => conclude(request_type, value, prints),
+            Ok((value, prints)) => conclude(request_type, value, prints, self.options.deny_message),
         };
         tracing::trace!(
             request_type,
@@ -624,6 +681,7 @@ fn conclude(
     request_type: &str,
     value: Option<regorus::Value>,
     prints: Vec<String>,
+    says: DenyMessage,
 ) -> (Decision, Option<StateOps>) {
     // kata-agent reads the result as {allowed, ops: Option<Patch>}: a missing or null
     // `ops` is none, and only an allowing result's ops are applied.
@@ -638,11 +696,11 @@ fn conclude(
     match ops.map(ops_from_value) {
         Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
         Some(Ok(ops)) => {
-            let decision = interpret(request_type, value, prints);
+            let decision = interpret(request_type, value, prints, says);
             let ops = Some(ops).filter(|o| decision == Decision::Allow && !o.0.is_empty());
             (decision, ops)
         }
-        None => (interpret(request_type, value, prints), None),
+        None => (interpret(request_type, value, prints, says), None),
     }
 }
 
@@ -682,7 +740,12 @@ fn ops_from_value(v: &regorus::Value) -> Result<StateOps, OpsError> {
 }
 
 /// Turns a rule's value into a decision (fail closed on anything unexpected).
-fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<String>) -> Decision {
+fn interpret(
+    request_type: &str,
+    value: Option<regorus::Value>,
+    prints: Vec<String>,
+    says: DenyMessage,
+) -> Decision {
     let allowed = match &value {
         Some(regorus::Value::Bool(b)) => Some(*b),
         Some(v @ regorus::Value::Object(_)) => match &v["allowed"] {
@@ -708,7 +771,12 @@ fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<Stri
                         "rule data.agent_policy.{request_type} is undefined (denied by default)"
                     )
                 }
-                (Some(_), Some(_)) if !prints.is_empty() => shorten(&prints),
+                (Some(_), Some(_)) if says == DenyMessage::Full && !prints.is_empty() => {
+                    shorten(&prints)
+                }
+                (Some(_), Some(_)) if says == DenyMessage::Reason => {
+                    format!("data.agent_policy.{request_type} is false")
+                }
                 _ => "the policy returned false".to_string(),
             };
             Decision::Deny { reason, detail }
@@ -803,15 +871,52 @@ StartContainerRequest if {
         );
     }
 
+    const PRINTING: &str = "package agent_policy\nimport rego.v1\ndefault X := false\nX if {\n print(\"checking\", input.a)\n input.a == 1\n}\n";
+
     #[test]
-    fn false_with_prints_uses_prints_as_reason() {
-        let src = "package agent_policy\nimport rego.v1\ndefault X := false\nX if {\n print(\"checking\", input.a)\n input.a == 1\n}\n";
-        let p = Policy::load("p.rego", src, RegoVersion::V1).unwrap();
+    fn full_deny_message_uses_prints_as_reason() {
+        let full = LoadOptions {
+            deny_message: DenyMessage::Full,
+            ..LoadOptions::default()
+        };
+        let p = Policy::load_with("p.rego", PRINTING, RegoVersion::V1, full).unwrap();
         match p.decide("X", &json!({"a": 2})) {
             Decision::Deny { reason, detail } => {
                 assert!(reason.contains("checking 2"), "{reason}");
                 assert!(detail.contains("checking 2"));
             }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(p.fast_denials(), 0, "prints come only from the interpreter");
+        assert_eq!(p.decide("X", &json!({"a": 1})), Decision::Allow);
+        assert_eq!(p.fast_allows(), 1);
+    }
+
+    #[test]
+    fn reason_deny_message_names_the_rule_and_the_fast_path_decides_it() {
+        let p = Policy::load("p.rego", PRINTING, RegoVersion::V1).unwrap();
+        assert_eq!(
+            p.decide("X", &json!({"a": 2})),
+            Decision::Deny {
+                reason: "data.agent_policy.X is false".into(),
+                detail: String::new(),
+            }
+        );
+        assert_eq!((p.fast_denials(), p.fast_allows()), (1, 0));
+        // Without the fast path the interpreter decides: same reason, prints logged.
+        let slow = Policy::load("p.rego", PRINTING, RegoVersion::V1)
+            .unwrap()
+            .without_fast_path();
+        match slow.decide("X", &json!({"a": 2})) {
+            Decision::Deny { reason, detail } => {
+                assert_eq!(reason, "data.agent_policy.X is false");
+                assert!(detail.contains("checking 2"), "{detail}");
+            }
+            d => panic!("{d:?}"),
+        }
+        // An undefined rule says so, whichever side decides.
+        match p.decide("Nowhere", &json!({})) {
+            Decision::Deny { reason, .. } => assert!(reason.contains("undefined"), "{reason}"),
             d => panic!("{d:?}"),
         }
     }

@@ -158,6 +158,7 @@ pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
     // Compiled only now that the initdata layer is known: it may set the time limit.
     let options = LoadOptions {
         eval_timeout: settings.eval_timeout,
+        deny_message: cfg.policy.deny_message.unwrap_or_default(),
         ..LoadOptions::default()
     };
     let loaded = source.load(options)?;

@@ -303,7 +303,11 @@ fn serve_guard(choice: &PolicyChoice) -> anyhow::Result<Guard> {
             rego: choice.rego,
             ..PolicySources::default()
         },
-        LoadOptions::default(),
+        // The author's tools show what the policy printed for a denial.
+        LoadOptions {
+            deny_message: crate::policy::DenyMessage::Full,
+            ..LoadOptions::default()
+        },
     )?;
     let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
     Ok(Guard::new(loaded.policy, InputShape::Current).with_endpoint_list(endpoint_list))
