@@ -22,7 +22,9 @@
 //!
 //! Only under `cargo bench` (the `--bench` argument); as a test target it returns at
 //! once. `LAYERS_ONLY=layers|env|mounts|containers` runs one dimension; `POD_BIN=path`
-//! measures another agent-warden binary (before/after).
+//! measures another agent-warden binary (before/after); `LAYERS_KEEP=DIR` also writes
+//! each point's policy and grown request there (`<dim>-<N>.rego`, `.json`), for
+//! `examples/decide_profile` and callgrind.
 
 mod cold;
 #[path = "../tests/scale/mod.rs"]
@@ -69,13 +71,41 @@ fn dimensions(shared: &Path) -> Vec<Dimension> {
             }
         })
         .collect();
-    vec![Dimension {
+    let mut dims = vec![Dimension {
         name: "layers",
         unit: "layer",
         rego: "v0",
         shape: InputShape::Legacy,
         points: layers,
-    }]
+    }];
+    for (dim, unit) in [
+        (scale::current::Dim::Env, "env var"),
+        (scale::current::Dim::Mounts, "mount"),
+        (scale::current::Dim::Containers, "container"),
+    ] {
+        let points = dim
+            .sizes()
+            .iter()
+            .map(|&n| {
+                let s = scale::current::scenario(shared, dim, n);
+                Point {
+                    n,
+                    policy: s.policy,
+                    requests: s.requests,
+                    measured: s.measured,
+                    denied: s.mutations[0].1.clone(),
+                }
+            })
+            .collect();
+        dims.push(Dimension {
+            name: dim.name(),
+            unit,
+            rego: "v1",
+            shape: InputShape::Current,
+            points,
+        });
+    }
+    dims
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -137,6 +167,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let only = std::env::var("LAYERS_ONLY").ok();
+    let keep = std::env::var("LAYERS_KEEP").ok();
     let bin = std::env::var_os("POD_BIN").unwrap_or_else(|| BIN.into());
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +194,13 @@ fn main() {
         for p in &dim.points {
             let policy = tmp.path().join(format!("{}-{}.rego", dim.name, p.n));
             std::fs::write(&policy, &p.policy).expect("write policy");
+            if let Some(dir) = &keep {
+                // For examples/decide_profile: the policy and the grown request.
+                let base = Path::new(dir).join(format!("{}-{}", dim.name, p.n));
+                std::fs::write(base.with_extension("rego"), &p.policy).expect("keep policy");
+                let input = serde_json::to_string(&p.requests[p.measured].1).expect("json");
+                std::fs::write(base.with_extension("json"), input).expect("keep input");
+            }
             let upto = &p.requests[..=p.measured];
             let mut denied = p.requests[..p.measured].to_vec();
             denied.push((p.requests[p.measured].0.clone(), p.denied.clone()));
@@ -244,12 +282,24 @@ fn main() {
         let ns: Vec<usize> = rows.iter().map(|r| r.n).collect();
         let x: Vec<f64> = ns.iter().map(|&n| n as f64).collect();
         for (what, t) in [
-            ("ours cold allow", rows.iter().map(|r| r.ours_allow).collect::<Vec<_>>()),
+            (
+                "ours cold allow",
+                rows.iter().map(|r| r.ours_allow).collect::<Vec<_>>(),
+            ),
             ("ours cold deny", rows.iter().map(|r| r.ours_deny).collect()),
             ("ours warm", rows.iter().map(|r| r.ours_warm).collect()),
-            ("kata bt cold allow", rows.iter().map(|r| r.kata_allow_bt).collect()),
-            ("kata cold allow", rows.iter().map(|r| r.kata_allow).collect()),
-            ("kata bt cold deny", rows.iter().map(|r| r.kata_deny_bt).collect()),
+            (
+                "kata bt cold allow",
+                rows.iter().map(|r| r.kata_allow_bt).collect(),
+            ),
+            (
+                "kata cold allow",
+                rows.iter().map(|r| r.kata_allow).collect(),
+            ),
+            (
+                "kata bt cold deny",
+                rows.iter().map(|r| r.kata_deny_bt).collect(),
+            ),
         ] {
             let e = growth_exponent(&ns, &t);
             let verdict = if e <= 1.3 {

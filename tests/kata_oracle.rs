@@ -80,7 +80,8 @@ async fn recorded_genpolicy_requests_decide_as_kata_agent_decides() {
 async fn warden(s: &Scenario) -> Harness {
     let options = LoadOptions {
         eval_timeout: std::time::Duration::from_secs(60),
-        fast_path: true,
+        // Denials decided by the compiled programs too (the default), held to kata's.
+        ..LoadOptions::default()
     };
     let policy = Policy::load_with(&s.name, &s.policy, s.rego, options).unwrap();
     Harness::start_guard(Guard::new(policy, s.shape)).await
@@ -384,14 +385,19 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
             .requests
             .iter()
             .map(|(ty, v)| (format!("{} {ty}", g.name), ty.as_str(), v, true))
-            .chain(g.mutations.iter().map(|(label, v)| {
-                (label.clone(), "CreateContainerRequest", v, false)
-            }));
+            .chain(
+                g.mutations
+                    .iter()
+                    .map(|(label, v)| (label.clone(), "CreateContainerRequest", v, false)),
+            );
         for (label, ty, input, allow) in cases {
             let payload = encode(ty, input, s.shape).unwrap_or_else(|e| panic!("{label}: {e}"));
             let kata = decide(&mut oracle, ty, &decode(ty, &payload, s.shape));
             let want = if allow { Outcome::Allow } else { Outcome::Deny };
-            assert_eq!(kata, want, "{label}: kata-agent's decision is not the generator's");
+            assert_eq!(
+                kata, want,
+                "{label}: kata-agent's decision is not the generator's"
+            );
             let ours = send_bytes(&client, ty, payload).await;
             if ours == kata {
                 if allow {
@@ -412,5 +418,8 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
         disagreements.len(),
         disagreements.join("\n")
     );
-    assert!(denied >= 3 * scale::layers::LAYERS.len() - 1, "{denied} mutations");
+    assert!(
+        denied >= 3 * scale::layers::LAYERS.len() - 1,
+        "{denied} mutations"
+    );
 }

@@ -94,7 +94,11 @@ async fn denied_request_gets_permission_denied_and_never_reaches_agent() {
     settle().await;
     assert!(h.agent.calls().is_empty());
     assert!(h.agent_tap.sent_to_server().is_empty());
-    assert_eq!(h.guard.policy().fast_denials(), 1, "decided by the fast path");
+    assert_eq!(
+        h.guard.policy().fast_denials(),
+        1,
+        "decided by the fast path"
+    );
     h.stop().await;
 }
 
@@ -104,10 +108,18 @@ async fn full_deny_message_sends_what_the_policy_printed_as_kata_agent_does() {
         deny_message: agent_warden::policy::DenyMessage::Full,
         ..Default::default()
     };
-    let policy =
-        agent_warden::policy::Policy::load_with("test.rego", POLICY, RegoVersion::V0, options)
-            .unwrap();
-    let h = Harness::start_guard(Guard::new(policy, InputShape::Current)).await;
+    let policy = agent_warden::policy::Policy::load_with(
+        "test.rego",
+        POLICY,
+        agent_warden::policy::RegoVersion::V0,
+        options,
+    )
+    .unwrap();
+    let h = Harness::start_guard(agent_warden::serve::judge::Guard::new(
+        policy,
+        agent_warden::wire::input::InputShape::Current,
+    ))
+    .await;
     let c = h.agent_client().await;
     let (code, msg) = status(c.exec_process(ctx(), &exec(&["sh", "-c", "id"])).await);
     assert_eq!(code, 7);

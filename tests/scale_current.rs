@@ -9,10 +9,8 @@
 //! Without the oracle or ../shared/peers/kata-genpolicy-current these tests skip; under
 //! `CI=true` they fail.
 
-#[path = "scale/current.rs"]
-mod current;
-
 mod common;
+mod scale;
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +18,7 @@ use agent_warden::wire::input::InputShape;
 use common::json_differences;
 use common::oracle::{oracle_binary, Oracle};
 use common::peers::{decode, encode};
-use current::{scenario, Dim};
+use scale::current::{scenario, Dim};
 use serde_json::Value;
 
 fn shared_dir(test: &str) -> Option<PathBuf> {
@@ -178,7 +176,7 @@ fn scenarios_are_deterministic_and_grow_with_n() {
         let small = scenario(&shared, dim, sizes[0]);
         let big = scenario(&shared, dim, *sizes.last().unwrap());
         assert!(big.policy.len() > small.policy.len(), "{}", dim.name());
-        let len = |s: &current::Scenario| s.requests[s.measured].1.to_string().len();
+        let len = |s: &scale::Scenario| s.requests[s.measured].1.to_string().len();
         assert!(
             len(&big) > len(&small) || big.requests.len() > small.requests.len(),
             "{}",

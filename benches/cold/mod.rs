@@ -85,7 +85,13 @@ pub async fn run_ours(pod: &Pod<'_>, tmp: &Path, bin: &std::ffi::OsStr) -> Ours 
     let mut child = Command::new(bin)
         .args(["--log", "warn", "--decision-log"])
         .arg(&log)
-        .args(["serve", "--rego", pod.rego, "--input-shape", pod.shape.name()])
+        .args([
+            "serve",
+            "--rego",
+            pod.rego,
+            "--input-shape",
+            pod.shape.name(),
+        ])
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))
         .arg("--agent")

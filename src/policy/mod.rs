@@ -485,7 +485,12 @@ impl Policy {
             None
         };
         let value = compiled.eval(request_type, input, data.as_ref())?;
-        let (decision, ops) = conclude(request_type, Some(value), Vec::new(), self.options.deny_message);
+        let (decision, ops) = conclude(
+            request_type,
+            Some(value),
+            Vec::new(),
+            self.options.deny_message,
+        );
         match decision {
             Decision::Allow => self.fast_allows.fetch_add(1, Ordering::Relaxed),
             Decision::Deny { .. } if self.options.deny_message == DenyMessage::Reason => {
@@ -832,7 +837,7 @@ StartContainerRequest if {
         );
         assert!(
             matches!(p.decide("CreateContainerRequest", &json!({"container_id": "x"})),
-            Decision::Deny { reason, .. } if reason == "the policy returned false")
+            Decision::Deny { reason, .. } if reason == "data.agent_policy.CreateContainerRequest is false")
         );
     }
 
@@ -871,7 +876,8 @@ StartContainerRequest if {
         );
     }
 
-    const PRINTING: &str = "package agent_policy\nimport rego.v1\ndefault X := false\nX if {\n print(\"checking\", input.a)\n input.a == 1\n}\n";
+    /// A request type's rule (only those are compiled for the fast path) that prints.
+    const PRINTING: &str = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n print(\"checking\", input.a)\n input.a == 1\n}\n";
 
     #[test]
     fn full_deny_message_uses_prints_as_reason() {
@@ -880,7 +886,7 @@ StartContainerRequest if {
             ..LoadOptions::default()
         };
         let p = Policy::load_with("p.rego", PRINTING, RegoVersion::V1, full).unwrap();
-        match p.decide("X", &json!({"a": 2})) {
+        match p.decide("ExecProcessRequest", &json!({"a": 2})) {
             Decision::Deny { reason, detail } => {
                 assert!(reason.contains("checking 2"), "{reason}");
                 assert!(detail.contains("checking 2"));
@@ -888,7 +894,7 @@ StartContainerRequest if {
             d => panic!("{d:?}"),
         }
         assert_eq!(p.fast_denials(), 0, "prints come only from the interpreter");
-        assert_eq!(p.decide("X", &json!({"a": 1})), Decision::Allow);
+        assert_eq!(p.decide("ExecProcessRequest", &json!({"a": 1})), Decision::Allow);
         assert_eq!(p.fast_allows(), 1);
     }
 
@@ -896,9 +902,9 @@ StartContainerRequest if {
     fn reason_deny_message_names_the_rule_and_the_fast_path_decides_it() {
         let p = Policy::load("p.rego", PRINTING, RegoVersion::V1).unwrap();
         assert_eq!(
-            p.decide("X", &json!({"a": 2})),
+            p.decide("ExecProcessRequest", &json!({"a": 2})),
             Decision::Deny {
-                reason: "data.agent_policy.X is false".into(),
+                reason: "data.agent_policy.ExecProcessRequest is false".into(),
                 detail: String::new(),
             }
         );
@@ -907,9 +913,9 @@ StartContainerRequest if {
         let slow = Policy::load("p.rego", PRINTING, RegoVersion::V1)
             .unwrap()
             .without_fast_path();
-        match slow.decide("X", &json!({"a": 2})) {
+        match slow.decide("ExecProcessRequest", &json!({"a": 2})) {
             Decision::Deny { reason, detail } => {
-                assert_eq!(reason, "data.agent_policy.X is false");
+                assert_eq!(reason, "data.agent_policy.ExecProcessRequest is false");
                 assert!(detail.contains("checking 2"), "{detail}");
             }
             d => panic!("{d:?}"),

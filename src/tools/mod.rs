@@ -904,7 +904,7 @@ SignalProcessRequest if input.container_id in object.keys(data.pstate.containers
                 o.prints
             );
             assert!(
-                matches!(&o.decision, Decision::Deny { reason, .. } if reason.contains("container bad is not ok"))
+                matches!(&o.decision, Decision::Deny { reason, .. } if reason == "data.agent_policy.CreateContainerRequest is false")
             );
             let o = evaluate(&p, "ExecProcessRequest", &json!({}));
             assert_eq!(o.decision, Decision::Allow);

@@ -28,11 +28,11 @@
 //!
 //! Everything is deterministic: ids and hashes come from the pod's name through [`hex`].
 
-#![allow(dead_code)]
-
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
+
+use super::Scenario;
 
 /// The dimension that grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,20 +61,6 @@ impl Dim {
             Dim::Containers => &[1, 4, 16],
         }
     }
-}
-
-/// One generated pod.
-pub struct Scenario {
-    /// e.g. "env-256".
-    pub name: String,
-    /// The full policy text: today's rules, then `policy_data := {...}`.
-    pub policy: String,
-    /// The pod's requests in order: (request type, kata's current policy input).
-    pub requests: Vec<(String, Value)>,
-    /// Index in `requests` of the CreateContainer that grows with n.
-    pub measured: usize,
-    /// Variants of `requests[measured]` that kata denies (after `requests[..measured]`).
-    pub mutations: Vec<(String, Value)>,
 }
 
 /// The pod of `dim` at size `n`; `shared` is the ../shared folder.

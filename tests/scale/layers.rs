@@ -25,19 +25,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::Scenario;
+
 /// The layer counts the issue asks for.
 pub const LAYERS: [usize; 8] = [1, 4, 8, 12, 16, 32, 64, 128];
-
-/// A generated pod: its policy (Rego v0, the 2024 family), its requests in order
-/// (policy input JSON in the legacy shape `web` was recorded in), which of them is the
-/// CreateContainerRequest that grows, and variants of that request kata denies.
-pub struct Scenario {
-    pub name: String,
-    pub policy: String,
-    pub requests: Vec<(String, Value)>,
-    pub measured: usize,
-    pub mutations: Vec<(String, Value)>,
-}
 
 const BASE: &str = "peers/kata-genpolicy/web";
 /// The container of `policy_data.containers` (and the CreateContainerRequest, in
@@ -93,7 +84,12 @@ fn policy_storages(names: &[String], hashes: &[String], overlay: &Value) -> Valu
 
 /// The runtime's storages for the image, shaped as the recorded ones (`blk`, `overlay`:
 /// a recorded layer storage and the recorded overlay storage).
-fn request_storages(names: &[String], hashes: &[String], blk: &Value, overlay: &Value) -> Vec<Value> {
+fn request_storages(
+    names: &[String],
+    hashes: &[String],
+    blk: &Value,
+    overlay: &Value,
+) -> Vec<Value> {
     let mut out: Vec<Value> = names
         .iter()
         .zip(hashes)
@@ -141,7 +137,9 @@ pub fn scenario(shared: &Path, n: usize) -> Scenario {
     let dir = shared.join(BASE);
     let text = std::fs::read_to_string(dir.join("policy.rego"))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let at = text.find(DATA_MARK).expect("policy_data in the base policy");
+    let at = text
+        .find(DATA_MARK)
+        .expect("policy_data in the base policy");
     let (rules, data) = text.split_at(at);
     let mut data: Value =
         serde_json::from_str(&data[DATA_MARK.len()..]).expect("policy_data is JSON");
@@ -209,10 +207,16 @@ fn mutations(input: &Value, storages: &[Value], n: usize) -> Vec<(String, Value)
     let mut out = Vec::new();
 
     let mut changed = storages.to_vec();
-    let opt = changed[mid]["options"][3].as_str().expect("root-hash option").to_string();
+    let opt = changed[mid]["options"][3]
+        .as_str()
+        .expect("root-hash option")
+        .to_string();
     let flipped = if opt.ends_with('0') { '1' } else { '0' };
     changed[mid]["options"][3] = json!(format!("{}{flipped}", &opt[..opt.len() - 1]));
-    out.push((format!("layers-{n}: root hash of layer {mid} changed"), with(changed)));
+    out.push((
+        format!("layers-{n}: root hash of layer {mid} changed"),
+        with(changed),
+    ));
 
     let mut missing = storages.to_vec();
     let names: Vec<String> = lowerdir(&missing[overlay_at]);
@@ -235,7 +239,10 @@ fn mutations(input: &Value, storages: &[Value], n: usize) -> Vec<(String, Value)
         order.swap(mid - 1, mid);
         *options.last_mut().expect("lowerdir") = json!(format!("lowerdir={}", order.join(":")));
         overlay["options"] = Value::Array(options);
-        out.push((format!("layers-{n}: layers {} and {mid} swapped", mid - 1), with(swapped)));
+        out.push((
+            format!("layers-{n}: layers {} and {mid} swapped", mid - 1),
+            with(swapped),
+        ));
     }
     out
 }

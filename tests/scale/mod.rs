@@ -8,7 +8,23 @@
 
 #![allow(dead_code)]
 
+pub mod current;
 pub mod layers;
+
+/// One generated pod.
+pub struct Scenario {
+    /// e.g. "layers-12", "env-256".
+    pub name: String,
+    /// The full policy text: the rules, then `policy_data := {...}`.
+    pub policy: String,
+    /// The pod's requests in order: (request type, kata's policy input).
+    pub requests: Vec<(String, serde_json::Value)>,
+    /// Index in `requests` of the CreateContainerRequest that grows with n.
+    pub measured: usize,
+    /// Variants of `requests[measured]` that kata denies (after `requests[..measured]`),
+    /// each with what was changed.
+    pub mutations: Vec<(String, serde_json::Value)>,
+}
 
 /// Parses a recording's inputs.txt: one `["ep":"<Type>",{...}],` per non-empty line.
 pub fn parse_inputs(text: &str) -> Vec<(String, serde_json::Value)> {
