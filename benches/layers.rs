@@ -152,6 +152,9 @@ struct Row {
     kata_allow: f64,
     kata_deny_bt: f64,
     kata_warm: f64,
+    /// Start to listening of the cold allow runs, ms, and the policy's size.
+    listening: f64,
+    policy_kb: f64,
 }
 
 fn ms(us: f64) -> f64 {
@@ -188,8 +191,8 @@ fn main() {
             "\n### {} (CreateContainerRequest, ms; kata bt = RUST_BACKTRACE=full as in a guest, kata = unset)\n",
             dim.name
         );
-        println!("| N | ours cold allow | ours cold deny | ours warm | kata bt cold allow | kata cold allow | kata bt cold deny | kata warm | kata bt ÷ ours (allow) | kata ÷ ours (allow) | kata bt ÷ ours (deny) |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| N | ours cold allow | ours cold deny | ours warm | kata bt cold allow | kata cold allow | kata bt cold deny | kata warm | kata bt ÷ ours (allow) | kata ÷ ours (allow) | kata bt ÷ ours (deny) | ours start to listening ms (policy KB) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut rows = Vec::new();
         for p in &dim.points {
             let policy = tmp.path().join(format!("{}-{}.rego", dim.name, p.n));
@@ -227,8 +230,14 @@ fn main() {
                 assert_eq!(k[p.measured].2, Some(want), "{} N={}: kata", dim.name, p.n);
                 (k[p.measured].1, k)
             };
-            let (mut oa, mut od, mut kab, mut ka, mut kdb) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut oa, mut od, mut kab, mut ka, mut kdb, mut listening) = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
             for round in 0..rounds {
                 // Alternate which side goes first.
                 if round % 2 == 1 {
@@ -236,7 +245,9 @@ fn main() {
                     ka.push(last_kata(&allow_pod, Backtrace::Unset, true).0);
                     kdb.push(last_kata(&deny_pod, Backtrace::Full, false).0);
                 }
-                oa.push(last_ours(&allow_pod, true).0);
+                let (us, o) = last_ours(&allow_pod, true);
+                oa.push(us);
+                listening.push(o.listening.as_secs_f64() * 1e3);
                 od.push(last_ours(&deny_pod, false).0);
                 if round % 2 == 0 {
                     kab.push(last_kata(&allow_pod, Backtrace::Full, true).0);
@@ -262,9 +273,11 @@ fn main() {
                 kata_allow: median(ka),
                 kata_deny_bt: median(kdb),
                 kata_warm,
+                listening: median(listening),
+                policy_kb: p.policy.len() as f64 / 1024.0,
             };
             println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}× | {:.1}× | {:.1}× |",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}× | {:.1}× | {:.1}× | {:.1} ({:.0}) |",
                 r.n,
                 ms(r.ours_allow),
                 ms(r.ours_deny),
@@ -276,6 +289,8 @@ fn main() {
                 r.kata_allow_bt / r.ours_allow.max(1.0),
                 r.kata_allow / r.ours_allow.max(1.0),
                 r.kata_deny_bt / r.ours_deny.max(1.0),
+                r.listening,
+                r.policy_kb,
             );
             rows.push(r);
         }

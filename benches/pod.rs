@@ -17,8 +17,11 @@
 //! includes loading the policy). The `AllowRequestsFailingPolicy` lines of the
 //! recordings are probes, not requests: sent to neither side.
 //!
-//! Both processes run without `RUST_BACKTRACE`, as in a guest (with it, every builtin
-//! error that non-strict mode turns into undefined captures a backtrace).
+//! agent-warden runs without `RUST_BACKTRACE`, as its unit runs it in a guest. kata's
+//! oracle is run both ways: unset (the engine alone; the `kata total` column and the
+//! ratios before it) and with `RUST_BACKTRACE=full`, as kata-agent sets it for itself
+//! at start, so as its policy engine runs in a guest (with it, every builtin error that
+//! non-strict mode turns into undefined captures a backtrace).
 //!
 //! Only under `cargo bench` (the `--bench` argument); as a test target it returns at
 //! once. `POD_ROUNDS` (default 3) repeats the whole table; `POD_DETAIL=1` also prints
@@ -116,10 +119,11 @@ fn main() {
             cold::load()
         );
         println!(
-            "| scenario | requests | start to listening ms | ours total ms | ours slowest ms | kata total ms | kata slowest ms | kata/ours total | kata/ours slowest | wall first→last ms |"
+            "| scenario | requests | start to listening ms | ours total ms | ours slowest ms | kata total ms | kata slowest ms | kata/ours total | kata/ours slowest | kata total ms, RUST_BACKTRACE=full | kata (full)/ours total | wall first→last ms |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut ratios = Vec::new();
+        let mut ratios_bt = Vec::new();
         for s in &scenarios {
             // Alternate which side goes first, so the machine's state hits both alike.
             let policy = s.dir.join("policy.rego");
@@ -131,13 +135,16 @@ fn main() {
                 requests: &s.requests,
             };
             let ours = || rt.block_on(run_ours(&pod, tmp.path(), &bin));
-            let (ours, kata) = if round % 2 == 1 {
+            let (ours, kata, kata_bt) = if round % 2 == 1 {
                 let o = ours();
-                (o, run_kata(&pod, Backtrace::Unset))
-            } else {
                 let k = run_kata(&pod, Backtrace::Unset);
-                (ours(), k)
+                (o, k, run_kata(&pod, Backtrace::Full))
+            } else {
+                let kb = run_kata(&pod, Backtrace::Full);
+                let k = run_kata(&pod, Backtrace::Unset);
+                (ours(), k, kb)
             };
+            let kbtotal: f64 = kata_bt.iter().map(|d| d.1).sum();
             for (i, ((ty, _, a), (_, _, k))) in ours.decisions.iter().zip(&kata).enumerate() {
                 if Some(*a) != *k {
                     println!(
@@ -158,9 +165,11 @@ fn main() {
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .expect("answers");
             let ratio = ktotal / total.max(1) as f64;
+            let ratio_bt = kbtotal / total.max(1) as f64;
+            ratios_bt.push(ratio_bt);
             ratios.push(ratio);
             println!(
-                "| {} | {} | {:.1} | {:.2} | {:.2} ({}) | {:.2} | {:.2} ({}) | {:.1}× | {:.1}× | {:.1} |",
+                "| {} | {} | {:.1} | {:.2} | {:.2} ({}) | {:.2} | {:.2} ({}) | {:.1}× | {:.1}× | {:.2} | {:.1}× | {:.1} |",
                 s.name,
                 s.requests.len(),
                 ours.listening.as_secs_f64() * 1e3,
@@ -172,6 +181,8 @@ fn main() {
                 kslow.0.trim_end_matches("Request"),
                 ratio,
                 kslow.1 / slow.1.max(1) as f64,
+                kbtotal / 1e3,
+                ratio_bt,
                 ours.wall.as_secs_f64() * 1e3,
             );
             if detail {
@@ -187,10 +198,13 @@ fn main() {
             }
         }
         ratios.sort_by(f64::total_cmp);
+        ratios_bt.sort_by(f64::total_cmp);
         println!(
-            "pod: round {round}: kata/ours per-pod total min {:.1}×, max {:.1}×; load average after: {}",
+            "pod: round {round}: kata/ours per-pod total min {:.1}×, max {:.1}× (kata with RUST_BACKTRACE=full: min {:.1}×, max {:.1}×); load average after: {}",
             ratios.first().copied().unwrap_or(0.0),
             ratios.last().copied().unwrap_or(0.0),
+            ratios_bt.first().copied().unwrap_or(0.0),
+            ratios_bt.last().copied().unwrap_or(0.0),
             cold::load()
         );
     }

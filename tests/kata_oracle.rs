@@ -10,6 +10,9 @@
 //!   constant fast paths on. `KATA_ORACLE_SEED` and `KATA_ORACLE_MUTATIONS` override
 //!   the seed and the count.
 //!
+//! - Generated: the growth scenarios of tests/scale (image layers, env vars, mounts,
+//!   containers), each pod's requests and mutations of its grown request.
+//!
 //! The oracle is found at `$KATA_REFERENCE/bin/kata-policy-oracle` (default
 //! ../shared/kata-reference); without it the tests fail under CI=true and skip otherwise.
 
@@ -272,7 +275,7 @@ async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
     let per_scenario = wanted.div_ceil(scenarios.len());
     let mut rng = Rng(seed);
     let (mut equal, mut total, mut refused_by_encoder, mut denied) = (0, 0, 0, 0);
-    let (mut fast, mut constant) = (0, 0);
+    let (mut fast, mut constant, mut fast_denied) = (0, 0, 0);
     let mut disagreements = Vec::new();
     for s in &scenarios {
         let mut oracle = Oracle::start(&bin, &s.policy, s.rego == RegoVersion::V0);
@@ -334,10 +337,11 @@ async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
             }
         }
         fast += h.guard.policy().fast_allows();
+        fast_denied += h.guard.policy().fast_denials();
         constant += h.guard.policy().constant_allows();
         h.stop().await;
     }
-    eprintln!("kata oracle, mutated requests over ttrpc (seed {seed}): decisions equal {equal}/{total} ({denied} not allowed by kata; {refused_by_encoder} mutations not encodable, redrawn; {fast} allows from the compiled fast path, {constant} from constant rules)");
+    eprintln!("kata oracle, mutated requests over ttrpc (seed {seed}): decisions equal {equal}/{total} ({denied} not allowed by kata; {refused_by_encoder} mutations not encodable, redrawn; {fast} allows and {fast_denied} denials from the compiled fast path, {constant} allows from constant rules)");
     assert!(
         disagreements.is_empty(),
         "{} disagreements (seed {seed}):\n{}",
@@ -351,54 +355,78 @@ async fn mutated_requests_through_ttrpc_decide_as_kata_agent_decides() {
         "{denied} of {total} denied"
     );
     assert!(
-        fast > 0 && constant > 0,
-        "{fast} compiled, {constant} constant allows"
+        fast > 0 && constant > 0 && fast_denied > 0,
+        "{fast} compiled allows, {fast_denied} compiled denials, {constant} constant allows"
     );
 }
 
-/// The generated growth scenarios (tests/scale): every request of each pod is allowed
-/// by kata-agent's own code, every mutation of its grown request is denied, and
-/// agent-warden (over ttrpc, fast paths on) decides each exactly as kata does.
+/// The generated growth scenarios (tests/scale): the 2024 family at every layer count
+/// (Rego v0, legacy input) and today's rules growing in env vars, mounts and
+/// containers (Rego v1, current input). Every request of each pod is allowed by
+/// kata-agent's own code, every mutation of its grown request (sent after the same
+/// prefix) is denied, and agent-warden (over ttrpc, fast paths on) decides each
+/// exactly as kata does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
     let (Some(bin), Some(_)) = (oracle_binary("kata_oracle"), peers_dir()) else {
         return;
     };
+    use agent_warden::wire::input::InputShape;
     let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    let (mut allowed, mut denied) = (0, 0);
-    let mut disagreements = Vec::new();
+    let mut pods = Vec::new();
     for n in scale::layers::LAYERS {
-        let g = scale::layers::scenario(&shared, n);
+        pods.push((
+            scale::layers::scenario(&shared, n),
+            RegoVersion::V0,
+            InputShape::Legacy,
+        ));
+    }
+    for dim in scale::current::Dim::ALL {
+        for &n in dim.sizes() {
+            let g = scale::current::scenario(&shared, dim, n);
+            pods.push((g, RegoVersion::V1, InputShape::Current));
+        }
+    }
+    let (mut allowed, mut denied, mut fast_denials) = (0, 0, 0);
+    let mut disagreements = Vec::new();
+    for (g, rego, shape) in &pods {
         let s = Scenario {
             name: g.name.clone(),
             policy: g.policy.clone(),
             inputs: g.requests.clone(),
             outputs: Vec::new(),
-            rego: RegoVersion::V0,
-            shape: agent_warden::wire::input::InputShape::Legacy,
+            rego: *rego,
+            shape: *shape,
         };
-        let mut oracle = Oracle::start(&bin, &s.policy, true);
+        let mut oracle = Oracle::start(&bin, &s.policy, *rego == RegoVersion::V0);
         let h = warden(&s).await;
         h.agent.release(1_000_000);
         let client = h.client().await;
-        let cases = g
-            .requests
+        // The prefix, the mutations (denied: the state stays the prefix's), then the
+        // grown request and the rest.
+        let request =
+            |(ty, v): &(String, Value)| (format!("{} {ty}", g.name), ty.clone(), v.clone(), true);
+        let cases = g.requests[..g.measured]
             .iter()
-            .map(|(ty, v)| (format!("{} {ty}", g.name), ty.as_str(), v, true))
-            .chain(
-                g.mutations
-                    .iter()
-                    .map(|(label, v)| (label.clone(), "CreateContainerRequest", v, false)),
-            );
+            .map(request)
+            .chain(g.mutations.iter().map(|(label, v)| {
+                (
+                    label.clone(),
+                    "CreateContainerRequest".to_string(),
+                    v.clone(),
+                    false,
+                )
+            }))
+            .chain(g.requests[g.measured..].iter().map(request));
         for (label, ty, input, allow) in cases {
-            let payload = encode(ty, input, s.shape).unwrap_or_else(|e| panic!("{label}: {e}"));
-            let kata = decide(&mut oracle, ty, &decode(ty, &payload, s.shape));
+            let payload = encode(&ty, &input, s.shape).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let kata = decide(&mut oracle, &ty, &decode(&ty, &payload, s.shape));
             let want = if allow { Outcome::Allow } else { Outcome::Deny };
             assert_eq!(
                 kata, want,
                 "{label}: kata-agent's decision is not the generator's"
             );
-            let ours = send_bytes(&client, ty, payload).await;
+            let ours = send_bytes(&client, &ty, payload).await;
             if ours == kata {
                 if allow {
                     allowed += 1;
@@ -409,17 +437,19 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
                 disagreements.push(format!("{label}: agent-warden {ours:?}, kata {kata:?}"));
             }
         }
+        fast_denials += h.guard.policy().fast_denials();
         h.stop().await;
     }
-    eprintln!("kata oracle, generated growth scenarios: {allowed} allowed and {denied} denied as kata decides");
+    eprintln!("kata oracle, generated growth scenarios ({} pods): {allowed} allowed and {denied} denied as kata decides ({fast_denials} denials from the compiled fast path)", pods.len());
     assert!(
         disagreements.is_empty(),
         "{} disagreements:\n{}",
         disagreements.len(),
         disagreements.join("\n")
     );
+    assert!(denied >= 3 * pods.len() - 1, "{denied} mutations");
     assert!(
-        denied >= 3 * scale::layers::LAYERS.len() - 1,
-        "{denied} mutations"
+        fast_denials > 0,
+        "no denial came from the compiled fast path"
     );
 }

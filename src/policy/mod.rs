@@ -894,7 +894,10 @@ StartContainerRequest if {
             d => panic!("{d:?}"),
         }
         assert_eq!(p.fast_denials(), 0, "prints come only from the interpreter");
-        assert_eq!(p.decide("ExecProcessRequest", &json!({"a": 1})), Decision::Allow);
+        assert_eq!(
+            p.decide("ExecProcessRequest", &json!({"a": 1})),
+            Decision::Allow
+        );
         assert_eq!(p.fast_allows(), 1);
     }
 
