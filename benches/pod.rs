@@ -177,11 +177,12 @@ async fn run_ours(s: &Scenario, tmp: &Path) -> Ours {
             let msg = encode::from_policy_input(&m.request, input, s.shape)
                 .unwrap_or_else(|e| panic!("{}: {ty}: cannot encode: {e}", s.name));
             ttrpc::proto::Request {
-                service: m.service.clone(),
-                method: m.name.clone(),
-                payload: msg.write_to_bytes_dyn().expect("encode"),
                 timeout_nano: 10_000_000_000,
-                ..Default::default()
+                ..envelope::request(
+                    &m.service,
+                    &m.name,
+                    msg.write_to_bytes_dyn().expect("encode"),
+                )
             }
         })
         .collect();

@@ -5,100 +5,78 @@
 //! short scripted session as the host would (a real ttrpc client) and prints each
 //! request with the answer it got. Nothing here is used by `serve`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use protobuf::MessageField;
-use ttrpc::r#async::TtrpcContext;
+use ttrpc::r#async::{Service, TtrpcContext};
 
 use crate::serve;
 use crate::serve::address::{Address, Listener};
 use crate::serve::judge::Guard;
-use crate::wire::input::InputShape;
-use crate::wire::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc, oci};
+use crate::wire::protocols::{agent, agent_ttrpc, health, health_ttrpc, oci};
 
-/// The demo agent: answers a handful of calls and counts what reached it.
+/// The demo agent: a ttrpc server that answers the calls of the demo session and counts
+/// what reached it. It is a table (service, method → answer), not an implementation of
+/// AgentService: it answers every call it knows OK with a fixed payload, and any other
+/// UNIMPLEMENTED, as ttrpc does for a method no service registers.
 #[derive(Default)]
 pub struct DemoAgent {
     /// Requests that reached the agent.
     pub seen: AtomicUsize,
 }
 
-impl DemoAgent {
-    fn saw(&self) {
-        self.seen.fetch_add(1, Ordering::SeqCst);
+/// What the demo agent's ReadStdout returns: the workload's output, which the default
+/// policy keeps from the host.
+const DEMO_STDOUT: &[u8] = b"secret output of the workload\n";
+
+/// The calls the demo agent answers, each with the payload of its OK answer (an empty
+/// response message encodes to no bytes).
+fn demo_answers() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let serving = health::HealthCheckResponse {
+        status: health::health_check_response::ServingStatus::SERVING.into(),
+        ..Default::default()
+    };
+    let stdout = agent::ReadStreamResponse {
+        data: DEMO_STDOUT.to_vec(),
+        ..Default::default()
+    };
+    let encoded = |m: &dyn protobuf::MessageDyn| m.write_to_bytes_dyn().unwrap_or_default();
+    let mut answers = vec![
+        ("grpc.Health", "Check", encoded(&serving)),
+        ("grpc.AgentService", "ReadStdout", encoded(&stdout)),
+    ];
+    for method in [
+        "CreateSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "ExecProcess",
+        "CopyFile",
+        "SetPolicy",
+    ] {
+        answers.push(("grpc.AgentService", method, Vec::new()));
     }
+    answers
+}
+
+/// One method of the demo agent: counts the call, answers OK with `payload`.
+struct DemoMethod {
+    agent: Arc<DemoAgent>,
+    payload: Vec<u8>,
 }
 
 #[async_trait::async_trait]
-impl agent_ttrpc::AgentService for DemoAgent {
-    async fn create_sandbox(
+impl ttrpc::r#async::MethodHandler for DemoMethod {
+    async fn handler(
         &self,
-        _: &TtrpcContext,
-        _: agent::CreateSandboxRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn create_container(
-        &self,
-        _: &TtrpcContext,
-        _: agent::CreateContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn start_container(
-        &self,
-        _: &TtrpcContext,
-        _: agent::StartContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn exec_process(
-        &self,
-        _: &TtrpcContext,
-        _: agent::ExecProcessRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn read_stdout(
-        &self,
-        _: &TtrpcContext,
-        _: agent::ReadStreamRequest,
-    ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        self.saw();
-        Ok(agent::ReadStreamResponse {
-            data: b"secret output of the workload\n".to_vec(),
-            ..Default::default()
-        })
-    }
-    async fn set_policy(
-        &self,
-        _: &TtrpcContext,
-        _: agent::SetPolicyRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-}
-
-#[async_trait::async_trait]
-impl health_ttrpc::Health for DemoAgent {
-    async fn check(
-        &self,
-        _: &TtrpcContext,
-        _: health::CheckRequest,
-    ) -> ttrpc::Result<health::HealthCheckResponse> {
-        self.saw();
-        Ok(health::HealthCheckResponse {
-            status: health::health_check_response::ServingStatus::SERVING.into(),
+        _: TtrpcContext,
+        _: ttrpc::proto::Request,
+    ) -> ttrpc::Result<ttrpc::proto::Response> {
+        self.agent.seen.fetch_add(1, Ordering::SeqCst);
+        Ok(ttrpc::proto::Response {
+            status: protobuf::MessageField::some(ttrpc::get_status(ttrpc::Code::OK, "")),
+            payload: self.payload.clone(),
             ..Default::default()
         })
     }
@@ -109,8 +87,21 @@ pub async fn start_demo_agent(
     socket: &std::path::Path,
     agent: Arc<DemoAgent>,
 ) -> anyhow::Result<ttrpc::r#async::Server> {
-    let mut services = agent_ttrpc::create_agent_service(agent.clone());
-    services.extend(health_ttrpc::create_health(agent));
+    let mut services: HashMap<String, Service> = HashMap::new();
+    for (service, method, payload) in demo_answers() {
+        let handler = DemoMethod {
+            agent: agent.clone(),
+            payload,
+        };
+        services
+            .entry(service.to_string())
+            .or_insert_with(|| Service {
+                methods: HashMap::new(),
+                streams: HashMap::new(),
+            })
+            .methods
+            .insert(method.to_string(), Box::new(handler));
+    }
     let mut server = ttrpc::r#async::Server::new()
         .bind(&format!("unix://{}", socket.display()))
         .map_err(|e| anyhow::anyhow!("demo agent cannot listen on {}: {e}", socket.display()))?
@@ -130,25 +121,22 @@ fn outcome<T>(r: ttrpc::Result<T>, show: impl Fn(T) -> String) -> String {
     }
 }
 
-/// Runs the demo with `policy` (the embedded default when `None`) and returns the
-/// transcript (one line per request).
-pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<String> {
+/// Runs the demo with `guard` (the policy named on the command line, or the embedded
+/// default: [`crate::tools::serve_guard`]) and returns the transcript (one line per request).
+pub async fn run_demo(guard: Guard) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let agent_sock = dir.path().join("kata-agent.sock");
     let warden_sock = dir.path().join("agent-warden.sock");
     let demo_agent = Arc::new(DemoAgent::default());
     let mut agent_server = start_demo_agent(&agent_sock, demo_agent.clone()).await?;
 
-    let policy = match policy {
-        Some(p) => p,
-        None => serve::load_policy(None, crate::policy::RegoVersion::V1)?,
-    };
+    let policy = guard.policy();
     let mut out = format!(
         "policy: {} (sha256 {})\n",
         policy.source_name(),
         policy.digest()
     );
-    let guard = Arc::new(Guard::new(policy, InputShape::Current));
+    let guard = Arc::new(guard);
     let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let warden = tokio::spawn(serve::run(
