@@ -258,7 +258,7 @@ pub struct StorageSection {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    #[arg(long, global = true, value_name = "DIR", help = defaulted("Mount point", storage::config::DEFAULT_MOUNT_POINT))]
+    #[arg(long, global = true, value_name = "DIR", help = defaulted("Mount point", storage_default(|c| c.mount_point.display().to_string())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mount_point: Option<PathBuf>,
     /// Extra mount option (repeatable; replaces the configured list). nodev,nosuid are always added.
@@ -281,31 +281,31 @@ pub struct StorageSection {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mkfs_options: Option<Vec<String>>,
-    #[arg(long, global = true, value_name = "on|off", value_parser = parse_on_off, help = defaulted("dm-integrity under dm-crypt: on or off", "on"))]
+    #[arg(long, global = true, value_name = "on|off", value_parser = parse_on_off, help = defaulted("dm-integrity under dm-crypt: on or off", storage_default(|c| if c.integrity { "on" } else { "off" })))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity: Option<bool>,
-    #[arg(long, global = true, value_name = "startup|on-demand", value_parser = <storage::SetupAt as std::str::FromStr>::from_str, help = defaulted("When setup happens: startup (before serve listens) or on-demand", "startup"))]
+    #[arg(long, global = true, value_name = "startup|on-demand", value_parser = <storage::SetupAt as std::str::FromStr>::from_str, help = defaulted("When setup happens: startup (before serve listens) or on-demand", storage_default(|c| c.setup_at)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub setup_at: Option<storage::SetupAt>,
-    #[arg(long = "min-size-bytes", visible_alias = "min-size", global = true, value_name = "SIZE", value_parser = parse_size, help = defaulted("Smallest device accepted (bytes, or with K/M/G/T suffix)", "64M"))]
+    #[arg(long = "min-size-bytes", visible_alias = "min-size", global = true, value_name = "SIZE", value_parser = parse_size, help = defaulted("Smallest device accepted (bytes, or with K/M/G/T suffix)", storage_default(|c| size_text(c.min_size_bytes))))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_size_bytes: Option<u64>,
-    #[arg(long, global = true, value_name = "DIR", help = defaulted("Memory-backed state directory", storage::config::DEFAULT_STATE_DIR))]
+    #[arg(long, global = true, value_name = "DIR", help = defaulted("Memory-backed state directory", storage_default(|c| c.state_dir.display().to_string())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
-    #[arg(long, global = true, value_name = "NAME", help = defaulted("Device-mapper name", storage::config::DEFAULT_MAPPER_NAME))]
+    #[arg(long, global = true, value_name = "NAME", help = defaulted("Device-mapper name", storage_default(|c| c.mapper_name.clone())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mapper_name: Option<String>,
-    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("cryptsetup program", "cryptsetup from PATH"))]
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("cryptsetup program, from PATH unless absolute", storage_default(|c| c.cryptsetup.display().to_string())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cryptsetup: Option<PathBuf>,
-    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("mkfs.ext4 program", "mkfs.ext4 from PATH"))]
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("mkfs.ext4 program, from PATH unless absolute", storage_default(|c| c.mkfs.display().to_string())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mkfs: Option<PathBuf>,
-    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("mount program", "mount from PATH"))]
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("mount program, from PATH unless absolute", storage_default(|c| c.mount.display().to_string())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mount: Option<PathBuf>,
-    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("umount program", "umount from PATH"))]
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("umount program, from PATH unless absolute", storage_default(|c| c.umount.display().to_string())))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub umount: Option<PathBuf>,
 }
@@ -319,6 +319,22 @@ impl StorageSection {
             .try_into()
             .map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))
     }
+}
+
+/// A `[storage]` key's default, read from [`storage::StorageConfig::default`] (for help
+/// texts: the defaults are not typed twice).
+fn storage_default<T: std::fmt::Display>(key: impl Fn(&storage::StorageConfig) -> T) -> String {
+    key(&storage::StorageConfig::default()).to_string()
+}
+
+/// A size as [`parse_size`] reads it, in the largest binary unit that divides it.
+fn size_text(n: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if n != 0 && n.trailing_zeros() >= shift {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
 }
 
 /// Parses a size: plain bytes, or with a binary suffix K, M, G, T (optionally followed
@@ -568,6 +584,10 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("1Q").is_err());
         assert!(parse_size("99999999999T").is_err());
+        for n in [4096, 64 << 20, 1 << 30, 3 << 40, 1000, 0] {
+            assert_eq!(parse_size(&size_text(n)), Ok(n), "{}", size_text(n));
+        }
+        assert_eq!(size_text(64 << 20), "64M");
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// An answer given in the agent's place: a refusal, or `OK` for an applied SetPolicy.
+/// An answer given in the agent's place: a refusal, or `OK` for an applied SetPolicy
+/// (and the relay's own: oversize frames, requests the agent never answered).
 /// [`Answer::frame`] is the one place such a response frame is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -74,7 +75,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn new(code: Code, message: impl Into<String>) -> Answer {
+    pub(super) fn new(code: Code, message: impl Into<String>) -> Answer {
         Answer {
             code,
             message: message.into(),

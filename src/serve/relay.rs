@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::judge::{Guard, Pending, Verdict, Violation};
+use super::judge::{Answer, Guard, Pending, Verdict, Violation};
 use crate::serve::address::{Conn, ReadHalf, WriteHalf};
 use crate::wire::envelope::{self, Code};
 use crate::wire::frame::{Frame, FrameError, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
@@ -177,11 +177,11 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
         };
         let last = async move {
             for id in left {
-                let f = envelope::error_frame(
-                    id,
+                let f = Answer::new(
                     Code::UNAVAILABLE,
                     "agent connection closed before it answered",
-                );
+                )
+                .frame(id);
                 let _ = tx.send(f.raw().clone()).await;
             }
             drop(tx);
@@ -315,7 +315,7 @@ async fn judge_and_forward(
                     "message length {} exceeds the maximum message size of {MAX_BODY}",
                     h.length
                 );
-                let f = envelope::error_frame(h.stream_id, Code::INVALID_ARGUMENT, msg);
+                let f = Answer::new(Code::INVALID_ARGUMENT, msg).frame(h.stream_id);
                 if let Err(why) = reply(out, agent, tx, f).await {
                     return why;
                 }
@@ -380,11 +380,11 @@ async fn agent_to_host(
                     );
                     continue;
                 }
-                let f = envelope::error_frame(
-                    h.stream_id,
+                let f = Answer::new(
                     Code::INTERNAL,
                     "agent response exceeded the maximum message size",
-                );
+                )
+                .frame(h.stream_id);
                 if tx.send(f.raw().clone()).await.is_err() {
                     return CloseReason::HostWriterGone;
                 }

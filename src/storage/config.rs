@@ -28,6 +28,15 @@ pub enum SetupAt {
     OnDemand,
 }
 
+impl std::fmt::Display for SetupAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SetupAt::Startup => "startup",
+            SetupAt::OnDemand => "on-demand",
+        })
+    }
+}
+
 impl std::str::FromStr for SetupAt {
     type Err = String;
 
