@@ -363,6 +363,26 @@ impl Guard {
             );
         }
         let ops = ops.map(|o| (policy.clone(), o));
+        let verdict = self.verdict(m, &decision, overridden, ops, input);
+        Judgement {
+            decision,
+            overridden,
+            verdict,
+        }
+    }
+
+    /// What `serve` does with a decided request: forward it (state `ops` to apply once
+    /// the agent succeeds; a denied read's answer blanked), apply an allowed SetPolicy,
+    /// or refuse it with the code and text kata-agent would use.
+    fn verdict(
+        &self,
+        m: &Method,
+        decision: &Decision,
+        overridden: bool,
+        ops: Option<(Arc<Policy>, StateOps)>,
+        input: &serde_json::Value,
+    ) -> Verdict {
+        let ty = m.request_type.as_str();
         let forward = |blank_data: bool, ops| {
             Verdict::Forward(Pending {
                 blank_data,
@@ -370,7 +390,7 @@ impl Guard {
                 ops,
             })
         };
-        let verdict = match &decision {
+        match decision {
             Decision::Allow if m.handling == Handling::SetPolicy => self.set_policy(input),
             Decision::Allow => forward(false, ops),
             _ if overridden => forward(false, ops),
@@ -383,11 +403,6 @@ impl Guard {
                 format!("{ty} is blocked by policy: {reason}"),
             ),
             Decision::Error(e) => refuse(Code::INTERNAL, format!("{ty}: internal error: {e}")),
-        };
-        Judgement {
-            decision,
-            overridden,
-            verdict,
         }
     }
 

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use protobuf::MessageField;
+use protobuf::{Message, MessageField};
 use ttrpc::r#async::{Service, TtrpcContext};
 
 use crate::serve;
 use crate::serve::address::{Address, Listener};
 use crate::serve::judge::Guard;
-use crate::wire::protocols::{agent, agent_ttrpc, health, health_ttrpc, oci};
+use crate::wire::envelope;
+use crate::wire::protocols::{agent, health, oci};
 
 /// The demo agent: a ttrpc server that answers the calls of the demo session and counts
 /// what reached it. It is a table (service, method → answer), not an implementation of
@@ -113,12 +114,121 @@ pub async fn start_demo_agent(
     Ok(server)
 }
 
-fn outcome<T>(r: ttrpc::Result<T>, show: impl Fn(T) -> String) -> String {
-    match r {
-        Ok(v) => format!("answered  {}", show(v)),
-        Err(ttrpc::Error::RpcStatus(s)) => format!("refused   {:?}: {}", s.code(), s.message),
-        Err(e) => format!("failed    {e}"),
+/// One request of the scripted host session: its line in the transcript, the call,
+/// and how an OK answer's payload is shown.
+struct Step {
+    label: &'static str,
+    service: &'static str,
+    method: &'static str,
+    payload: Vec<u8>,
+    show: fn(&[u8]) -> String,
+}
+
+impl Step {
+    /// A call of `grpc.AgentService/<method>` whose answer is shown as nothing.
+    fn agent(label: &'static str, method: &'static str, req: &dyn protobuf::MessageDyn) -> Step {
+        Step {
+            label,
+            service: "grpc.AgentService",
+            method,
+            payload: req.write_to_bytes_dyn().unwrap_or_default(),
+            show: |_| String::new(),
+        }
     }
+}
+
+/// The host's session: a pod's first requests, two that the default policy refuses,
+/// a read whose data it blanks, and an attempt to replace it.
+fn session() -> Vec<Step> {
+    let cid = "c0ffee";
+    let process = |args: &[&str]| oci::Process {
+        Args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let sandbox = agent::CreateSandboxRequest {
+        hostname: "demo".into(),
+        sandbox_id: "demo-sandbox".into(),
+        ..Default::default()
+    };
+    let create = agent::CreateContainerRequest {
+        container_id: cid.into(),
+        OCI: MessageField::some(oci::Spec {
+            Process: MessageField::some(process(&["/pause"])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let start = agent::StartContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    let resolv = agent::CopyFileRequest {
+        path: format!("/run/kata-containers/shared/containers/{cid}-resolv.conf"),
+        file_mode: 0o100644,
+        data: b"nameserver 10.0.0.10\n".to_vec(),
+        file_size: 21,
+        ..Default::default()
+    };
+    let escape = agent::CopyFileRequest {
+        path: "/run/kata-containers/shared/containers/../../../etc/passwd".into(),
+        file_mode: 0o100644,
+        ..Default::default()
+    };
+    let exec = agent::ExecProcessRequest {
+        container_id: cid.into(),
+        exec_id: "e1".into(),
+        process: MessageField::some(process(&["sh", "-c", "cat /etc/shadow"])),
+        ..Default::default()
+    };
+    let read = agent::ReadStreamRequest {
+        container_id: cid.into(),
+        exec_id: cid.into(),
+        len: 1024,
+        ..Default::default()
+    };
+    let set_policy = agent::SetPolicyRequest {
+        policy: "package agent_policy\ndefault ExecProcessRequest := true\n".into(),
+        ..Default::default()
+    };
+    vec![
+        Step {
+            label: "Health.Check",
+            service: "grpc.Health",
+            method: "Check",
+            payload: health::CheckRequest::new()
+                .write_to_bytes()
+                .unwrap_or_default(),
+            show: |p| {
+                let r = health::HealthCheckResponse::parse_from_bytes(p).unwrap_or_default();
+                format!("status {:?}", r.status)
+            },
+        },
+        Step::agent("CreateSandbox", "CreateSandbox", &sandbox),
+        Step::agent("CreateContainer /pause", "CreateContainer", &create),
+        Step::agent("StartContainer", "StartContainer", &start),
+        Step::agent(
+            "CopyFile .../shared/containers/…-resolv.conf",
+            "CopyFile",
+            &resolv,
+        ),
+        Step::agent(
+            "CopyFile .../shared/containers/../../../etc/passwd",
+            "CopyFile",
+            &escape,
+        ),
+        Step::agent("ExecProcess sh -c 'cat /etc/shadow'", "ExecProcess", &exec),
+        Step {
+            show: |p| {
+                let r = agent::ReadStreamResponse::parse_from_bytes(p).unwrap_or_default();
+                format!(
+                    "{} bytes of data (the agent sent 30; denied reads are blanked)",
+                    r.data.len()
+                )
+            },
+            ..Step::agent("ReadStdout", "ReadStdout", &read)
+        },
+        Step::agent("SetPolicy (allow exec)", "SetPolicy", &set_policy),
+    ]
 }
 
 /// Runs the demo with `guard` (the policy named on the command line, or the embedded
@@ -151,118 +261,24 @@ pub async fn run_demo(guard: Guard) -> anyhow::Result<String> {
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", warden_sock.display()))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to agent-warden: {e}"))?;
-    let agent = agent_ttrpc::AgentServiceClient::new(client.clone());
-    let health = health_ttrpc::HealthClient::new(client);
-    let ctx = || ttrpc::context::with_timeout(5_000_000_000);
-    let cid = "c0ffee".to_string();
-    let shared = format!("/run/kata-containers/shared/containers/{cid}-resolv.conf");
-    let mut line = |what: &str, result: String| out.push_str(&format!("{what:<44} {result}\n"));
-
-    line(
-        "Health.Check",
-        outcome(
-            health.check(ctx(), &health::CheckRequest::new()).await,
-            |r| format!("status {:?}", r.status),
-        ),
-    );
-    let req = agent::CreateSandboxRequest {
-        hostname: "demo".into(),
-        sandbox_id: "demo-sandbox".into(),
-        ..Default::default()
-    };
-    line(
-        "CreateSandbox",
-        outcome(agent.create_sandbox(ctx(), &req).await, |_| String::new()),
-    );
-    let spec = oci::Spec {
-        Process: MessageField::some(oci::Process {
-            Args: vec!["/pause".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let req = agent::CreateContainerRequest {
-        container_id: cid.clone(),
-        OCI: MessageField::some(spec),
-        ..Default::default()
-    };
-    line(
-        "CreateContainer /pause",
-        outcome(agent.create_container(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::StartContainerRequest {
-        container_id: cid.clone(),
-        ..Default::default()
-    };
-    line(
-        "StartContainer",
-        outcome(agent.start_container(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::CopyFileRequest {
-        path: shared,
-        file_mode: 0o100644,
-        data: b"nameserver 10.0.0.10\n".to_vec(),
-        file_size: 21,
-        ..Default::default()
-    };
-    line(
-        "CopyFile .../shared/containers/…-resolv.conf",
-        outcome(agent.copy_file(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::CopyFileRequest {
-        path: "/run/kata-containers/shared/containers/../../../etc/passwd".into(),
-        file_mode: 0o100644,
-        ..Default::default()
-    };
-    line(
-        "CopyFile .../shared/containers/../../../etc/passwd",
-        outcome(agent.copy_file(ctx(), &req).await, |_| String::new()),
-    );
-    let process = oci::Process {
-        Args: vec!["sh".into(), "-c".into(), "cat /etc/shadow".into()],
-        ..Default::default()
-    };
-    let req = agent::ExecProcessRequest {
-        container_id: cid.clone(),
-        exec_id: "e1".into(),
-        process: MessageField::some(process),
-        ..Default::default()
-    };
-    line(
-        "ExecProcess sh -c 'cat /etc/shadow'",
-        outcome(agent.exec_process(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::ReadStreamRequest {
-        container_id: cid.clone(),
-        exec_id: cid.clone(),
-        len: 1024,
-        ..Default::default()
-    };
-    line(
-        "ReadStdout",
-        outcome(agent.read_stdout(ctx(), &req).await, |r| {
-            format!(
-                "{} bytes of data (the agent sent 30; denied reads are blanked)",
-                r.data.len()
-            )
-        }),
-    );
-    let req = agent::SetPolicyRequest {
-        policy: "package agent_policy\ndefault ExecProcessRequest := true\n".into(),
-        ..Default::default()
-    };
-    line(
-        "SetPolicy (allow exec)",
-        outcome(agent.set_policy(ctx(), &req).await, |_| String::new()),
-    );
-
+    for step in session() {
+        let req = ttrpc::proto::Request {
+            timeout_nano: 5_000_000_000,
+            ..envelope::request(step.service, step.method, step.payload)
+        };
+        let result = match client.request(req).await {
+            Ok(r) => format!("answered  {}", (step.show)(&r.payload)),
+            Err(ttrpc::Error::RpcStatus(s)) => format!("refused   {:?}: {}", s.code(), s.message),
+            Err(e) => format!("failed    {e}"),
+        };
+        out.push_str(&format!("{:<44} {result}\n", step.label));
+    }
     out.push_str(&format!(
         "requests that reached the agent: {}\n",
         demo_agent.seen.load(Ordering::SeqCst)
     ));
     // Hang up first, as the host would, so that agent-warden has nothing to drain.
-    drop(agent);
-    drop(health);
+    drop(client);
     let _ = stop_tx.send(());
     let _ = warden.await;
     let _ = agent_server.shutdown().await;
