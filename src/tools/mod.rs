@@ -216,4 +216,53 @@ mod tests {
             vec!["test_a", "if", "x", "test_b"]
         );
     }
+
+    #[derive(Debug, clap::Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    }
+
+    #[test]
+    fn kind_is_the_request_type_flag_and_type_still_works() {
+        use clap::Parser;
+        for flag in ["--kind", "--type"] {
+            let cli = TestCli::try_parse_from([
+                "x",
+                "eval",
+                flag,
+                "ExecProcessRequest",
+                "--input",
+                "i.json",
+            ])
+            .unwrap();
+            let PolicyCommand::Eval(a) = cli.command else {
+                panic!("not eval")
+            };
+            assert_eq!(a.kind, "ExecProcessRequest");
+        }
+    }
+
+    #[test]
+    fn kata_sets_the_rego_version_and_rego_overrides_it() {
+        let choice = |kata, rego| RegoChoice { kata, rego }.version();
+        assert_eq!(choice(None, None), RegoVersion::V1);
+        assert_eq!(choice(Some(KataAgent::Regorus02), None), RegoVersion::V0);
+        assert_eq!(
+            choice(Some(KataAgent::Regorus02), Some(RegoVersion::V1)),
+            RegoVersion::V1
+        );
+        let section = PolicyChoice {
+            policy: Some("p.rego".into()),
+            endpoints: None,
+            rego: RegoChoice {
+                kata: Some(KataAgent::Regorus02),
+                rego: None,
+            },
+        }
+        .section();
+        let sources = section.sources();
+        assert_eq!(sources.policy_file, Some(PathBuf::from("p.rego")));
+        assert_eq!(sources.rego, RegoVersion::V0);
+    }
 }
