@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::policy::RegoVersion;
 
 /// agent-warden: guards the Kata Containers guest agent with a Rego policy.
 #[derive(Debug, Parser)]
@@ -25,6 +24,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Listen for the host and relay policy-checked requests to kata-agent.
@@ -36,7 +37,7 @@ pub enum Command {
     /// Policy tools: check, eval, test, replay, hash.
     Policy(crate::tools::PolicyArgs),
     /// Encrypted scratch disk: setup, teardown, status
-    Storage(crate::storage::StorageArgs),
+    Storage(crate::tools::storage::StorageArgs),
     /// The tenant's initdata: pack a policy into the pod annotation, TEE digests and disk image.
     Initdata(crate::tools::initdata::InitdataArgs),
 }
@@ -56,15 +57,11 @@ pub struct ServeArgs {
     pub storage_device: Option<String>,
 }
 
-/// Flags of `agent-warden demo`.
+/// Flags of `agent-warden demo`: the policy to demo (the embedded default unless named).
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Policy file to demo instead of the embedded default.
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
-    /// Rego version of --policy.
-    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
-    pub rego: RegoVersion,
+    #[command(flatten)]
+    pub source: crate::tools::PolicyChoice,
 }
 
 impl ServeArgs {
@@ -74,11 +71,13 @@ impl ServeArgs {
             Some(p) => Config::load(p)?,
             None => Config::default(),
         };
-        let storage = self.storage_device.as_ref().map(|d| {
-            let mut t = toml::Table::new();
-            t.insert("device".into(), toml::Value::String(d.clone()));
-            t
-        });
+        let storage = self
+            .storage_device
+            .as_ref()
+            .map(|d| crate::config::StorageSection {
+                device: Some(d.clone()),
+                ..Default::default()
+            });
         let flags = Config {
             storage,
             ..self.settings.clone()
@@ -121,16 +120,13 @@ pub fn run() -> i32 {
         }
         Command::Demo(args) => runtime().and_then(|rt| {
             rt.block_on(async {
-                let policy = match &args.policy {
-                    Some(p) => Some(crate::serve::load_policy(Some(p), args.rego)?),
-                    None => None,
-                };
-                print!("{}", crate::tools::demo::run_demo(policy).await?);
+                let guard = crate::tools::serve_guard(&args.source)?;
+                print!("{}", crate::tools::demo::run_demo(guard).await?);
                 Ok(0)
             })
         }),
         Command::Policy(args) => crate::tools::run_cli(args),
-        Command::Storage(args) => crate::storage::run_cli(args),
+        Command::Storage(args) => crate::tools::storage::run_cli(args),
         Command::Initdata(args) => crate::tools::initdata::run_cli(args),
     };
     match result {

@@ -2,36 +2,41 @@
 //! defaults, the `--config` file, the `agent-warden.toml` entry of attested initdata,
 //! the command-line flags (which are turned into a [`Config`] layer of their own).
 //!
+//! Every key, each set to its default, or (marked "e.g.") to an example where it has
+//! none:
+//!
 //! ```toml
 //! listen = "vsock://-1:1024"                 # where the host connects (kata's port)
 //! agent = "unix:///run/kata-agent.sock"      # where the real kata-agent listens
-//! [policy]
-//! initdata = "/run/initdata.toml"            # initdata document (file, gzip or image)
-//! initdata_scan = "/dev"                     # or: look for an initdata disk under /dev
-//! file = "/etc/agent-warden/policy.rego"     # a plain policy file
-//! endpoints = "/etc/agent-warden/endpoints.toml"  # legacy `[endpoints] allowed = [...]`
-//! kata = "current"                          # kata-agent generation guarded: "current" or "2024"
-//! rego = "v1"                                # overrides kata's: "v0" or "v1"
-//! input_shape = "current"                    # overrides kata's: "legacy", "legacy-stream-ports"
+//! [policy]                                   # sources, highest first; none: the embedded default
+//! initdata = "/run/initdata.toml"            # e.g.: initdata document (file, gzip or image)
+//! initdata_scan = "/dev"                     # e.g.: look for an initdata disk under /dev
+//! file = "/etc/agent-warden/policy.rego"     # e.g.: a plain policy file
+//! endpoints = "/etc/agent-warden/endpoints.toml"  # e.g.: legacy `[endpoints] allowed = [...]`
+//! kata = "current"                           # kata-agent generation guarded: "current" or "2024"
+//! rego = "v1"                                # from kata; overrides it: "v0" or "v1"
+//! input_shape = "current"                    # from kata; overrides it: "legacy", "legacy-stream-ports"
 //! set_policy = "auto"                        # "auto" | "policy" | "forbid"
 //! deny_message = "reason"                    # what a denial says: "reason" | "full"
-//! require_evidence = "snp"                   # compare the digest with the TEE's before serving
+//! require_evidence = "snp"                   # e.g. (default: none): check the TEE's digest first
 //! [audit]
-//! capture = "/run/agent-warden/capture.jsonl"  # every decided input, replayable
+//! capture = "/run/agent-warden/capture.jsonl"  # e.g. (default: none): every decided input
 //! capture_unmasked = false
 //! [limits]
-//! max_connections = 64
+//! max_connections = 256
 //! max_in_flight = 1024                       # per host connection
-//! eval_timeout_ms = 1000                     # per policy evaluation
-//! [storage]                                  # the encrypted scratch disk (see storage/)
-//! device = "/dev/vdb"
+//! eval_timeout_ms = 2000                     # per policy evaluation
+//! [storage]                                  # the encrypted scratch disk: `storage --help`
+//! device = "/dev/vdb"                        # e.g. (default: none, no scratch disk)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::sources::PolicySources;
 use crate::policy::{DenyMessage, RegoVersion};
+use crate::storage;
 use crate::wire::input::InputShape;
 
 /// Default listening address: kata-agent's own vsock port.
@@ -85,11 +90,11 @@ pub struct Config {
     #[serde(default)]
     #[command(flatten)]
     pub limits: LimitsSection,
-    /// The `[storage]` table (see the storage module, which validates it); the flag
-    /// `--storage-device` sets its `device`.
+    /// The `[storage]` table (the scratch disk; `serve --storage-device` sets its
+    /// `device`, `agent-warden storage` takes every key as a flag).
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub storage: Option<toml::Table>,
+    pub storage: Option<StorageSection>,
 }
 
 /// The kata-agent generation agent-warden stands in for: it sets the Rego version and
@@ -193,6 +198,19 @@ impl PolicySection {
             .unwrap_or_else(|| self.kata.unwrap_or_default().rego())
     }
 
+    /// Where the policy is read from (highest first: initdata, a policy file, an endpoint
+    /// list, the embedded default) and its Rego version: the one place the table becomes
+    /// [`PolicySources`], for `serve` and the tools alike.
+    pub fn sources(&self) -> PolicySources {
+        PolicySources {
+            initdata: self.initdata.clone(),
+            initdata_scan: self.initdata_scan.clone(),
+            policy_file: self.file.clone(),
+            endpoint_list: self.endpoints.clone(),
+            rego: self.rego_version(),
+        }
+    }
+
     /// The policy input shape: `input_shape`, else `kata`'s, else current.
     pub fn shape(&self) -> InputShape {
         self.input_shape
@@ -227,6 +245,133 @@ pub struct LimitsSection {
     #[arg(long, value_name = "MS", help = defaulted("Time limit of one policy evaluation, in milliseconds", DEFAULT_EVAL_TIMEOUT_MS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_timeout_ms: Option<u64>,
+}
+
+/// The `[storage]` table: the encrypted scratch disk. Each key is also a flag of
+/// `agent-warden storage` (the same name; defaults and meaning in
+/// [`crate::storage::StorageConfig`], which [`StorageSection::resolve`] fills in).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// The scratch disk: a path (/dev/vdb) or MAJ:MIN (254:16).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH|MAJ:MIN",
+        visible_alias = "storage-device"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[arg(long, global = true, value_name = "DIR", help = defaulted("Mount point", storage_default(|c| c.mount_point.display().to_string())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount_point: Option<PathBuf>,
+    /// Extra mount option (repeatable; replaces the configured list). nodev,nosuid are always added.
+    #[arg(
+        long = "fs-options",
+        visible_alias = "fs-option",
+        global = true,
+        value_name = "OPT"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs_options: Option<Vec<String>>,
+    /// Extra mkfs.ext4 argument (repeatable, e.g. --mkfs-options=-m --mkfs-options=0;
+    /// replaces the configured list).
+    #[arg(
+        long = "mkfs-options",
+        visible_alias = "mkfs-option",
+        global = true,
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkfs_options: Option<Vec<String>>,
+    #[arg(long, global = true, value_name = "on|off", value_parser = parse_on_off, help = defaulted("dm-integrity under dm-crypt: on or off", storage_default(|c| if c.integrity { "on" } else { "off" })))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<bool>,
+    #[arg(long, global = true, value_name = "startup|on-demand", value_parser = <storage::SetupAt as std::str::FromStr>::from_str, help = defaulted("When setup happens: startup (before serve listens) or on-demand", storage_default(|c| c.setup_at)))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_at: Option<storage::SetupAt>,
+    #[arg(long = "min-size-bytes", visible_alias = "min-size", global = true, value_name = "SIZE", value_parser = parse_size, help = defaulted("Smallest device accepted (bytes, or with K/M/G/T suffix)", storage_default(|c| size_text(c.min_size_bytes))))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_size_bytes: Option<u64>,
+    #[arg(long, global = true, value_name = "DIR", help = defaulted("Memory-backed state directory", storage_default(|c| c.state_dir.display().to_string())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "NAME", help = defaulted("Device-mapper name", storage_default(|c| c.mapper_name.clone())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapper_name: Option<String>,
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("cryptsetup program, from PATH unless absolute", storage_default(|c| c.cryptsetup.display().to_string())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cryptsetup: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("mkfs.ext4 program, from PATH unless absolute", storage_default(|c| c.mkfs.display().to_string())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mkfs: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("mount program, from PATH unless absolute", storage_default(|c| c.mount.display().to_string())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PROGRAM", help = defaulted("umount program, from PATH unless absolute", storage_default(|c| c.umount.display().to_string())))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umount: Option<PathBuf>,
+}
+
+impl StorageSection {
+    /// The scratch-disk configuration: the keys set here over the defaults.
+    pub fn resolve(&self) -> anyhow::Result<storage::StorageConfig> {
+        let table =
+            toml::Table::try_from(self).map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))?;
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))
+    }
+}
+
+/// A `[storage]` key's default, read from [`storage::StorageConfig::default`] (for help
+/// texts: the defaults are not typed twice).
+fn storage_default<T: std::fmt::Display>(key: impl Fn(&storage::StorageConfig) -> T) -> String {
+    key(&storage::StorageConfig::default()).to_string()
+}
+
+/// A size as [`parse_size`] reads it, in the largest binary unit that divides it.
+fn size_text(n: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if n != 0 && n.trailing_zeros() >= shift {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// Parses a size: plain bytes, or with a binary suffix K, M, G, T (optionally followed
+/// by `iB` or `B`): `64M`, `1GiB`, `4096`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits_end);
+    if num.is_empty() {
+        return Err(format!("size {s:?}: expected a number"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?}: number too large"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("size {s:?}: unknown suffix {other:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?}: too large"))
+}
+
+/// Parses `on`/`off` (and the usual synonyms: true/false, yes/no, 1/0).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 /// `upper` merged into `lower`: every key `upper` sets wins, tables are merged key by
@@ -417,8 +562,8 @@ mod tests {
         assert_eq!(c.agent.as_deref(), Some("unix:///a"));
         assert_eq!(c.policy.set_policy, Some(SetPolicySetting::Policy));
         let s = c.storage.unwrap();
-        assert_eq!(s.get("device").and_then(|v| v.as_str()), Some("/dev/vdb"));
-        assert_eq!(s.get("integrity").and_then(|v| v.as_bool()), Some(true));
+        assert_eq!(s.device.as_deref(), Some("/dev/vdb"));
+        assert_eq!(s.integrity, Some(true));
     }
 
     #[test]
@@ -432,5 +577,47 @@ mod tests {
         assert!(e.contains("policy.file, policy.rego, policy.kata"), "{e}");
         let ok = Config::parse("[policy]\nset_policy = \"policy\"\n", "i").unwrap();
         assert!(ok.check_initdata_layer().is_ok());
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2 k"), Ok(2048));
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        for n in [4096, 64 << 20, 1 << 30, 3 << 40, 1000, 0] {
+            assert_eq!(parse_size(&size_text(n)), Ok(n), "{}", size_text(n));
+        }
+        assert_eq!(size_text(64 << 20), "64M");
+    }
+
+    #[test]
+    fn on_off_parses() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert_eq!(parse_on_off("false"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
+    }
+
+    #[test]
+    fn storage_section_resolves_over_the_defaults() {
+        let s = Config::parse(
+            "[storage]\ndevice = \"/dev/vdb\"\nmin_size_bytes = 4096\n",
+            "t",
+        )
+        .unwrap()
+        .storage
+        .unwrap();
+        let c = s.resolve().unwrap();
+        assert_eq!(c.device.as_deref(), Some("/dev/vdb"));
+        assert_eq!(c.min_size_bytes, 4096);
+        assert_eq!(
+            StorageSection::default().resolve().unwrap(),
+            storage::StorageConfig::default()
+        );
+        assert!(Config::parse("[storage]\nbogus = 1\n", "t").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! agent-warden: a policy-enforcing ttrpc interposer for the Kata Containers guest agent.
 //!
-//! The tree follows a request's path, and dependencies run one way
-//! (`serve` → `policy`, `wire`; `tools` → `serve`, `policy`, `wire`):
+//! The tree follows a request's path, and dependencies run one way (`serve` →
+//! `policy`, `wire`; `policy` reads only the method table's request types of `wire`;
+//! `tools` → `serve`, `policy`, `wire`; docs/ARCHITECTURE.md lists them all):
 //! - [`wire`]: what the host sends. A ttrpc [`wire::frame`] is opened by
 //!   [`wire::envelope`], named by [`wire::methods`], and decoded by [`wire::input`] into
 //!   the JSON that kata-agent gives its policy engine.
@@ -10,8 +11,8 @@
 //! - [`serve`]: start-up, the accept loop, the per-request judgement and the socket
 //!   relay that forwards allowed frames byte-for-byte.
 //! - [`attestation`] binds the policy to the measured initdata; [`storage`] owns the
-//!   encrypted scratch disk; [`tools`] are the policy tools, the tenant's `initdata pack`
-//!   and the demo.
+//!   encrypted scratch disk; [`tools`] are the commands besides `serve`: the policy
+//!   tools, the tenant's `initdata pack`, `storage` and the demo.
 //!
 //! [`config`] and [`cli`] turn files and flags into settings. See docs/ARCHITECTURE.md.
 

@@ -2,21 +2,18 @@
 //! which clap derives from the one definition of each setting (src/config.rs): every
 //! flag is in the table with the same default, and the table names no other flag.
 
-use std::collections::BTreeMap;
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use std::collections::BTreeMap;
+
+use common::ROOT;
 
 /// Flags that every subcommand has (logging), documented elsewhere in the README.
 const GLOBAL: &[&str] = &["--log", "--log-json", "--decision-log", "--help"];
 
 /// `--flag` → its `[default: …]` (if any), from `serve --help`.
 fn help_flags() -> BTreeMap<String, Option<String>> {
-    let out = Command::new(BIN)
-        .args(["serve", "--help"])
-        .output()
-        .expect("run agent-warden serve --help");
+    let out = common::run_warden(&["serve", "--help"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let mut flags = BTreeMap::new();

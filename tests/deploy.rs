@@ -5,11 +5,13 @@
 //! (READY=1); with the wrong evidence it never listens nor notifies. The kata-agent drop-in
 //! points kata-agent at the address the unit forwards to and orders it after agent-warden.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_warden::attestation::{self, Algorithm, DigestForms};
@@ -182,8 +184,7 @@ fn start(dir: &Path, evidence: &Path) -> (Run, std::path::PathBuf) {
     notify
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_agent-warden"))
-        .args(&argv[1..])
+    let child = common::warden_command(&argv[1..])
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,5 +1,5 @@
 //! Agent faults: the agent socket missing at start, the agent crashing mid-request,
-//! the agent coming back. agent-warden runs as `serve` runs it (`server::run`), with
+//! the agent coming back. agent-warden runs as `serve` runs it (`serve::run`), with
 //! no tap between it and the agent.
 
 mod common;

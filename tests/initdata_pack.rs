@@ -2,9 +2,10 @@
 //! initdata loader (file, image, annotation) to the same policy, configuration and digest,
 //! for every algorithm; its error cases; and `--pod` on real manifest shapes.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use agent_warden::attestation::{self, Algorithm, MeasuredDocument};
 use agent_warden::policy::sources::{self, PolicySources};
@@ -15,13 +16,7 @@ const POLICY: &str = "package agent_policy\n\ndefault CreateContainerRequest := 
 const CONFIG: &str = "listen = \"vsock://-1:1024\"\n[policy]\nset_policy = \"forbid\"\n";
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512];
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agent-warden"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run agent-warden")
-}
+use common::{run_warden as run, stderr as stderr_of};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -188,10 +183,6 @@ fn cli_writes_toml_image_and_prints_annotation_and_digests() {
             .as_deref(),
         Some(POLICY)
     );
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! JSON identity with kata-agent (issue 12, 3(c)): for the same protobuf bytes,
+//! JSON identity with kata-agent: for the same protobuf bytes,
 //! agent-warden's current-shape policy input equals, value by value, the input JSON
 //! that kata-agent's own code builds (the kata-policy-oracle of ../shared/kata-reference,
 //! which echoes it). Every AgentService request type of the method table is built

@@ -1,28 +1,11 @@
 //! `agent-warden policy ...`: the built binary run on the shipped policies and on
 //! the sample inputs in testdata/.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(ROOT)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run agent-warden")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{run_warden as run, stderr, stdout, ROOT};
 
 /// The names after `<label> (N): ` on the line starting with `label`.
 fn listed(out: &str, label: &str) -> Vec<String> {

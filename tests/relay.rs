@@ -7,7 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use agent_warden::wire::frame::{self, Frame, Header, Read, TYPE_DATA, TYPE_REQUEST};
+use agent_warden::wire::envelope;
+use agent_warden::wire::frame::{self, Frame, Header, TYPE_DATA, TYPE_REQUEST};
 use agent_warden::wire::protocols::{agent, health, health_ttrpc, oci};
 use common::*;
 use protobuf::{Message, MessageField};
@@ -47,16 +48,6 @@ fn create(id: &str) -> agent::CreateContainerRequest {
         container_id: id.into(),
         ..Default::default()
     }
-}
-
-/// Splits a recorded byte stream into frames.
-async fn frames(bytes: &[u8]) -> Vec<Frame> {
-    let mut r = bytes;
-    let mut out = Vec::new();
-    while let Ok(Read::Frame(f)) = frame::read_frame(&mut r, frame::MAX_BODY).await {
-        out.push(f);
-    }
-    out
 }
 
 async fn settle() {
@@ -215,7 +206,8 @@ async fn copy_file_symlink_target_not_utf8_is_refused_before_the_policy() {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|d| {
-            d["fields"]["request_type"] == "CopyFileRequest"
+            d["fields"]["kind"] == "CopyFileRequest"
+                && d["fields"]["request_type"] == "CopyFileRequest"
                 && d["fields"]["reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("not valid UTF-8"))
@@ -235,10 +227,8 @@ async fn unknown_method_and_service_are_unimplemented_and_not_forwarded() {
         ("", ""),
     ] {
         let req = ttrpc::proto::Request {
-            service: service.into(),
-            method: method.into(),
             timeout_nano: 5_000_000_000,
-            ..Default::default()
+            ..envelope::request(service, method, Vec::new())
         };
         let resp = c.request(req).await;
         let (code, msg) = status(resp);
@@ -386,13 +376,7 @@ async fn agent_receives_exactly_the_allowed_frames() {
 // ---- hostile input on raw sockets -------------------------------------------------
 
 fn request_frame(stream: u32, flags: u8, service: &str, method: &str, payload: Vec<u8>) -> Frame {
-    let req = ttrpc::proto::Request {
-        service: service.into(),
-        method: method.into(),
-        payload,
-        ..Default::default()
-    };
-    Frame::new(stream, TYPE_REQUEST, flags, &req.write_to_bytes().unwrap())
+    envelope::request_frame(stream, flags, &envelope::request(service, method, payload))
 }
 
 fn create_frame(stream: u32) -> Frame {

@@ -15,18 +15,11 @@ use agent_warden::config::Config;
 use agent_warden::serve::{self, StorageOp};
 use agent_warden::storage::{Operation, Report, StorageConfig, StorageError};
 use agent_warden::wire::protocols::{agent, agent_ttrpc, health_ttrpc};
-use common::{ctx, status, RecordingAgent};
-
-const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use common::{ctx, status, RecordingAgent, ROOT};
 
 fn warden(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("serve")
-        .args(args)
-        .current_dir(ROOT)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
+    let mut c = common::warden_command(&["serve"]);
+    c.args(args).stdin(Stdio::null());
     c
 }
 

@@ -128,11 +128,12 @@ pub async fn run_ours(pod: &Pod<'_>, tmp: &Path, bin: &std::ffi::OsStr) -> Ours 
             let msg = encode::from_policy_input(&m.request, input, pod.shape)
                 .unwrap_or_else(|e| panic!("{}: {ty}: cannot encode: {e}", pod.name));
             ttrpc::proto::Request {
-                service: m.service.clone(),
-                method: m.name.clone(),
-                payload: msg.write_to_bytes_dyn().expect("encode"),
                 timeout_nano: 60_000_000_000,
-                ..Default::default()
+                ..envelope::request(
+                    &m.service,
+                    &m.name,
+                    msg.write_to_bytes_dyn().expect("encode"),
+                )
             }
         })
         .collect();

@@ -42,7 +42,7 @@ fn write(dir: &Path, prefix: &str, bytes: &[u8]) {
     std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Parses `["ep":"<Type>",{...}],` (tests/compat.rs, tests/codec_roundtrip.rs).
+/// Parses `["ep":"<Type>",{...}],` (tests/compat.rs, tests/input_roundtrip.rs).
 fn parse_line(line: &str) -> Option<(String, Value)> {
     let rest = line.strip_prefix("[\"ep\":\"")?;
     let (ty, rest) = rest.split_once("\",")?;

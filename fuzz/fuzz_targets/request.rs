@@ -2,10 +2,10 @@
 //!
 //! Byte 0 picks a row of the method table (all 44 RPCs; the request type is the
 //! row's), the rest is that request's protobuf payload. For every input shape the
-//! policy JSON is built, and what the codec promises is checked:
+//! policy JSON is built, and what `wire::input` and `wire::encode` promise is checked:
 //! * the JSON it builds is accepted back by `from_policy_input` in the same shape;
 //! * JSON → request → wire bytes → request → JSON gives the same JSON (the round
-//!   trip tests/codec_roundtrip.rs checks on the recorded requests);
+//!   trip tests/input_roundtrip.rs checks on the recorded requests);
 //! * the request rebuilt from the JSON encodes to wire bytes that decode to the
 //!   same JSON again (so the policy would decide the rebuilt request the same way).
 #![no_main]

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use agent_warden::wire::input::InputShape;
 use agent_warden::wire::envelope::{self, Request};
-use agent_warden::wire::frame::{Frame, TYPE_REQUEST};
+use agent_warden::wire::frame::Frame;
 use agent_warden::wire::methods;
 use agent_warden::policy::{Policy, RegoVersion};
 use agent_warden::serve::judge::{Guard, SetPolicyMode};
@@ -231,24 +231,22 @@ pub const AGENT_SECRET: &[u8] = b"\xff\xfe\x00AGENT-STDOUT-SECRET\xc0\xff";
 
 /// Encodes a request envelope for `service`/`method` with `payload`.
 pub fn request_body(service: &str, method: &str, payload: &[u8]) -> Vec<u8> {
-    let req = Request {
-        service: service.to_string(),
-        method: method.to_string(),
-        payload: payload.to_vec(),
+    host_request(service, method, payload)
+        .write_to_bytes()
+        .expect("encode request envelope")
+}
+
+/// The request the host's client sends for `service`/`method` (10 s timeout).
+fn host_request(service: &str, method: &str, payload: &[u8]) -> Request {
+    Request {
         timeout_nano: 10_000_000_000,
-        ..Default::default()
-    };
-    req.write_to_bytes().expect("encode request envelope")
+        ..envelope::request(service, method, payload.to_vec())
+    }
 }
 
 /// A complete request frame for the method-table row `m` on `stream_id`.
 pub fn request_frame(m: &methods::Method, stream_id: u32, payload: &[u8]) -> Frame {
-    Frame::new(
-        stream_id,
-        TYPE_REQUEST,
-        0,
-        &request_body(&m.service, &m.name, payload),
-    )
+    envelope::request_frame(stream_id, 0, &host_request(&m.service, &m.name, payload))
 }
 
 /// Decodes a request frame body to (service, method), if it is one.

@@ -140,7 +140,7 @@ impl Compiled {
     pub(crate) fn build(
         source_name: &str,
         text: &str,
-        version: super::RegoVersion,
+        version: super::engine::RegoVersion,
         timeout: Duration,
     ) -> Option<Compiled> {
         let mut engine = super::engine::new_engine(version, timeout);

@@ -1,13 +1,52 @@
-//! The one place a regorus engine is set up. The interpreter ([`super::Policy`]), the
-//! compiled fast path ([`super::compiled`]) and the policy tools all start from
-//! [`new_engine`], so a policy parses and evaluates the same way everywhere.
+//! The one place a regorus engine is set up, and the [`RegoVersion`] it parses as. The
+//! interpreter ([`super::Policy`]), the compiled fast path ([`super::compiled`]) and the
+//! policy tools all start from [`new_engine`], so a policy parses and evaluates the same
+//! way everywhere.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use regorus::Engine;
 
-use super::RegoVersion;
+/// The Rego language version a policy is written in.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RegoVersion {
+    /// Rego v0, as the kata-agents whose policy engine was regorus 0.2.x parsed it (until
+    /// April 2026; `import rego.v1` opts a module into v1).
+    V0,
+    /// Rego v1 (OPA 1.0 syntax: `if`, `contains` required), as today's kata-agent parses
+    /// it (regorus >= 0.3, which kata creates without `set_rego_v0`).
+    #[default]
+    V1,
+}
+
+impl RegoVersion {
+    /// The other version (a parse error says whether the policy parses as it).
+    pub fn other(self) -> RegoVersion {
+        match self {
+            RegoVersion::V0 => RegoVersion::V1,
+            RegoVersion::V1 => RegoVersion::V0,
+        }
+    }
+    /// `v0` or `v1`, as the flag and the configuration key take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RegoVersion::V0 => "v0",
+            RegoVersion::V1 => "v1",
+        }
+    }
+}
 
 /// regorus's execution timer for a time limit (checked every 64 work units), used by
 /// the interpreter and the compiled fast path alike.

@@ -7,6 +7,11 @@
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
 //! denies (fail closed). The reason for a denial is what the policy printed.
+//!
+//! Of the wire, the policy reads one thing: the method table's request types
+//! (`wire::methods::table().policy_request_types()`), which are its rule names. At
+//! load the fast path is compiled ahead for exactly those rules, and [`sources`] checks
+//! a legacy endpoint list against them. Protobuf, frames and sockets stay outside.
 
 pub mod compiled;
 pub mod constant;
@@ -20,43 +25,7 @@ use std::time::{Duration, Instant};
 
 use regorus::Engine;
 
-/// The Rego language version a policy is written in.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Deserialize,
-    serde::Serialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum RegoVersion {
-    /// Rego v0, as the kata-agents whose policy engine was regorus 0.2.x parsed it (until
-    /// April 2026; `import rego.v1` opts a module into v1).
-    V0,
-    /// Rego v1 (OPA 1.0 syntax: `if`, `contains` required), as today's kata-agent parses
-    /// it (regorus >= 0.3, which kata creates without `set_rego_v0`).
-    #[default]
-    V1,
-}
-
-impl RegoVersion {
-    fn other(self) -> RegoVersion {
-        match self {
-            RegoVersion::V0 => RegoVersion::V1,
-            RegoVersion::V1 => RegoVersion::V0,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            RegoVersion::V0 => "v0",
-            RegoVersion::V1 => "v1",
-        }
-    }
-}
+pub use engine::RegoVersion;
 
 /// Longest denial reason sent to the host; the full text goes to the log.
 pub const MAX_REASON: usize = 256;

@@ -1,7 +1,8 @@
 //! Where the policy comes from, in order of precedence: attested initdata, a policy
 //! file, a legacy endpoint list, the embedded default. Whatever the source, the
 //! result is one checked [`Policy`], loaded before the listener opens; any failure
-//! stops the process (agent-warden never serves without a policy).
+//! stops the process (agent-warden never serves without a policy). A legacy endpoint
+//! list names request types, so it is checked against the method table's.
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! `agent-warden policy replay`. (The per-decision log line itself is a tracing event
 //! with target `agent_warden::decision`; `logging` routes it.)
 //!
-//! Capture lines are `{"kind": "<RequestType>", "request": <input>}`. Unless asked
+//! Capture lines are [`CaptureLine`]s, `{"kind": "<RequestType>", "request": <input>}`. Unless asked
 //! otherwise, container environment values and byte payloads are masked: `Env`
 //! entries keep their name (`NAME=<masked>`), `data` byte arrays become `[]`.
 
@@ -11,7 +11,17 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+
+/// One line of a capture file, as `serve` writes it and `policy replay` reads it back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureLine {
+    /// The request type (the policy rule), as kata-agent's log names it.
+    pub kind: String,
+    /// The policy input, masked unless the capture is unmasked.
+    pub request: Value,
+}
 
 /// An open capture file.
 pub struct Capture {
@@ -36,7 +46,10 @@ impl Capture {
         } else {
             mask(input)
         };
-        let line = json!({ "kind": kind, "request": request });
+        let line = CaptureLine {
+            kind: kind.to_string(),
+            request,
+        };
         if let Ok(mut out) = self.out.lock() {
             let ok = serde_json::to_writer(&mut *out, &line).is_ok()
                 && out.write_all(b"\n").is_ok()
@@ -83,6 +96,7 @@ fn mask_env(e: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn masks_env_values_and_byte_payloads_only() {

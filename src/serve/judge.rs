@@ -1,9 +1,11 @@
-//! The judgement of one host frame: protocol checks (frame type, stream ids, flags,
-//! in-flight limit), the ttrpc envelope and method table, the policy input, the
-//! policy's decision, and then serve's own rules on top of it (SetPolicy mode,
-//! AllowRequestsFailingPolicy, legacy endpoint lists). The result is a [`Verdict`]:
-//! forward the frame as received, answer in the agent's place, or close the
-//! connection. [`Guard`] holds what every connection shares.
+//! The judgement of one host frame: the frame's own faults
+//! ([`crate::wire::frame::Header::request_fault`]), stream reuse and the in-flight
+//! limit, the ttrpc envelope and method table, the policy input, the policy's decision,
+//! and then serve's own rules on top of it (SetPolicy mode, AllowRequestsFailingPolicy,
+//! legacy endpoint lists). The result is a [`Verdict`]: forward the frame as received,
+//! [`Answer`] in the agent's place (`{code, message}`, whose frame is built in one
+//! place), or close the connection ([`Violation`]). [`Guard`] holds what every
+//! connection shares.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use crate::policy::{Decision, Policy, StateOps};
 use crate::wire::envelope::{self, Code};
-use crate::wire::frame::{Frame, FLAG_NO_DATA, FLAG_REMOTE_OPEN, TYPE_DATA, TYPE_REQUEST};
+use crate::wire::frame::{Frame, RequestFault};
 use crate::wire::input::{self, InputShape};
 use crate::wire::methods::{self, Handling, Method};
 
@@ -43,36 +45,67 @@ pub enum SetPolicyMode {
     Forbidden,
 }
 
-/// A request forwarded to the agent and not yet answered.
-pub(super) struct Pending {
-    pub(super) blank_data: bool,
-    pub(super) hook: Option<Hook>,
+/// A request forwarded to the agent and not yet answered: what to do with its answer.
+pub struct Pending {
+    /// A denied read: the answer's `data` is blanked.
+    pub blank_data: bool,
+    /// Run after a successful answer (e.g. scratch-disk teardown after DestroySandbox).
+    pub hook: Option<Hook>,
     /// State operations to apply (to the policy that decided) once the agent succeeds.
-    pub(super) ops: Option<(Arc<Policy>, StateOps)>,
+    pub ops: Option<(Arc<Policy>, StateOps)>,
 }
 
-impl Pending {
-    pub(super) fn plain(hook: Option<Hook>) -> Pending {
-        Pending {
-            blank_data: false,
-            hook,
-            ops: None,
-        }
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("blank_data", &self.blank_data)
+            .field("hook", &self.hook.is_some())
+            .field("ops", &self.ops.as_ref().map(|(_, ops)| ops))
+            .finish()
     }
 }
 
-/// What `serve` does with one decided request.
+/// An answer given in the agent's place: a refusal, or `OK` for an applied SetPolicy
+/// (and the relay's own: oversize frames, requests the agent never answered).
+/// [`Answer::frame`] is the one place such a response frame is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Answer {
+    pub(super) fn new(code: Code, message: impl Into<String>) -> Answer {
+        Answer {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The response frame on `stream_id`: status `code` with `message`, no payload.
+    pub fn frame(&self, stream_id: u32) -> Frame {
+        envelope::error_frame(stream_id, self.code, self.message.as_str())
+    }
+}
+
+/// A protocol violation by the host: the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error(transparent)]
+    Frame(RequestFault),
+    #[error("stream id {0} reused while a request on it is still in flight")]
+    StreamReused(u32),
+}
+
+/// What to do with one frame from the host, or with one decided request.
 #[derive(Debug)]
-pub enum Action {
-    /// Forward the request as received. `blank_data`: a denied read whose answer's data
-    /// is blanked; `ops`: state operations for the deciding policy, applied once the
-    /// agent has answered successfully.
-    Forward {
-        blank_data: bool,
-        ops: Option<(Arc<Policy>, StateOps)>,
-    },
-    /// Answer in the agent's place with this status (`OK` for an applied SetPolicy).
-    Answer { code: Code, message: String },
+pub enum Verdict {
+    /// Forward the request as received; [`Pending`] says what to do with the answer.
+    Forward(Pending),
+    /// Answer in the agent's place; the request is not forwarded.
+    Answer(Answer),
+    /// Close the connection ([`Guard::judge`] only).
+    Close(Violation),
 }
 
 /// One request decided as `serve` decides it.
@@ -82,14 +115,8 @@ pub struct Judgement {
     pub decision: Decision,
     /// A denial the policy's `AllowRequestsFailingPolicy` turned into forwarding.
     pub overridden: bool,
-    pub action: Action,
-}
-
-/// What to do with one frame from the host.
-pub(super) enum Verdict {
-    Forward(Pending),
-    Reply(Frame),
-    Close(String),
+    /// What `serve` does with the request: forward it or answer it.
+    pub verdict: Verdict,
 }
 
 impl Guard {
@@ -156,126 +183,113 @@ impl Guard {
     /// Judges one frame from the host. `busy` says whether its stream id is in flight;
     /// `in_flight` is how many requests of this connection are.
     pub(super) fn judge(&self, conn: u64, f: &Frame, busy: bool, in_flight: usize) -> Verdict {
-        let h = f.header;
-        let id = h.stream_id;
-        if h.kind != TYPE_REQUEST {
-            if h.kind == TYPE_DATA {
-                return Verdict::Reply(envelope::error_frame(
-                    id,
-                    Code::INVALID_ARGUMENT,
-                    "data frames are not supported: AgentService has no streaming methods",
-                ));
-            }
-            return Verdict::Close(format!(
-                "unexpected frame type {} from the host on stream {id}",
-                h.kind
-            ));
+        let id = f.header.stream_id;
+        if let Err(refused) = self.admit(conn, f, busy, in_flight) {
+            return refused;
         }
-        if id.is_multiple_of(2) {
-            return Verdict::Close(format!(
-                "stream id {id} is even; host stream ids must be odd"
-            ));
+        let (m, input) = match self.policy_input(conn, id, f.body()) {
+            Ok((m, Some(input))) => (m, input),
+            Ok((m, None)) => {
+                return Verdict::Forward(Pending {
+                    blank_data: false,
+                    hook: self.hook(m),
+                    ops: None,
+                })
+            }
+            Err(refused) => return refused,
+        };
+        if let Some(capture) = &self.capture {
+            capture.record(&m.request_type, &input);
+        }
+        self.decide(m, &input, conn, id).verdict
+    }
+
+    /// Whether the frame is taken in at all. In this order: its own faults (a data
+    /// frame is answered, a wrong type or an even stream id closes), stream reuse
+    /// (closes), the in-flight limit, streaming flags.
+    fn admit(&self, conn: u64, f: &Frame, busy: bool, in_flight: usize) -> Result<(), Verdict> {
+        let id = f.header.stream_id;
+        let fault = f.header.request_fault();
+        match fault {
+            Some(fault) if fault.closes_connection() => {
+                return Err(Verdict::Close(Violation::Frame(fault)))
+            }
+            Some(fault @ RequestFault::Data) => return Err(refuse(Code::INVALID_ARGUMENT, fault)),
+            _ => {}
         }
         if busy {
-            return Verdict::Close(format!(
-                "stream id {id} reused while a request on it is still in flight"
-            ));
+            return Err(Verdict::Close(Violation::StreamReused(id)));
         }
         if in_flight >= self.max_in_flight {
+            let limit = self.max_in_flight;
             tracing::warn!(
                 conn,
                 stream = id,
-                limit = self.max_in_flight,
+                limit,
                 "too many requests in flight, not forwarded"
             );
-            return Verdict::Reply(envelope::error_frame(
-                id,
+            return Err(refuse(
                 Code::RESOURCE_EXHAUSTED,
-                format!(
-                    "too many requests in flight on this connection (limit {})",
-                    self.max_in_flight
-                ),
+                format!("too many requests in flight on this connection (limit {limit})"),
             ));
         }
-        if h.flags & (FLAG_REMOTE_OPEN | FLAG_NO_DATA) != 0 {
-            return Verdict::Reply(envelope::error_frame(
-                id,
-                Code::INVALID_ARGUMENT,
-                format!(
-                    "streaming requests are not supported (frame flags {:#04x})",
-                    h.flags
-                ),
-            ));
-        }
-        let req = match envelope::decode_request(f.body()) {
-            Ok(r) => r,
-            Err(e) => {
-                return Verdict::Reply(envelope::error_frame(
-                    id,
-                    Code::INVALID_ARGUMENT,
-                    e.to_string(),
-                ))
-            }
-        };
-        let Some(m) = methods::table().lookup(&req.service, &req.method) else {
-            tracing::warn!(conn, stream = id, service = %req.service, method = %req.method, "unknown method, not forwarded");
-            return Verdict::Reply(envelope::error_frame(
-                id,
-                Code::UNIMPLEMENTED,
-                format!(
-                    "{}/{}: unknown service or method (not forwarded)",
-                    req.service, req.method
-                ),
-            ));
-        };
-        let hook = self.hooks.get(&m.request_type).cloned();
-        if m.handling == Handling::Passthrough {
-            tracing::debug!(conn, stream = id, service = %m.service, method = %m.name, "passthrough");
-            return Verdict::Forward(Pending::plain(hook));
-        }
-        let ty = m.request_type.as_str();
-        let msg = match input::decode_request(&m.request, &req.payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!(conn, stream = id, request_type = ty, error = %e, "malformed payload, not forwarded");
-                return Verdict::Reply(envelope::error_frame(
-                    id,
-                    Code::INVALID_ARGUMENT,
-                    format!("{ty}: malformed request payload: {e}"),
-                ));
-            }
-        };
-        let input = match input::to_policy_input(&*msg, self.shape) {
-            Ok(input) => input,
-            Err(e) => {
-                // kata-agent refuses such a request before its policy runs: fail closed.
-                let reason = e.to_string();
-                self.log_decision(m, conn, id, Err(&reason), self.policy().digest(), 0);
-                return Verdict::Reply(envelope::error_frame(
-                    id,
-                    Code::INVALID_ARGUMENT,
-                    format!("{ty}: refused before policy evaluation: {e}"),
-                ));
-            }
-        };
-        if let Some(capture) = &self.capture {
-            capture.record(ty, &input);
-        }
-        match self.decide(m, &input, conn, id).action {
-            Action::Forward { blank_data, ops } => Verdict::Forward(Pending {
-                blank_data,
-                hook,
-                ops,
-            }),
-            Action::Answer { code: Code::OK, .. } => Verdict::Reply(envelope::ok_frame(id, &[])),
-            Action::Answer { code, message } => {
-                Verdict::Reply(envelope::error_frame(id, code, message))
-            }
+        match fault {
+            Some(fault) => Err(refuse(Code::INVALID_ARGUMENT, fault)),
+            None => Ok(()),
         }
     }
 
+    /// The method a request body calls and its policy input, `None` for a passthrough
+    /// method (forwarded undecided). A body that is no request, an unknown method, a
+    /// malformed payload or one kata-agent refuses before its policy runs is answered.
+    fn policy_input(
+        &self,
+        conn: u64,
+        id: u32,
+        body: &[u8],
+    ) -> Result<(&'static Method, Option<serde_json::Value>), Verdict> {
+        let req = envelope::decode_request(body).map_err(|e| refuse(Code::INVALID_ARGUMENT, e))?;
+        let Some(m) = methods::table().lookup(&req.service, &req.method) else {
+            tracing::warn!(conn, stream = id, service = %req.service, method = %req.method, "unknown method, not forwarded");
+            let (service, method) = (&req.service, &req.method);
+            return Err(refuse(
+                Code::UNIMPLEMENTED,
+                format!("{service}/{method}: unknown service or method (not forwarded)"),
+            ));
+        };
+        if m.handling == Handling::Passthrough {
+            tracing::debug!(conn, stream = id, service = %m.service, method = %m.name, "passthrough");
+            return Ok((m, None));
+        }
+        let ty = m.request_type.as_str();
+        let msg = input::decode_request(&m.request, &req.payload).map_err(|e| {
+            tracing::warn!(conn, stream = id, kind = ty, error = %e, "malformed payload, not forwarded");
+            refuse(
+                Code::INVALID_ARGUMENT,
+                format!("{ty}: malformed request payload: {e}"),
+            )
+        })?;
+        let input = input::to_policy_input(&*msg, self.shape).map_err(|e| {
+            // kata-agent refuses such a request before its policy runs: fail closed.
+            let reason = e.to_string();
+            self.log_decision(m, conn, id, Err(&reason), self.policy().digest(), 0);
+            refuse(
+                Code::INVALID_ARGUMENT,
+                format!("{ty}: refused before policy evaluation: {e}"),
+            )
+        })?;
+        Ok((m, Some(input)))
+    }
+
+    /// The hook to run after a successful answer to a request of `m`'s type.
+    fn hook(&self, m: &Method) -> Option<Hook> {
+        self.hooks.get(&m.request_type).cloned()
+    }
+
     /// Writes one decision-log line (every decided or refused request gets exactly one)
-    /// and returns its decision id. `outcome` is `Err(reason)` for a denial.
+    /// and returns its decision id. `outcome` is `Err(reason)` for a denial. The request
+    /// type is `kind`, as in the capture and in kata-agent's own log; `request_type`
+    /// repeats it for readers of the older log lines.
     fn log_decision(
         &self,
         m: &Method,
@@ -293,7 +307,7 @@ impl Guard {
         tracing::info!(
             target: crate::logging::DECISION_TARGET,
             decision_id, conn, stream, service = %m.service, method = %m.name,
-            request_type = %m.request_type, allowed, reason, policy, eval_us,
+            kind = %m.request_type, request_type = %m.request_type, allowed, reason, policy, eval_us,
             "decision"
         );
         decision_id
@@ -337,54 +351,63 @@ impl Guard {
         let decision_id = self.log_decision(m, conn, stream, outcome, policy.digest(), eval_us);
         if let Decision::Deny { detail, .. } = &decision {
             if !detail.is_empty() {
-                tracing::debug!(decision_id, request_type = ty, policy_output = %detail, "policy output for denial");
+                tracing::debug!(decision_id, kind = ty, policy_output = %detail, "policy output for denial");
             }
         }
         if overridden {
             tracing::warn!(
                 decision_id,
-                request_type = ty,
+                kind = ty,
                 reason,
                 "AllowRequestsFailingPolicy: denied request allowed"
             );
         }
         let ops = ops.map(|o| (policy.clone(), o));
-        let action = match &decision {
-            Decision::Allow if m.handling == Handling::SetPolicy => self.set_policy(input),
-            Decision::Allow => Action::Forward {
-                blank_data: false,
-                ops,
-            },
-            _ if overridden => Action::Forward {
-                blank_data: false,
-                ops,
-            },
-            _ if m.handling == Handling::PolicyBlankDataOnDeny => Action::Forward {
-                blank_data: true,
-                ops: None,
-            },
-            Decision::Deny { .. } if self.endpoint_list => Action::Answer {
-                code: Code::UNIMPLEMENTED,
-                message: format!("{ty} is blocked"),
-            },
-            Decision::Deny { reason, .. } => Action::Answer {
-                code: Code::PERMISSION_DENIED,
-                message: format!("{ty} is blocked by policy: {reason}"),
-            },
-            Decision::Error(e) => Action::Answer {
-                code: Code::INTERNAL,
-                message: format!("{ty}: internal error: {e}"),
-            },
-        };
+        let verdict = self.verdict(m, &decision, overridden, ops, input);
         Judgement {
             decision,
             overridden,
-            action,
+            verdict,
+        }
+    }
+
+    /// What `serve` does with a decided request: forward it (state `ops` to apply once
+    /// the agent succeeds; a denied read's answer blanked), apply an allowed SetPolicy,
+    /// or refuse it with the code and text kata-agent would use.
+    fn verdict(
+        &self,
+        m: &Method,
+        decision: &Decision,
+        overridden: bool,
+        ops: Option<(Arc<Policy>, StateOps)>,
+        input: &serde_json::Value,
+    ) -> Verdict {
+        let ty = m.request_type.as_str();
+        let forward = |blank_data: bool, ops| {
+            Verdict::Forward(Pending {
+                blank_data,
+                hook: self.hook(m),
+                ops,
+            })
+        };
+        match decision {
+            Decision::Allow if m.handling == Handling::SetPolicy => self.set_policy(input),
+            Decision::Allow => forward(false, ops),
+            _ if overridden => forward(false, ops),
+            _ if m.handling == Handling::PolicyBlankDataOnDeny => forward(true, None),
+            Decision::Deny { .. } if self.endpoint_list => {
+                refuse(Code::UNIMPLEMENTED, format!("{ty} is blocked"))
+            }
+            Decision::Deny { reason, .. } => refuse(
+                Code::PERMISSION_DENIED,
+                format!("{ty} is blocked by policy: {reason}"),
+            ),
+            Decision::Error(e) => refuse(Code::INTERNAL, format!("{ty}: internal error: {e}")),
         }
     }
 
     /// Answers an allowed SetPolicy: compile the new policy completely, then swap.
-    fn set_policy(&self, input: &serde_json::Value) -> Action {
+    fn set_policy(&self, input: &serde_json::Value) -> Verdict {
         let text = input
             .get("policy")
             .and_then(|p| p.as_str())
@@ -395,18 +418,32 @@ impl Guard {
                 let new_digest = new.digest().to_string();
                 self.swap_policy(new);
                 tracing::warn!(old = old.digest(), new = %new_digest, "policy replaced by SetPolicy");
-                Action::Answer {
-                    code: Code::OK,
-                    message: String::new(),
-                }
+                refuse(Code::OK, "")
             }
             Err(e) => {
                 tracing::warn!(error = %e, "SetPolicy: new policy rejected, old policy stays");
-                Action::Answer {
-                    code: Code::INVALID_ARGUMENT,
-                    message: format!("SetPolicyRequest: {e}"),
-                }
+                refuse(Code::INVALID_ARGUMENT, format!("SetPolicyRequest: {e}"))
             }
         }
+    }
+}
+
+/// Answers in the agent's place with `code` and `message` (not forwarded).
+fn refuse(code: Code, message: impl ToString) -> Verdict {
+    Verdict::Answer(Answer::new(code, message.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ok_answer_is_the_ok_frame() {
+        let ok = Answer::new(Code::OK, "");
+        assert_eq!(ok.frame(3), envelope::ok_frame(3, &[]));
+        let denied = Answer::new(Code::PERMISSION_DENIED, "no").frame(5);
+        let r = envelope::decode_response(denied.body()).unwrap();
+        assert_eq!(envelope::status_code(&r), Code::PERMISSION_DENIED as i32);
+        assert_eq!(r.status.message, "no");
     }
 }

@@ -19,8 +19,8 @@ use crate::attestation::{self, EvidenceSource};
 use crate::config::{
     Config, SetPolicySetting, DEFAULT_AGENT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
 };
-use crate::policy::sources::{self, Loaded, Origin, PolicySources};
-use crate::policy::{LoadOptions, Policy, RegoVersion};
+use crate::policy::sources::{self, Loaded, Origin};
+use crate::policy::LoadOptions;
 use crate::storage::{self, Report, SetupAt, StorageConfig, StorageError};
 use crate::wire::input::InputShape;
 use address::{Address, Listener};
@@ -46,17 +46,6 @@ pub struct ServeSettings {
     pub storage: Option<StorageConfig>,
 }
 
-/// Where the policy comes from, per the `[policy]` table.
-pub fn policy_sources(cfg: &Config) -> PolicySources {
-    PolicySources {
-        initdata: cfg.policy.initdata.clone(),
-        initdata_scan: cfg.policy.initdata_scan.clone(),
-        policy_file: cfg.policy.file.clone(),
-        endpoint_list: cfg.policy.endpoints.clone(),
-        rego: cfg.policy.rego_version(),
-    }
-}
-
 impl ServeSettings {
     /// Resolves and checks the settings of a (merged) configuration.
     pub fn from_config(cfg: &Config) -> anyhow::Result<ServeSettings> {
@@ -70,10 +59,8 @@ impl ServeSettings {
             None => None,
         };
         let storage = match &cfg.storage {
-            Some(table) => {
-                let sc: StorageConfig = toml::Value::Table(table.clone())
-                    .try_into()
-                    .map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))?;
+            Some(section) => {
+                let sc = section.resolve()?;
                 if sc.device.is_some() {
                     sc.validate(true)
                         .map_err(|e| anyhow::anyhow!("invalid [storage]: {e}"))?;
@@ -113,26 +100,6 @@ impl ServeSettings {
     }
 }
 
-/// Loads a policy file (or the embedded default) and checks it, as `serve` does
-/// (`sources::load` with only a policy file configured); for `demo`.
-pub fn load_policy(file: Option<&PathBuf>, rego: RegoVersion) -> anyhow::Result<Policy> {
-    let policy = sources::load(
-        &PolicySources {
-            policy_file: file.cloned(),
-            rego,
-            ..Default::default()
-        },
-        LoadOptions::default(),
-    )?
-    .policy;
-    tracing::info!(
-        source = policy.source_name(),
-        digest = policy.digest(),
-        "policy loaded"
-    );
-    Ok(policy)
-}
-
 /// What `serve` prepared before listening: the settings, the policy and its origin.
 pub struct Prepared {
     pub settings: ServeSettings,
@@ -144,7 +111,7 @@ pub struct Prepared {
 /// flags. Nothing is listened on or set up yet.
 pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
     let base = file.clone().overlay(flags.clone())?;
-    let source = sources::read(&policy_sources(&base))?;
+    let source = sources::read(&base.policy.sources())?;
     let cfg = match &source.initdata_config {
         Some(text) => {
             let layer = Config::parse(text, "from initdata (agent-warden.toml)")?;

@@ -35,10 +35,31 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::judge::{Guard, Pending, Verdict};
+use super::judge::{Answer, Guard, Pending, Verdict, Violation};
 use crate::serve::address::{Conn, ReadHalf, WriteHalf};
 use crate::wire::envelope::{self, Code};
-use crate::wire::frame::{Frame, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
+use crate::wire::frame::{Frame, FrameError, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
+
+/// Why a connection was closed (logged).
+#[derive(Debug, thiserror::Error)]
+enum CloseReason {
+    #[error("host closed the connection")]
+    HostClosed,
+    #[error("agent closed the connection")]
+    AgentClosed,
+    #[error("host: {0}")]
+    HostRead(FrameError),
+    #[error("agent: {0}")]
+    AgentRead(FrameError),
+    #[error("agent write failed: {0}")]
+    AgentWrite(std::io::Error),
+    #[error("host write failed")]
+    HostWrite,
+    #[error("host writer gone")]
+    HostWriterGone,
+    #[error(transparent)]
+    Violation(Violation),
+}
 
 /// Responses queued for a host that does not read, by count and by bytes: when
 /// either is reached the reader of the agent side waits (and with it the agent)
@@ -143,7 +164,7 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
     let (why, agent_gone, writer_done) = tokio::select! {
         why = host_to_agent(&guard, conn, &mut host_read, &mut agent_write, &inflight, &tx) => (why, false, false),
         why = agent_to_host(&mut agent_read, &inflight, &tx) => (why, true, false),
-        () = &mut writer => ("host write failed".to_string(), false, true),
+        () = &mut writer => (CloseReason::HostWrite, false, true),
     };
     let _ = agent_write.shutdown().await;
     if !writer_done {
@@ -156,11 +177,11 @@ pub async fn relay(guard: Arc<Guard>, host: Conn, agent: Conn) {
         };
         let last = async move {
             for id in left {
-                let f = envelope::error_frame(
-                    id,
+                let f = Answer::new(
                     Code::UNAVAILABLE,
                     "agent connection closed before it answered",
-                );
+                )
+                .frame(id);
                 let _ = tx.send(f.raw().clone()).await;
             }
             drop(tx);
@@ -256,11 +277,11 @@ async fn host_to_agent(
     agent: &mut WriteHalf,
     inflight: &Inflight,
     tx: &HostQueue,
-) -> String {
+) -> CloseReason {
     let mut out = Batch::default();
     let why = judge_and_forward(guard, conn, host, agent, &mut out, inflight, tx).await;
     if let Err(e) = out.flush(agent).await {
-        return format!("{why}; agent write failed: {e}");
+        tracing::warn!(conn, reason = %why, error = %e, "agent write failed while closing");
     }
     why
 }
@@ -273,16 +294,16 @@ async fn judge_and_forward(
     out: &mut Batch,
     inflight: &Inflight,
     tx: &HostQueue,
-) -> String {
+) -> CloseReason {
     loop {
         if out.len() > 0 && (!host.has_frame() || out.due()) {
             if let Err(e) = out.flush(agent).await {
-                return format!("agent write failed: {e}");
+                return CloseReason::AgentWrite(e);
             }
         }
         let f = match host.next().await {
             Ok(Read::Frame(f)) => f,
-            Ok(Read::Closed) => return "host closed the connection".into(),
+            Ok(Read::Closed) => return CloseReason::HostClosed,
             Ok(Read::Oversize(h)) => {
                 tracing::warn!(
                     conn,
@@ -294,13 +315,13 @@ async fn judge_and_forward(
                     "message length {} exceeds the maximum message size of {MAX_BODY}",
                     h.length
                 );
-                let f = envelope::error_frame(h.stream_id, Code::INVALID_ARGUMENT, msg);
+                let f = Answer::new(Code::INVALID_ARGUMENT, msg).frame(h.stream_id);
                 if let Err(why) = reply(out, agent, tx, f).await {
                     return why;
                 }
                 continue;
             }
-            Err(e) => return format!("host: {e}"),
+            Err(e) => return CloseReason::HostRead(e),
         };
         let id = f.header.stream_id;
         let (busy, in_flight) = {
@@ -311,17 +332,17 @@ async fn judge_and_forward(
             Verdict::Forward(p) => {
                 lock(inflight).insert(id, p);
                 if let Err(e) = out.push(agent, f.raw()).await {
-                    return format!("agent write failed: {e}");
+                    return CloseReason::AgentWrite(e);
                 }
             }
-            Verdict::Reply(r) => {
-                if let Err(why) = reply(out, agent, tx, r).await {
+            Verdict::Answer(a) => {
+                if let Err(why) = reply(out, agent, tx, a.frame(id)).await {
                     return why;
                 }
             }
             Verdict::Close(why) => {
                 tracing::warn!(conn, stream = id, %why, "protocol violation, closing the connection");
-                return why;
+                return CloseReason::Violation(why);
             }
         }
     }
@@ -334,24 +355,22 @@ async fn reply(
     agent: &mut WriteHalf,
     tx: &HostQueue,
     f: Frame,
-) -> Result<(), String> {
-    out.flush(agent)
-        .await
-        .map_err(|e| format!("agent write failed: {e}"))?;
+) -> Result<(), CloseReason> {
+    out.flush(agent).await.map_err(CloseReason::AgentWrite)?;
     tx.send(f.raw().clone())
         .await
-        .map_err(|_| "host writer gone".to_string())
+        .map_err(|_| CloseReason::HostWriterGone)
 }
 
 async fn agent_to_host(
     agent: &mut FrameReader<ReadHalf>,
     inflight: &Inflight,
     tx: &HostQueue,
-) -> String {
+) -> CloseReason {
     loop {
         let f = match agent.next().await {
             Ok(Read::Frame(f)) => f,
-            Ok(Read::Closed) => return "agent closed the connection".into(),
+            Ok(Read::Closed) => return CloseReason::AgentClosed,
             Ok(Read::Oversize(h)) => {
                 if lock(inflight).remove(&h.stream_id).is_none() {
                     tracing::warn!(
@@ -361,17 +380,17 @@ async fn agent_to_host(
                     );
                     continue;
                 }
-                let f = envelope::error_frame(
-                    h.stream_id,
+                let f = Answer::new(
                     Code::INTERNAL,
                     "agent response exceeded the maximum message size",
-                );
+                )
+                .frame(h.stream_id);
                 if tx.send(f.raw().clone()).await.is_err() {
-                    return "host writer gone".into();
+                    return CloseReason::HostWriterGone;
                 }
                 continue;
             }
-            Err(e) => return format!("agent: {e}"),
+            Err(e) => return CloseReason::AgentRead(e),
         };
         if f.header.kind != TYPE_RESPONSE {
             tracing::warn!(
@@ -390,7 +409,7 @@ async fn agent_to_host(
         };
         let out = finish(p, f);
         if tx.send(out.raw().clone()).await.is_err() {
-            return "host writer gone".into();
+            return CloseReason::HostWriterGone;
         }
     }
 }
@@ -399,9 +418,8 @@ async fn agent_to_host(
 mod tests {
     use super::*;
     use crate::policy::{Policy, RegoVersion};
-    use crate::wire::frame::{self, Header, TYPE_REQUEST};
+    use crate::wire::frame::{self, Header};
     use crate::wire::input::InputShape;
-    use protobuf::Message;
     use tokio::io::{AsyncWriteExt, DuplexStream};
 
     fn conn(s: DuplexStream) -> Conn {
@@ -414,12 +432,8 @@ mod tests {
     }
 
     fn start_request(id: u32) -> Frame {
-        let req = envelope::Request {
-            service: "grpc.AgentService".into(),
-            method: "StartContainer".into(),
-            ..Default::default()
-        };
-        Frame::new(id, TYPE_REQUEST, 0, &req.write_to_bytes().unwrap())
+        let req = envelope::request("grpc.AgentService", "StartContainer", Vec::new());
+        envelope::request_frame(id, 0, &req)
     }
 
     async fn oversize(w: &mut DuplexStream, id: u32) {

@@ -1,6 +1,6 @@
-//! Configuration of the encrypted scratch disk: the `[storage]` TOML table
-//! ([`StorageConfig`]), the command-line flags that override it ([`StorageArgs`]), and
-//! their validation. Nothing here touches the system.
+//! Configuration of the encrypted scratch disk: the `[storage]` table resolved, defaults
+//! filled in ([`StorageConfig`]), and its validation. The table's layers and flags are
+//! `crate::config::StorageSection`. Nothing here touches the system.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ pub const DEFAULT_MAPPER_NAME: &str = "agent-warden-scratch";
 pub const DEFAULT_MIN_SIZE_BYTES: u64 = 64 << 20;
 
 /// When the scratch disk is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SetupAt {
     /// At agent-warden start-up, before the listener opens.
@@ -28,7 +28,31 @@ pub enum SetupAt {
     OnDemand,
 }
 
-/// The `[storage]` section. Every field has a default; only `device` must be set for
+impl std::fmt::Display for SetupAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SetupAt::Startup => "startup",
+            SetupAt::OnDemand => "on-demand",
+        })
+    }
+}
+
+impl std::str::FromStr for SetupAt {
+    type Err = String;
+
+    /// `startup` or `on-demand`, as the `setup_at` key takes them.
+    fn from_str(s: &str) -> Result<SetupAt, String> {
+        match s {
+            "startup" => Ok(SetupAt::Startup),
+            "on-demand" => Ok(SetupAt::OnDemand),
+            _ => Err(format!("expected startup or on-demand, got {s:?}")),
+        }
+    }
+}
+
+/// The `[storage]` section, resolved: every key of the table
+/// (`crate::config::StorageSection`, the one definition of the keys and their flags)
+/// with its default filled in. Every field has a default; only `device` must be set for
 /// `setup`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -136,7 +160,12 @@ impl StorageConfig {
         let bad = |m: String| Err(StorageError::Config(m));
         if need_device {
             match &self.device {
-                None => return bad("no device configured (set storage.device or --device)".into()),
+                None => {
+                    return bad(
+                        "no device configured (set storage.device: `serve --storage-device` or `storage --device`)"
+                            .into(),
+                    )
+                }
                 Some(d) if d.trim().is_empty() => return bad("storage.device is empty".into()),
                 Some(_) => {}
             }
@@ -230,166 +259,9 @@ impl DeviceSpec {
     }
 }
 
-/// Parses a size: plain bytes, or with a binary suffix K, M, G, T (optionally followed
-/// by `iB` or `B`): `64M`, `1GiB`, `4096`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits_end);
-    if num.is_empty() {
-        return Err(format!("size {s:?}: expected a number"));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?}: number too large"))?;
-    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        other => return Err(format!("size {s:?}: unknown suffix {other:?}")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?}: too large"))
-}
-
-/// Parses `on`/`off` (and the usual synonyms: true/false, yes/no, 1/0).
-pub fn parse_on_off(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "on" | "true" | "yes" | "1" => Ok(true),
-        "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(format!("expected on or off, got {s:?}")),
-    }
-}
-
-/// `agent-warden storage <setup|teardown|status> [flags]`. Flags override the
-/// `[storage]` table of `--config FILE`, which overrides the defaults.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StorageArgs {
-    #[command(subcommand)]
-    pub action: StorageAction,
-
-    /// TOML file whose [storage] table gives the configuration.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// The scratch disk: a path or MAJ:MIN.
-    #[arg(long, global = true, value_name = "PATH|MAJ:MIN")]
-    pub device: Option<String>,
-
-    /// Mount point [default: /run/kata-containers/image].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub mount_point: Option<PathBuf>,
-
-    /// Extra mount option (repeatable); replaces the configured list.
-    #[arg(long = "fs-option", global = true, value_name = "OPT")]
-    pub fs_options: Vec<String>,
-
-    /// Extra mkfs.ext4 argument (repeatable, e.g. --mkfs-option=-m --mkfs-option=0);
-    /// replaces the configured list.
-    #[arg(
-        long = "mkfs-option",
-        global = true,
-        value_name = "ARG",
-        allow_hyphen_values = true
-    )]
-    pub mkfs_options: Vec<String>,
-
-    /// dm-integrity under dm-crypt: on or off [default: on].
-    #[arg(long, global = true, value_name = "on|off", value_parser = parse_on_off)]
-    pub integrity: Option<bool>,
-
-    /// When setup happens [default: startup].
-    #[arg(long, global = true, value_enum)]
-    pub setup_at: Option<SetupAt>,
-
-    /// Smallest device accepted (bytes, or with K/M/G/T suffix) [default: 64M].
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
-    pub min_size: Option<u64>,
-
-    /// Memory-backed state directory [default: /run/agent-warden/storage].
-    #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-
-    /// Device-mapper name [default: agent-warden-scratch].
-    #[arg(long, global = true, value_name = "NAME")]
-    pub mapper_name: Option<String>,
-
-    /// cryptsetup program [default: cryptsetup from PATH].
-    #[arg(long, global = true, value_name = "PROGRAM")]
-    pub cryptsetup: Option<PathBuf>,
-
-    /// mkfs.ext4 program [default: mkfs.ext4 from PATH].
-    #[arg(long, global = true, value_name = "PROGRAM")]
-    pub mkfs: Option<PathBuf>,
-}
-
-/// The storage subcommands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
-pub enum StorageAction {
-    /// Format, open, mkfs and mount the scratch disk (idempotent).
-    Setup,
-    /// Unmount, close, destroy the header (idempotent).
-    Teardown,
-    /// Show what is set up. Exit code 0: active, 3: inactive, 4: partial or inconsistent.
-    Status,
-}
-
-impl StorageArgs {
-    /// The effective configuration: defaults, then `--config`, then the flags.
-    pub fn config(&self) -> Result<StorageConfig, StorageError> {
-        let mut cfg = match &self.config {
-            Some(path) => StorageConfig::from_toml_file(path)?,
-            None => StorageConfig::default(),
-        };
-        if let Some(d) = &self.device {
-            cfg.device = Some(d.clone());
-        }
-        if let Some(p) = &self.mount_point {
-            cfg.mount_point = p.clone();
-        }
-        if !self.fs_options.is_empty() {
-            cfg.fs_options = self.fs_options.clone();
-        }
-        if !self.mkfs_options.is_empty() {
-            cfg.mkfs_options = self.mkfs_options.clone();
-        }
-        if let Some(i) = self.integrity {
-            cfg.integrity = i;
-        }
-        if let Some(s) = self.setup_at {
-            cfg.setup_at = s;
-        }
-        if let Some(m) = self.min_size {
-            cfg.min_size_bytes = m;
-        }
-        if let Some(d) = &self.state_dir {
-            cfg.state_dir = d.clone();
-        }
-        if let Some(n) = &self.mapper_name {
-            cfg.mapper_name = n.clone();
-        }
-        if let Some(c) = &self.cryptsetup {
-            cfg.cryptsetup = c.clone();
-        }
-        if let Some(m) = &self.mkfs {
-            cfg.mkfs = m.clone();
-        }
-        Ok(cfg)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct TestCli {
-        #[command(flatten)]
-        args: StorageArgs,
-    }
 
     #[test]
     fn defaults_match_the_issue() {
@@ -445,51 +317,6 @@ mod tests {
     }
 
     #[test]
-    fn flags_override_the_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("warden.toml");
-        std::fs::write(
-            &file,
-            "[storage]\ndevice = \"/dev/vdb\"\nintegrity = true\nmapper_name = \"a\"\n",
-        )
-        .expect("write");
-        let cli = TestCli::try_parse_from([
-            "x",
-            "setup",
-            "--config",
-            file.to_str().expect("utf8"),
-            "--integrity",
-            "off",
-            "--min-size",
-            "1G",
-            "--mkfs-option=-m",
-            "--mkfs-option",
-            "0",
-            "--fs-option",
-            "noatime",
-        ])
-        .expect("parses");
-        assert_eq!(cli.args.action, StorageAction::Setup);
-        let c = cli.args.config().expect("config");
-        assert_eq!(c.device.as_deref(), Some("/dev/vdb"));
-        assert!(!c.integrity);
-        assert_eq!(c.min_size_bytes, 1 << 30);
-        assert_eq!(c.mapper_name, "a");
-        assert_eq!(c.mkfs_options, vec!["-m", "0"]);
-        assert_eq!(c.fs_options, vec!["noatime"]);
-    }
-
-    #[test]
-    fn flags_may_precede_the_subcommand() {
-        let cli = TestCli::try_parse_from(["x", "--device", "/dev/vdc", "status"]).expect("parses");
-        assert_eq!(cli.args.action, StorageAction::Status);
-        assert_eq!(
-            cli.args.config().expect("config").device.as_deref(),
-            Some("/dev/vdc")
-        );
-    }
-
-    #[test]
     fn validation_catches_bad_values() {
         let mut c = StorageConfig::default();
         assert!(c.validate(false).is_ok());
@@ -530,24 +357,5 @@ mod tests {
         assert!(DeviceSpec::parse("vdb").is_err());
         assert!(DeviceSpec::parse("1:x").is_err());
         assert!(DeviceSpec::parse("99999999999:1").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_with_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("2 k"), Ok(2048));
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("1Q").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn on_off_parses() {
-        assert_eq!(parse_on_off("on"), Ok(true));
-        assert_eq!(parse_on_off("OFF"), Ok(false));
-        assert_eq!(parse_on_off("false"), Ok(false));
-        assert!(parse_on_off("maybe").is_err());
     }
 }

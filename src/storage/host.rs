@@ -13,10 +13,9 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::config::DeviceSpec;
-
 /// The 8 bytes at offset 0 that mark a Kata initdata device, which must never be
-/// formatted.
-pub const INITDATA_MAGIC: &[u8; 8] = b"initdata";
+/// formatted (defined with the initdata image format).
+use crate::attestation::INITDATA_MAGIC;
 
 /// A byte range `[start, start + len)` on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,7 +8,9 @@
 //! the header, after which the disk is ciphertext whose key exists nowhere.
 //!
 //! Layout of this module:
-//! - [`config`]: the `[storage]` TOML table and the CLI flags;
+//! - [`config`]: the `[storage]` table resolved ([`StorageConfig`]) and its validation
+//!   (the table's keys and flags are defined once, in `crate::config::StorageSection`;
+//!   the `agent-warden storage` command is `crate::tools::storage`);
 //! - [`plan`]: the setup plan as data (commands and their arguments, in order), the
 //!   undos, and their execution;
 //! - [`runner`]: the [`CommandRunner`] seam over `std::process::Command`;
@@ -17,7 +19,7 @@
 //! - [`error`]: [`StorageError`] and [`Report`].
 //!
 //! Entry points: [`setup`], [`teardown`], [`status`] (and `*_with` variants taking
-//! the seams, for tests), and [`run_cli`] for `agent-warden storage ...`.
+//! the seams, for tests).
 
 pub mod config;
 pub mod error;
@@ -30,7 +32,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub use config::{DeviceSpec, SetupAt, StorageAction, StorageArgs, StorageConfig};
+pub use config::{DeviceSpec, SetupAt, StorageConfig};
 pub use error::{Event, Operation, Report, Step, StorageError};
 pub use host::{ByteRange, DeviceFacts, Host, LinuxHost};
 pub use runner::{CommandOutput, CommandRunner, CommandSpec, SystemRunner};
@@ -586,27 +588,4 @@ pub fn status_with(host: &dyn Host, cfg: &StorageConfig) -> Result<Status, Stora
         mounted,
         header_present,
     })
-}
-
-/// `agent-warden storage setup|teardown|status`: prints the report or status and
-/// returns the exit code (status: 0 active, 3 inactive, 4 partial).
-pub fn run_cli(args: StorageArgs) -> anyhow::Result<i32> {
-    let cfg = args.config()?;
-    match args.action {
-        StorageAction::Setup => {
-            let r = setup(&cfg)?;
-            print!("{r}");
-            Ok(0)
-        }
-        StorageAction::Teardown => {
-            let r = teardown(&cfg)?;
-            print!("{r}");
-            Ok(0)
-        }
-        StorageAction::Status => {
-            let s = status(&cfg)?;
-            print!("{s}");
-            Ok(s.exit_code())
-        }
-    }
 }

@@ -5,100 +5,79 @@
 //! short scripted session as the host would (a real ttrpc client) and prints each
 //! request with the answer it got. Nothing here is used by `serve`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use protobuf::MessageField;
-use ttrpc::r#async::TtrpcContext;
+use protobuf::{Message, MessageField};
+use ttrpc::r#async::{Service, TtrpcContext};
 
 use crate::serve;
 use crate::serve::address::{Address, Listener};
 use crate::serve::judge::Guard;
-use crate::wire::input::InputShape;
-use crate::wire::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc, oci};
+use crate::wire::envelope;
+use crate::wire::protocols::{agent, health, oci};
 
-/// The demo agent: answers a handful of calls and counts what reached it.
+/// The demo agent: a ttrpc server that answers the calls of the demo session and counts
+/// what reached it. It is a table (service, method → answer), not an implementation of
+/// AgentService: it answers every call it knows OK with a fixed payload, and any other
+/// UNIMPLEMENTED, as ttrpc does for a method no service registers.
 #[derive(Default)]
 pub struct DemoAgent {
     /// Requests that reached the agent.
     pub seen: AtomicUsize,
 }
 
-impl DemoAgent {
-    fn saw(&self) {
-        self.seen.fetch_add(1, Ordering::SeqCst);
+/// What the demo agent's ReadStdout returns: the workload's output, which the default
+/// policy keeps from the host.
+const DEMO_STDOUT: &[u8] = b"secret output of the workload\n";
+
+/// The calls the demo agent answers, each with the payload of its OK answer (an empty
+/// response message encodes to no bytes).
+fn demo_answers() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let serving = health::HealthCheckResponse {
+        status: health::health_check_response::ServingStatus::SERVING.into(),
+        ..Default::default()
+    };
+    let stdout = agent::ReadStreamResponse {
+        data: DEMO_STDOUT.to_vec(),
+        ..Default::default()
+    };
+    let encoded = |m: &dyn protobuf::MessageDyn| m.write_to_bytes_dyn().unwrap_or_default();
+    let mut answers = vec![
+        ("grpc.Health", "Check", encoded(&serving)),
+        ("grpc.AgentService", "ReadStdout", encoded(&stdout)),
+    ];
+    for method in [
+        "CreateSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "ExecProcess",
+        "CopyFile",
+        "SetPolicy",
+    ] {
+        answers.push(("grpc.AgentService", method, Vec::new()));
     }
+    answers
+}
+
+/// One method of the demo agent: counts the call, answers OK with `payload`.
+struct DemoMethod {
+    agent: Arc<DemoAgent>,
+    payload: Vec<u8>,
 }
 
 #[async_trait::async_trait]
-impl agent_ttrpc::AgentService for DemoAgent {
-    async fn create_sandbox(
+impl ttrpc::r#async::MethodHandler for DemoMethod {
+    async fn handler(
         &self,
-        _: &TtrpcContext,
-        _: agent::CreateSandboxRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn create_container(
-        &self,
-        _: &TtrpcContext,
-        _: agent::CreateContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn start_container(
-        &self,
-        _: &TtrpcContext,
-        _: agent::StartContainerRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn exec_process(
-        &self,
-        _: &TtrpcContext,
-        _: agent::ExecProcessRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-    async fn read_stdout(
-        &self,
-        _: &TtrpcContext,
-        _: agent::ReadStreamRequest,
-    ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        self.saw();
-        Ok(agent::ReadStreamResponse {
-            data: b"secret output of the workload\n".to_vec(),
-            ..Default::default()
-        })
-    }
-    async fn set_policy(
-        &self,
-        _: &TtrpcContext,
-        _: agent::SetPolicyRequest,
-    ) -> ttrpc::Result<Empty> {
-        self.saw();
-        Ok(Empty::new())
-    }
-}
-
-#[async_trait::async_trait]
-impl health_ttrpc::Health for DemoAgent {
-    async fn check(
-        &self,
-        _: &TtrpcContext,
-        _: health::CheckRequest,
-    ) -> ttrpc::Result<health::HealthCheckResponse> {
-        self.saw();
-        Ok(health::HealthCheckResponse {
-            status: health::health_check_response::ServingStatus::SERVING.into(),
+        _: TtrpcContext,
+        _: ttrpc::proto::Request,
+    ) -> ttrpc::Result<ttrpc::proto::Response> {
+        self.agent.seen.fetch_add(1, Ordering::SeqCst);
+        Ok(ttrpc::proto::Response {
+            status: protobuf::MessageField::some(ttrpc::get_status(ttrpc::Code::OK, "")),
+            payload: self.payload.clone(),
             ..Default::default()
         })
     }
@@ -109,8 +88,21 @@ pub async fn start_demo_agent(
     socket: &std::path::Path,
     agent: Arc<DemoAgent>,
 ) -> anyhow::Result<ttrpc::r#async::Server> {
-    let mut services = agent_ttrpc::create_agent_service(agent.clone());
-    services.extend(health_ttrpc::create_health(agent));
+    let mut services: HashMap<String, Service> = HashMap::new();
+    for (service, method, payload) in demo_answers() {
+        let handler = DemoMethod {
+            agent: agent.clone(),
+            payload,
+        };
+        services
+            .entry(service.to_string())
+            .or_insert_with(|| Service {
+                methods: HashMap::new(),
+                streams: HashMap::new(),
+            })
+            .methods
+            .insert(method.to_string(), Box::new(handler));
+    }
     let mut server = ttrpc::r#async::Server::new()
         .bind(&format!("unix://{}", socket.display()))
         .map_err(|e| anyhow::anyhow!("demo agent cannot listen on {}: {e}", socket.display()))?
@@ -122,33 +114,139 @@ pub async fn start_demo_agent(
     Ok(server)
 }
 
-fn outcome<T>(r: ttrpc::Result<T>, show: impl Fn(T) -> String) -> String {
-    match r {
-        Ok(v) => format!("answered  {}", show(v)),
-        Err(ttrpc::Error::RpcStatus(s)) => format!("refused   {:?}: {}", s.code(), s.message),
-        Err(e) => format!("failed    {e}"),
+/// One request of the scripted host session: its line in the transcript, the call,
+/// and how an OK answer's payload is shown.
+struct Step {
+    label: &'static str,
+    service: &'static str,
+    method: &'static str,
+    payload: Vec<u8>,
+    show: fn(&[u8]) -> String,
+}
+
+impl Step {
+    /// A call of `grpc.AgentService/<method>` whose answer is shown as nothing.
+    fn agent(label: &'static str, method: &'static str, req: &dyn protobuf::MessageDyn) -> Step {
+        Step {
+            label,
+            service: "grpc.AgentService",
+            method,
+            payload: req.write_to_bytes_dyn().unwrap_or_default(),
+            show: |_| String::new(),
+        }
     }
 }
 
-/// Runs the demo with `policy` (the embedded default when `None`) and returns the
-/// transcript (one line per request).
-pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<String> {
+/// The host's session: a pod's first requests, two that the default policy refuses,
+/// a read whose data it blanks, and an attempt to replace it.
+fn session() -> Vec<Step> {
+    let cid = "c0ffee";
+    let process = |args: &[&str]| oci::Process {
+        Args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let sandbox = agent::CreateSandboxRequest {
+        hostname: "demo".into(),
+        sandbox_id: "demo-sandbox".into(),
+        ..Default::default()
+    };
+    let create = agent::CreateContainerRequest {
+        container_id: cid.into(),
+        OCI: MessageField::some(oci::Spec {
+            Process: MessageField::some(process(&["/pause"])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let start = agent::StartContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    let resolv = agent::CopyFileRequest {
+        path: format!("/run/kata-containers/shared/containers/{cid}-resolv.conf"),
+        file_mode: 0o100644,
+        data: b"nameserver 10.0.0.10\n".to_vec(),
+        file_size: 21,
+        ..Default::default()
+    };
+    let escape = agent::CopyFileRequest {
+        path: "/run/kata-containers/shared/containers/../../../etc/passwd".into(),
+        file_mode: 0o100644,
+        ..Default::default()
+    };
+    let exec = agent::ExecProcessRequest {
+        container_id: cid.into(),
+        exec_id: "e1".into(),
+        process: MessageField::some(process(&["sh", "-c", "cat /etc/shadow"])),
+        ..Default::default()
+    };
+    let read = agent::ReadStreamRequest {
+        container_id: cid.into(),
+        exec_id: cid.into(),
+        len: 1024,
+        ..Default::default()
+    };
+    let set_policy = agent::SetPolicyRequest {
+        policy: "package agent_policy\ndefault ExecProcessRequest := true\n".into(),
+        ..Default::default()
+    };
+    vec![
+        Step {
+            label: "Health.Check",
+            service: "grpc.Health",
+            method: "Check",
+            payload: health::CheckRequest::new()
+                .write_to_bytes()
+                .unwrap_or_default(),
+            show: |p| {
+                let r = health::HealthCheckResponse::parse_from_bytes(p).unwrap_or_default();
+                format!("status {:?}", r.status)
+            },
+        },
+        Step::agent("CreateSandbox", "CreateSandbox", &sandbox),
+        Step::agent("CreateContainer /pause", "CreateContainer", &create),
+        Step::agent("StartContainer", "StartContainer", &start),
+        Step::agent(
+            "CopyFile .../shared/containers/…-resolv.conf",
+            "CopyFile",
+            &resolv,
+        ),
+        Step::agent(
+            "CopyFile .../shared/containers/../../../etc/passwd",
+            "CopyFile",
+            &escape,
+        ),
+        Step::agent("ExecProcess sh -c 'cat /etc/shadow'", "ExecProcess", &exec),
+        Step {
+            show: |p| {
+                let r = agent::ReadStreamResponse::parse_from_bytes(p).unwrap_or_default();
+                format!(
+                    "{} bytes of data (the agent sent 30; denied reads are blanked)",
+                    r.data.len()
+                )
+            },
+            ..Step::agent("ReadStdout", "ReadStdout", &read)
+        },
+        Step::agent("SetPolicy (allow exec)", "SetPolicy", &set_policy),
+    ]
+}
+
+/// Runs the demo with `guard` (the policy named on the command line, or the embedded
+/// default: [`crate::tools::serve_guard`]) and returns the transcript (one line per request).
+pub async fn run_demo(guard: Guard) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let agent_sock = dir.path().join("kata-agent.sock");
     let warden_sock = dir.path().join("agent-warden.sock");
     let demo_agent = Arc::new(DemoAgent::default());
     let mut agent_server = start_demo_agent(&agent_sock, demo_agent.clone()).await?;
 
-    let policy = match policy {
-        Some(p) => p,
-        None => serve::load_policy(None, crate::policy::RegoVersion::V1)?,
-    };
+    let policy = guard.policy();
     let mut out = format!(
         "policy: {} (sha256 {})\n",
         policy.source_name(),
         policy.digest()
     );
-    let guard = Arc::new(Guard::new(policy, InputShape::Current));
+    let guard = Arc::new(guard);
     let listener = Listener::bind(&Address::Unix(warden_sock.clone())).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let warden = tokio::spawn(serve::run(
@@ -163,118 +261,24 @@ pub async fn run_demo(policy: Option<crate::policy::Policy>) -> anyhow::Result<S
     let client = ttrpc::r#async::Client::connect(&format!("unix://{}", warden_sock.display()))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to agent-warden: {e}"))?;
-    let agent = agent_ttrpc::AgentServiceClient::new(client.clone());
-    let health = health_ttrpc::HealthClient::new(client);
-    let ctx = || ttrpc::context::with_timeout(5_000_000_000);
-    let cid = "c0ffee".to_string();
-    let shared = format!("/run/kata-containers/shared/containers/{cid}-resolv.conf");
-    let mut line = |what: &str, result: String| out.push_str(&format!("{what:<44} {result}\n"));
-
-    line(
-        "Health.Check",
-        outcome(
-            health.check(ctx(), &health::CheckRequest::new()).await,
-            |r| format!("status {:?}", r.status),
-        ),
-    );
-    let req = agent::CreateSandboxRequest {
-        hostname: "demo".into(),
-        sandbox_id: "demo-sandbox".into(),
-        ..Default::default()
-    };
-    line(
-        "CreateSandbox",
-        outcome(agent.create_sandbox(ctx(), &req).await, |_| String::new()),
-    );
-    let spec = oci::Spec {
-        Process: MessageField::some(oci::Process {
-            Args: vec!["/pause".into()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let req = agent::CreateContainerRequest {
-        container_id: cid.clone(),
-        OCI: MessageField::some(spec),
-        ..Default::default()
-    };
-    line(
-        "CreateContainer /pause",
-        outcome(agent.create_container(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::StartContainerRequest {
-        container_id: cid.clone(),
-        ..Default::default()
-    };
-    line(
-        "StartContainer",
-        outcome(agent.start_container(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::CopyFileRequest {
-        path: shared,
-        file_mode: 0o100644,
-        data: b"nameserver 10.0.0.10\n".to_vec(),
-        file_size: 21,
-        ..Default::default()
-    };
-    line(
-        "CopyFile .../shared/containers/…-resolv.conf",
-        outcome(agent.copy_file(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::CopyFileRequest {
-        path: "/run/kata-containers/shared/containers/../../../etc/passwd".into(),
-        file_mode: 0o100644,
-        ..Default::default()
-    };
-    line(
-        "CopyFile .../shared/containers/../../../etc/passwd",
-        outcome(agent.copy_file(ctx(), &req).await, |_| String::new()),
-    );
-    let process = oci::Process {
-        Args: vec!["sh".into(), "-c".into(), "cat /etc/shadow".into()],
-        ..Default::default()
-    };
-    let req = agent::ExecProcessRequest {
-        container_id: cid.clone(),
-        exec_id: "e1".into(),
-        process: MessageField::some(process),
-        ..Default::default()
-    };
-    line(
-        "ExecProcess sh -c 'cat /etc/shadow'",
-        outcome(agent.exec_process(ctx(), &req).await, |_| String::new()),
-    );
-    let req = agent::ReadStreamRequest {
-        container_id: cid.clone(),
-        exec_id: cid.clone(),
-        len: 1024,
-        ..Default::default()
-    };
-    line(
-        "ReadStdout",
-        outcome(agent.read_stdout(ctx(), &req).await, |r| {
-            format!(
-                "{} bytes of data (the agent sent 30; denied reads are blanked)",
-                r.data.len()
-            )
-        }),
-    );
-    let req = agent::SetPolicyRequest {
-        policy: "package agent_policy\ndefault ExecProcessRequest := true\n".into(),
-        ..Default::default()
-    };
-    line(
-        "SetPolicy (allow exec)",
-        outcome(agent.set_policy(ctx(), &req).await, |_| String::new()),
-    );
-
+    for step in session() {
+        let req = ttrpc::proto::Request {
+            timeout_nano: 5_000_000_000,
+            ..envelope::request(step.service, step.method, step.payload)
+        };
+        let result = match client.request(req).await {
+            Ok(r) => format!("answered  {}", (step.show)(&r.payload)),
+            Err(ttrpc::Error::RpcStatus(s)) => format!("refused   {:?}: {}", s.code(), s.message),
+            Err(e) => format!("failed    {e}"),
+        };
+        out.push_str(&format!("{:<44} {result}\n", step.label));
+    }
     out.push_str(&format!(
         "requests that reached the agent: {}\n",
         demo_agent.seen.load(Ordering::SeqCst)
     ));
     // Hang up first, as the host would, so that agent-warden has nothing to drain.
-    drop(agent);
-    drop(health);
+    drop(client);
     let _ = stop_tx.send(());
     let _ = warden.await;
     let _ = agent_server.shutdown().await;

@@ -1,11 +1,12 @@
 //! The ttrpc envelope inside a frame body: `Request {service, method, payload,
-//! timeout_nano, metadata}` and `Response {status, payload}`, and the error
-//! responses agent-warden sends in the agent's place.
+//! timeout_nano, metadata}` and `Response {status, payload}`: request frames (as the
+//! host builds them: tools, tests, benches, fuzzing), and the responses agent-warden
+//! sends in the agent's place.
 
 use protobuf::{EnumOrUnknown, Message, MessageField};
 pub use ttrpc::proto::{Code, Request, Response, Status};
 
-use crate::wire::frame::{Frame, TYPE_RESPONSE};
+use crate::wire::frame::{Frame, TYPE_REQUEST, TYPE_RESPONSE};
 
 /// A frame body that is not a ttrpc envelope. The text is what the host is told.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,24 @@ pub enum EnvelopeError {
     Request(#[source] protobuf::Error),
     #[error("malformed ttrpc response envelope: {0}")]
     Response(#[source] protobuf::Error),
+}
+
+/// A request for `service`/`method` carrying `payload`, as the host's ttrpc client
+/// sends it (no timeout, no metadata: set them with `Request { timeout_nano, ..request(…) }`).
+pub fn request(service: &str, method: &str, payload: Vec<u8>) -> Request {
+    Request {
+        service: service.to_string(),
+        method: method.to_string(),
+        payload,
+        ..Default::default()
+    }
+}
+
+/// Encodes a request frame for `stream_id` with frame `flags` (0 for a unary call).
+pub fn request_frame(stream_id: u32, flags: u8, req: &Request) -> Frame {
+    // As in `response_frame`: encoding only fails beyond 2 GiB.
+    let body = req.write_to_bytes().unwrap_or_default();
+    Frame::new(stream_id, TYPE_REQUEST, flags, &body)
 }
 
 /// Decodes a request frame's body.
@@ -80,6 +99,20 @@ mod tests {
         assert_eq!(status_code(&r), 7);
         assert_eq!(r.status.message, "no");
         assert!(r.payload.is_empty());
+    }
+
+    #[test]
+    fn request_frame_round_trips() {
+        let req = Request {
+            timeout_nano: 5,
+            ..request("grpc.AgentService", "StartContainer", vec![1, 2])
+        };
+        let f = request_frame(3, 0, &req);
+        assert_eq!(
+            (f.header.stream_id, f.header.kind, f.header.flags),
+            (3, TYPE_REQUEST, 0)
+        );
+        assert_eq!(decode_request(f.body()).unwrap(), req);
     }
 
     #[test]

@@ -64,6 +64,58 @@ impl Header {
     }
 }
 
+/// What makes a frame from the host something other than the request of a unary call
+/// (AgentService has no streaming methods). [`Header::request_fault`] checks, in this
+/// order, the type, the stream id and the flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestFault {
+    /// A data frame: its stream is answered, the connection stays open.
+    #[error("data frames are not supported: AgentService has no streaming methods")]
+    Data,
+    /// A type that is neither request nor data: the connection is closed.
+    #[error("unexpected frame type {kind} from the host on stream {stream_id}")]
+    Type { kind: u8, stream_id: u32 },
+    /// An even stream id (the host's are odd): the connection is closed.
+    #[error("stream id {0} is even; host stream ids must be odd")]
+    EvenStreamId(u32),
+    /// Stream-open or no-data flags on a request: its stream is answered.
+    #[error("streaming requests are not supported (frame flags {0:#04x})")]
+    StreamingFlags(u8),
+}
+
+impl RequestFault {
+    /// Whether the fault closes the connection rather than being answered on its stream.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            RequestFault::Type { .. } | RequestFault::EvenStreamId(_)
+        )
+    }
+}
+
+impl Header {
+    /// The first thing that keeps this frame, sent by the host, from being the request
+    /// of a unary call; `None` for a well-formed request header.
+    pub fn request_fault(&self) -> Option<RequestFault> {
+        if self.kind != TYPE_REQUEST {
+            if self.kind == TYPE_DATA {
+                return Some(RequestFault::Data);
+            }
+            return Some(RequestFault::Type {
+                kind: self.kind,
+                stream_id: self.stream_id,
+            });
+        }
+        if self.stream_id.is_multiple_of(2) {
+            return Some(RequestFault::EvenStreamId(self.stream_id));
+        }
+        if self.flags & (FLAG_REMOTE_OPEN | FLAG_NO_DATA) != 0 {
+            return Some(RequestFault::StreamingFlags(self.flags));
+        }
+        None
+    }
+}
+
 /// One complete frame: its header and the exact bytes (header + body) it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -306,6 +358,41 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_faults_are_checked_type_then_stream_then_flags() {
+        let h = |kind, stream_id, flags| Header {
+            length: 0,
+            stream_id,
+            kind,
+            flags,
+        };
+        assert_eq!(h(TYPE_REQUEST, 1, 0).request_fault(), None);
+        assert_eq!(h(TYPE_REQUEST, 1, FLAG_REMOTE_CLOSED).request_fault(), None);
+        assert_eq!(
+            h(TYPE_DATA, 2, FLAG_REMOTE_OPEN).request_fault(),
+            Some(RequestFault::Data)
+        );
+        let f = h(TYPE_RESPONSE, 4, 0).request_fault().unwrap();
+        assert_eq!(
+            f,
+            RequestFault::Type {
+                kind: TYPE_RESPONSE,
+                stream_id: 4
+            }
+        );
+        assert!(f.closes_connection());
+        let f = h(TYPE_REQUEST, 4, FLAG_NO_DATA).request_fault().unwrap();
+        assert_eq!(f, RequestFault::EvenStreamId(4));
+        assert!(f.closes_connection());
+        let f = h(TYPE_REQUEST, 5, FLAG_NO_DATA).request_fault().unwrap();
+        assert_eq!(f, RequestFault::StreamingFlags(FLAG_NO_DATA));
+        assert!(!f.closes_connection());
+        assert_eq!(
+            f.to_string(),
+            "streaming requests are not supported (frame flags 0x04)"
+        );
+    }
 
     #[test]
     fn header_round_trips_big_endian() {

@@ -138,7 +138,7 @@ const OLDEST: &[InputShape] = &[InputShape::Legacy];
 /// peer data) put differently into the policy input, relative to protos/.
 ///
 /// Found by converting every recorded input to protobuf and back
-/// (tests/codec_roundtrip.rs). The recordings show only the messages they
+/// (tests/input_roundtrip.rs). The recordings show only the messages they
 /// contain, so a message that is always `null` or absent there (e.g. `Hooks`,
 /// `LinuxSeccomp`, `StringUser`) could not be checked. ExecProcessRequest was
 /// recorded only by the [`InputShape::Legacy`] agent; that the later agent

@@ -5,6 +5,34 @@
 pub mod oracle;
 pub mod peers;
 
+/// The built `agent-warden` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_agent-warden");
+/// The repository root: commands run from it, so relative paths (policies/, testdata/)
+/// resolve.
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `agent-warden ARGS`, to be run from the repository root without the caller's RUST_LOG.
+pub fn warden_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args).current_dir(ROOT).env_remove("RUST_LOG");
+    c
+}
+
+/// Runs `agent-warden ARGS` to completion.
+pub fn run_warden(args: &[&str]) -> std::process::Output {
+    warden_command(args).output().expect("run agent-warden")
+}
+
+/// A command's stdout, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A command's stderr, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +40,7 @@ use std::time::Duration;
 use agent_warden::policy::{Policy, RegoVersion};
 use agent_warden::serve::address::{Address, Listener};
 use agent_warden::serve::judge::Guard;
+use agent_warden::wire::envelope;
 use agent_warden::wire::input::InputShape;
 use agent_warden::wire::protocols::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -388,7 +417,7 @@ pub async fn start_agent_server(path: &Path) -> (Arc<RecordingAgent>, ttrpc::r#a
     (agent, server)
 }
 
-/// agent-warden (`server::run`) listening on `listen`, relaying to the agent at
+/// agent-warden (`serve::run`) listening on `listen`, relaying to the agent at
 /// `agent`, until the returned sender is dropped or sent to.
 pub async fn start_warden(
     listen: &Path,
@@ -502,7 +531,6 @@ async fn raw_agent_conn(
     polls: Arc<Semaphore>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 ) {
-    use agent_warden::wire::envelope;
     use agent_warden::wire::frame::{self, Read};
     use protobuf::Message;
     let (mut r, mut w) = s.into_split();
@@ -585,24 +613,25 @@ pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Splits a recorded byte stream (what a tap saw) into its whole frames, in order.
+pub async fn frames(bytes: &[u8]) -> Vec<agent_warden::wire::frame::Frame> {
+    use agent_warden::wire::frame::{self, Read};
+    let mut r = bytes;
+    let mut out = Vec::new();
+    while let Ok(Read::Frame(f)) = frame::read_frame(&mut r, frame::MAX_BODY).await {
+        out.push(f);
+    }
+    out
+}
+
 /// A request frame for `grpc.AgentService/<method>` (flags 0).
 pub fn request_frame(
     stream: u32,
     method: &str,
     payload: Vec<u8>,
 ) -> agent_warden::wire::frame::Frame {
-    let req = ttrpc::proto::Request {
-        service: "grpc.AgentService".into(),
-        method: method.into(),
-        payload,
-        ..Default::default()
-    };
-    agent_warden::wire::frame::Frame::new(
-        stream,
-        agent_warden::wire::frame::TYPE_REQUEST,
-        0,
-        &protobuf::Message::write_to_bytes(&req).unwrap(),
-    )
+    let req = envelope::request("grpc.AgentService", method, payload);
+    envelope::request_frame(stream, 0, &req)
 }
 
 /// StartContainer of `c1`.

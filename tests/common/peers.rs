@@ -167,11 +167,8 @@ pub fn decode(ty: &str, payload: &[u8], shape: InputShape) -> Value {
 pub async fn send_bytes(client: &ttrpc::r#async::Client, ty: &str, payload: Vec<u8>) -> Outcome {
     let method = method_of(ty);
     let req = ttrpc::proto::Request {
-        service: method.service.clone(),
-        method: method.name.clone(),
-        payload,
         timeout_nano: 10_000_000_000,
-        ..Default::default()
+        ..agent_warden::wire::envelope::request(&method.service, &method.name, payload)
     };
     match client.request(req).await {
         Ok(_) => Outcome::Allow,

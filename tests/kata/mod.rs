@@ -598,11 +598,12 @@ pub fn logged_name(method: &str) -> Option<String> {
 /// Sends one step over `client` and returns the answer and the round-trip time.
 pub async fn send(client: &ttrpc::r#async::Client, step: &Step) -> (Answer, Duration) {
     let req = ttrpc::proto::Request {
-        service: "grpc.AgentService".into(),
-        method: step.method.into(),
-        payload: step.payload.clone(),
         timeout_nano: TIMEOUT.as_nanos() as i64,
-        ..Default::default()
+        ..agent_warden::wire::envelope::request(
+            "grpc.AgentService",
+            step.method,
+            step.payload.clone(),
+        )
     };
     let t = Instant::now();
     let res = client.request(req).await;

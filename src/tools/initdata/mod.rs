@@ -51,9 +51,9 @@ pub struct PackArgs {
     /// Digest algorithm: sha256, sha384 or sha512.
     #[arg(long, value_name = "ALG", default_value = "sha384")]
     pub algorithm: Algorithm,
-    /// Rego version the guest's agent-warden parses the policy with (its --rego).
-    #[arg(long, value_enum, default_value_t = RegoVersion::default())]
-    pub rego: RegoVersion,
+    /// How the guest's agent-warden reads the policy (its own --kata, --rego).
+    #[command(flatten)]
+    pub rego: crate::tools::RegoChoice,
     /// Write the initdata TOML document to FILE.
     #[arg(long, value_name = "FILE")]
     pub write_toml: Option<PathBuf>,
@@ -172,7 +172,12 @@ fn pack_cli(a: &PackArgs, out: &mut impl Write) -> anyhow::Result<i32> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let packed = pack(a.algorithm, a.rego, &a.policy.display().to_string(), &refs)?;
+    let packed = pack(
+        a.algorithm,
+        a.rego.version(),
+        &a.policy.display().to_string(),
+        &refs,
+    )?;
     // Read the manifest before writing anything, so a bad manifest leaves no half result.
     let annotated = match &a.pod {
         Some(pod) => Some(
@@ -243,7 +248,10 @@ mod tests {
             config: None,
             entry: vec![format!("aa.toml={}", aa.display())],
             algorithm: Algorithm::Sha256,
-            rego: RegoVersion::V0,
+            rego: crate::tools::RegoChoice {
+                kata: None,
+                rego: Some(RegoVersion::V0),
+            },
             write_toml: None,
             write_image: None,
             pod: None,
