@@ -60,12 +60,14 @@ tar -xf "$BASE" -C "$R" --numeric-owner
 dpkg-deb -x "$KDEB" "$W/kernel"
 KVER=$(ls "$W/kernel/lib/modules")
 cp "$W/kernel/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+# The scratch disk's mount point in tests/guest_vm.rs (its initdata's agent-warden.toml).
+mkdir -p "$R/mnt/scratch"
 mkdir -p "$R/lib/modules"
 cp -a "$W/kernel/lib/modules/$KVER" "$R/lib/modules/"
 depmod -b "$R" "$KVER"   # the package ships no modules.dep
 
 # agent-warden and its units, exactly as docs/DEPLOY.md installs them.
-install -D -m 0755 "$BIN" "$R/usr/bin/agent-warden"
+install -D -s -m 0755 "$BIN" "$R/usr/bin/agent-warden"   # stripped: the release build carries debug info
 install -D -m 0644 "$REPO/deploy/agent-warden.service" "$R/usr/lib/systemd/system/agent-warden.service"
 install -D -m 0644 "$REPO/deploy/kata-agent.service.d/10-agent-warden.conf" \
     "$R/usr/lib/systemd/system/kata-agent.service.d/10-agent-warden.conf"

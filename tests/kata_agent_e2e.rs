@@ -30,18 +30,7 @@ mod kata;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_warden::wire::frame::{self, Read};
 use kata::{Answer, KataAgent, Kit, Warden};
-
-/// The response frames in `bytes` (what a tap recorded toward the client), in order.
-async fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut r = bytes;
-    let mut out = Vec::new();
-    while let Ok(Read::Frame(f)) = frame::read_frame(&mut r, frame::MAX_BODY).await {
-        out.push(f.raw().to_vec());
-    }
-    out
-}
 
 /// The evidence of DestroySandbox: kata-agent exited, saying so on stderr.
 const SHUTDOWN: &str = "exited (stderr: kata-agent shutdown complete)";
@@ -142,7 +131,7 @@ async fn run(kit: &Kit, agent: &mut KataAgent, sock: &Path) -> Run {
     }
     drop(client);
     let to_client = tap.to_client.lock().unwrap().clone();
-    let frames = frames(&to_client).await;
+    let frames = kata::response_frames(&to_client).await;
     Run {
         answers: answers.into_iter().map(|(a, _)| a).collect(),
         frames,
