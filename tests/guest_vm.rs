@@ -437,6 +437,9 @@ fn agent_lines(console: &str) -> String {
         .join("\n")
 }
 
+/// What kata-agent prints (stderr, the console) as it exits after DestroySandbox.
+const SHUTDOWN: &str = "kata-agent shutdown complete";
+
 /// One pod's life in one boot, as recorded.
 struct PodRun {
     accept: Duration,
@@ -508,10 +511,15 @@ async fn pod_life(p: &Pieces, vm: &mut Vm) -> PodRun {
     let poweroff_after_destroy = vm.wait_exit(POWEROFF_TIMEOUT).map(|_| destroyed.elapsed());
     drop(client);
     let console = vm.console();
-    // The last step's RPCs (kata-agent may exit before its destroy_sandbox line is out).
+    // The last step's evidence, from the final console: its RPC line (kata-agent may exit
+    // before it is out) and kata-agent's exit.
     let calls = kata::rpc_calls_in(&console);
     let last = logged.len() - 1;
-    logged[last] = calls.get(seen..).unwrap_or_default().to_vec();
+    let start: usize = logged[..last].iter().map(Vec::len).sum();
+    logged[last] = calls.get(start..).unwrap_or_default().to_vec();
+    if console.contains(SHUTDOWN) {
+        logged[last].push(format!("exited ({SHUTDOWN})"));
+    }
     let to_client = tap.to_client.lock().unwrap().clone();
     PodRun {
         accept,
@@ -629,6 +637,11 @@ fn line_of(console: &str, what: &str) -> Option<(usize, String)> {
         .enumerate()
         .find(|(_, l)| l.contains(what))
         .map(|(i, l)| (i, l.trim().to_string()))
+}
+
+/// The first `n` characters of `line`.
+fn short(line: &str, n: usize) -> &str {
+    line.char_indices().nth(n).map_or(line, |(i, _)| &line[..i])
 }
 
 fn ms(d: Duration) -> String {
@@ -755,7 +768,7 @@ async fn guest_vm_pod_life_over_vsock() {
         .unwrap_or_else(|| panic!("no kata-agent start in the journal\n{warden_tail}"));
     let (s_at, s_line) = line_of(&through.console, "agent-warden is serving").unwrap();
     let (a_at, a_line) = line_of(&through.console, r#"{"msg":"announce""#).unwrap();
-    println!("\nboot order through agent-warden (console lines {s_at}, {w_at}, {k_at}, {a_at}):\n  {s_line}\n  {w_line}\n  {k_line}\n  {}…", &a_line[..a_line.len().min(90)]);
+    println!("\nboot order through agent-warden (console lines {s_at}, {w_at}, {k_at}, {a_at}):\n  {s_line}\n  {w_line}\n  {k_line}\n  {}…", short(&a_line, 90));
 
     // After DestroySandbox.
     let torn = line_of(
@@ -777,14 +790,18 @@ async fn guest_vm_pod_life_over_vsock() {
             .map(|l| l.1.as_str())
             .unwrap_or("(no teardown line)")
     );
+    let destroy_at = line_of(&through.console, r#"agent: \"destroy_sandbox\""#).map_or(0, |l| l.0);
     let after: Vec<&str> = through
         .console
         .lines()
-        .skip(torn.as_ref().map(|l| l.0).unwrap_or(0))
+        .skip(destroy_at)
         .filter(|l| {
-            l.contains("systemd[1]:") || l.contains("reboot:") || l.contains("kata-agent shutdown")
+            l.contains("systemd[1]:")
+                || l.contains("reboot:")
+                || l.contains(SHUTDOWN)
+                || (l.contains("agent_warden") && !l.contains("decision"))
         })
-        .take(12)
+        .map(|l| short(l, 200))
         .collect();
     println!("then the guest (kata's units):\n  {}", after.join("\n  "));
     println!(
