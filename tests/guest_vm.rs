@@ -950,6 +950,13 @@ async fn guest_vm_pod_life_over_vsock() {
         assert!(torn_at < power_at);
     }
     assert!(
+        through.logged[steps.len() - 1]
+            .iter()
+            .any(|l| l.starts_with("exited")),
+        "kata-agent exits after DestroySandbox: {:?}",
+        through.logged[steps.len() - 1]
+    );
+    assert!(
         through.poweroff_after_destroy.is_some(),
         "the guest powers off after DestroySandbox"
     );
