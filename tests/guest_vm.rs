@@ -484,13 +484,13 @@ async fn pod_life(p: &Pieces, vm: &mut Vm) -> PodRun {
         || guest::write_rootfs(&share, &p.kit.busybox),
         |_, step, answer| {
             first_answer.get_or_insert(started.elapsed());
-            // kata-agent logs each RPC as it starts: wait (≤ 3 s, TCG) for the line of an
+            // kata-agent logs each RPC as it starts: wait (≤ 5 s, TCG) for the line of an
             // answered request; give a refused one (or a stream read, which it does not
             // log) 500 ms to (not) leave a line. DestroySandbox's is taken at the end.
             let no_line = answer.code != 0
                 || kata::logged_name(step.method).is_none()
                 || step.method == "DestroySandbox";
-            let wait = if no_line { 500 } else { 3000 };
+            let wait = if no_line { 500 } else { 5000 };
             let deadline = Instant::now() + Duration::from_millis(wait);
             let calls = loop {
                 let calls =
