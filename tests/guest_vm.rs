@@ -882,6 +882,14 @@ async fn guest_vm_pod_life_over_vsock() {
         "positive control: directly, the leak runs"
     );
     assert_eq!(direct.logged[guest::DENIED], ["exec_process"]);
+    // Where kata-agent listened: vsock 1024 alone, the unix socket behind agent-warden.
+    let listened = |console: &str| {
+        line_of(console, r#"{"msg":"ttRPC server started""#)
+            .map(|(_, l)| l)
+            .unwrap_or_default()
+    };
+    assert!(listened(&direct.console).contains(r#""address":"vsock://-1:1024""#));
+    assert!(listened(&through.console).contains(r#""address":"unix:///run/kata-agent.sock""#));
     // Through agent-warden: kata-agent's answers, byte for byte, except the denied exec.
     assert_eq!(direct.frames.len(), steps.len());
     assert_eq!(through.frames.len(), steps.len());
