@@ -131,11 +131,7 @@ async fn run(kit: &Kit, agent: &mut KataAgent, sock: &Path) -> Run {
     }
     drop(client);
     let to_client = tap.to_client.lock().unwrap().clone();
-    let frames = common::frames(&to_client)
-        .await
-        .iter()
-        .map(|f| f.raw().to_vec())
-        .collect();
+    let frames = common::raw_frames(&to_client).await;
     Run {
         answers: answers.into_iter().map(|(a, _)| a).collect(),
         frames,

@@ -263,12 +263,22 @@ pub struct Tap {
 impl Tap {
     /// Listens on `front` and forwards each connection to `back`, recording bytes.
     pub async fn start(front: &Path, back: PathBuf) -> Arc<Tap> {
+        Tap::start_with(front, move || tokio::net::UnixStream::connect(back.clone())).await
+    }
+
+    /// Listens on `front` and forwards each connection to the stream `connect` opens (e.g.
+    /// a hybrid-vsock connection after its CONNECT handshake), recording bytes.
+    pub async fn start_with<F, Fut>(front: &Path, connect: F) -> Arc<Tap>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = std::io::Result<UnixStream>> + Send,
+    {
         let tap = Arc::new(Tap::default());
         let listener = tokio::net::UnixListener::bind(front).unwrap();
         let t = tap.clone();
         tokio::spawn(async move {
             while let Ok((c, _)) = listener.accept().await {
-                let s = tokio::net::UnixStream::connect(&back).await.unwrap();
+                let s = connect().await.unwrap();
                 let (cr, cw) = c.into_split();
                 let (sr, sw) = s.into_split();
                 tokio::spawn(copy(cr, sw, t.to_server.clone()));
@@ -622,6 +632,15 @@ pub async fn frames(bytes: &[u8]) -> Vec<agent_warden::wire::frame::Frame> {
         out.push(f);
     }
     out
+}
+
+/// The exact bytes of every whole frame in `bytes`, in order.
+pub async fn raw_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    frames(bytes)
+        .await
+        .iter()
+        .map(|f| f.raw().to_vec())
+        .collect()
 }
 
 /// A request frame for `grpc.AgentService/<method>` (flags 0).

@@ -203,12 +203,7 @@ impl KataAgent {
     /// not as JSON: kata-agent exits right after DestroySandbox, and that line is sometimes
     /// cut short as it exits.
     pub fn rpc_calls(&self) -> Vec<String> {
-        const PREFIX: &str = r#"{"msg":"rpc call from shim to agent: \""#;
-        self.log()
-            .lines()
-            .filter_map(|l| l.strip_prefix(PREFIX)?.split_once(r#"\""#))
-            .map(|(name, _)| name.to_string())
-            .collect()
+        rpc_calls_in(&self.log())
     }
 
     /// The command lines of every process in the agent's pid namespace (containers included).
@@ -245,14 +240,8 @@ impl KataAgent {
             .join(SHARED.trim_start_matches('/'))
             .join(CONTAINER)
             .join("rootfs");
+        write_busybox_rootfs(&rootfs, &kit.busybox)?;
         let err = |what: &str, e: std::io::Error| format!("rootfs {what}: {e}");
-        for d in ["bin", "etc", "proc", "dev", "tmp"] {
-            fs::create_dir_all(rootfs.join(d)).map_err(|e| err(d, e))?;
-        }
-        fs::copy(&kit.busybox, rootfs.join("bin/busybox")).map_err(|e| err("busybox", e))?;
-        for applet in ["sh", "echo", "cat", "sleep"] {
-            symlink("busybox", rootfs.join("bin").join(applet)).map_err(|e| err(applet, e))?;
-        }
         let fifo = CString::new(rootfs.join("etc/shadow").as_os_str().as_encoded_bytes())
             .map_err(|e| e.to_string())?;
         if unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) } != 0 {
@@ -304,6 +293,34 @@ impl Drop for KataAgent {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The RPCs a kata-agent log names, in order: its `rpc call from shim to agent: "<name>"`
+/// lines (snake_case names, e.g. `exec_process`), wherever they start on a line (a VM's
+/// console may carry other output before them).
+pub fn rpc_calls_in(log: &str) -> Vec<String> {
+    const PREFIX: &str = r#"{"msg":"rpc call from shim to agent: \""#;
+    log.lines()
+        .filter_map(|l| {
+            let at = l.find(PREFIX)?;
+            l[at + PREFIX.len()..].split_once(r#"\""#)
+        })
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// A container rootfs in `rootfs`: busybox (static) with the applets the pod's commands use,
+/// and the directories a container needs. The caller adds its /etc/shadow.
+pub fn write_busybox_rootfs(rootfs: &Path, busybox: &Path) -> Result<(), String> {
+    let err = |what: &str, e: std::io::Error| format!("rootfs {what}: {e}");
+    for d in ["bin", "etc", "proc", "dev", "tmp"] {
+        fs::create_dir_all(rootfs.join(d)).map_err(|e| err(d, e))?;
+    }
+    fs::copy(busybox, rootfs.join("bin/busybox")).map_err(|e| err("busybox", e))?;
+    for applet in ["sh", "echo", "cat", "sleep", "sync"] {
+        symlink("busybox", rootfs.join("bin").join(applet)).map_err(|e| err(applet, e))?;
+    }
+    Ok(())
 }
 
 /// `agent-warden serve` as a child process.
@@ -418,8 +435,13 @@ fn bytes(m: &impl Message) -> Vec<u8> {
 }
 
 /// The container's OCI spec: busybox rootfs in the shared directory, init `sleep 3600`,
-/// its own pid/mount/ipc/uts namespaces, cgroups under the sandbox's.
+/// its own mount/ipc/uts namespaces, cgroups under the sandbox's.
 fn spec() -> oci::Spec {
+    container_spec(Vec::new())
+}
+
+/// [`spec`] with `extra` mounts after /proc and /dev.
+fn container_spec(extra: Vec<oci::Mount>) -> oci::Spec {
     let process = oci::Process {
         Args: vec!["sleep".into(), "3600".into()],
         Env: vec!["PATH=/bin".into()],
@@ -447,10 +469,13 @@ fn spec() -> oci::Spec {
             ..Default::default()
         }),
         Hostname: "e2e-pod".into(),
-        Mounts: vec![
+        Mounts: [
             mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
             mount("/dev", "tmpfs", &["nosuid", "mode=755"]),
-        ],
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect(),
         Linux: MessageField::some(oci::Linux {
             CgroupsPath: format!("/kata-e2e/{CONTAINER}"),
             Namespaces: vec![ns("mount"), ns("ipc"), ns("uts")],
@@ -635,16 +660,196 @@ pub async fn run_pod(
     kit: &Kit,
     agent: &KataAgent,
     client: &ttrpc::r#async::Client,
+    after: impl FnMut(usize, &Step, &Answer),
+) -> Result<Vec<(Answer, Duration)>, String> {
+    run_steps(&pod_steps(), client, || agent.write_rootfs(kit), after).await
+}
+
+/// Sends `steps` over `client` in order; `rootfs()` runs once CreateSandbox (step
+/// [`ROOTFS_AFTER`]) has succeeded, `after(i, step, answer)` after each step (neither timed).
+pub async fn run_steps(
+    steps: &[Step],
+    client: &ttrpc::r#async::Client,
+    mut rootfs: impl FnMut() -> Result<(), String>,
     mut after: impl FnMut(usize, &Step, &Answer),
 ) -> Result<Vec<(Answer, Duration)>, String> {
     let mut out = Vec::new();
-    for (i, step) in pod_steps().iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         let (answer, took) = send(client, step).await;
         if i == ROOTFS_AFTER && answer.code == 0 {
-            agent.write_rootfs(kit)?;
+            rootfs()?;
         }
         after(i, step, &answer);
         out.push((answer, took));
     }
     Ok(out)
+}
+
+/// The pod's life in a VM (tests/guest_vm.rs), as kata's runtime sends it.
+pub mod guest {
+    use super::*;
+
+    /// Where kata-agent mounts the virtio-fs share (tag kataShared): kata's runtime asks
+    /// for it in CreateSandbox, and puts each container's rootfs at `<share>/<id>/rootfs`.
+    pub const SHARE_TAG: &str = "kataShared";
+    /// The scratch disk's mount point in the guest (the `[storage]` of the initdata's
+    /// agent-warden.toml), bound into the container at [`SCRATCH_IN_CONTAINER`].
+    pub const SCRATCH_MOUNT: &str = "/mnt/scratch";
+    pub const SCRATCH_IN_CONTAINER: &str = "/scratch";
+    /// The bytes the container writes to the scratch disk; the host must not find them in
+    /// the raw disk image.
+    pub const MARKER: &str = "agent-warden-guest-marker-7f3a9c0e51d2";
+    /// The exec id and command of the marker write.
+    pub const MARKER_EXEC: &str = "marker-1";
+    pub fn marker_cmd() -> String {
+        format!("echo {MARKER} > {SCRATCH_IN_CONTAINER}/marker && sync && cat {SCRATCH_IN_CONTAINER}/marker")
+    }
+    /// The denied command: had it run, /leaked in the rootfs (the host's shared directory)
+    /// would hold the rootfs's /etc/shadow.
+    pub const LEAK_CMD: &str = "cat /etc/shadow > /leaked";
+    pub const LEAKED: &str = "leaked";
+    /// What the rootfs's /etc/shadow holds.
+    pub const SHADOW_TEXT: &str = "root:guest-vm-secret:19000:0:99999:7:::\n";
+
+    /// Index of the ReadStdout of `echo hello`.
+    pub const READ_ECHO: usize = 4;
+    /// Index of the denied exec.
+    pub const DENIED: usize = 6;
+    /// Index of the ReadStdout of the marker write.
+    pub const READ_MARKER: usize = 8;
+    /// Index of the WaitProcess of the killed init process.
+    pub const WAIT_INIT: usize = 11;
+
+    /// Writes container [`CONTAINER`]'s rootfs into the host's shared directory `share`,
+    /// where kata's runtime puts it (`<share>/<id>/rootfs`): busybox, /etc/shadow, and the
+    /// mount point of the scratch bind.
+    pub fn write_rootfs(share: &Path, busybox: &Path) -> Result<(), String> {
+        let rootfs = share.join(CONTAINER).join("rootfs");
+        write_busybox_rootfs(&rootfs, busybox)?;
+        let err = |what: &str, e: std::io::Error| format!("rootfs {what}: {e}");
+        fs::write(rootfs.join("etc/shadow"), SHADOW_TEXT).map_err(|e| err("etc/shadow", e))?;
+        fs::create_dir_all(rootfs.join(SCRATCH_IN_CONTAINER.trim_start_matches('/')))
+            .map_err(|e| err("scratch", e))
+    }
+
+    /// The pod's life: as [`pod_steps`], with CreateSandbox asking for the virtio-fs share,
+    /// the container's spec binding the scratch disk, a leak denied by the policy instead of
+    /// the shadow exec, and an allowed exec writing the marker to the scratch disk.
+    pub fn pod_steps() -> Vec<Step> {
+        let share = agent::Storage {
+            driver: "virtio-fs".into(),
+            source: SHARE_TAG.into(),
+            fstype: "virtiofs".into(),
+            mount_point: SHARED.to_string() + "/",
+            ..Default::default()
+        };
+        let scratch = oci::Mount {
+            destination: SCRATCH_IN_CONTAINER.into(),
+            source: SCRATCH_MOUNT.into(),
+            type_: "bind".into(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        };
+        let read = |exec_id: &str| {
+            bytes(&agent::ReadStreamRequest {
+                container_id: CONTAINER.into(),
+                exec_id: exec_id.into(),
+                len: 1024,
+                ..Default::default()
+            })
+        };
+        vec![
+            Step {
+                name: "CreateSandbox (virtio-fs kataShared)",
+                method: "CreateSandbox",
+                payload: bytes(&agent::CreateSandboxRequest {
+                    hostname: "guest-pod".into(),
+                    sandbox_id: "guest-sandbox".into(),
+                    storages: vec![share],
+                    ..Default::default()
+                }),
+            },
+            Step {
+                name: "CreateContainer c1 (busybox from the share, /scratch bound)",
+                method: "CreateContainer",
+                payload: bytes(&agent::CreateContainerRequest {
+                    container_id: CONTAINER.into(),
+                    exec_id: CONTAINER.into(),
+                    OCI: MessageField::some(container_spec(vec![scratch])),
+                    ..Default::default()
+                }),
+            },
+            Step {
+                name: "StartContainer c1",
+                method: "StartContainer",
+                payload: bytes(&agent::StartContainerRequest {
+                    container_id: CONTAINER.into(),
+                    ..Default::default()
+                }),
+            },
+            Step {
+                name: "ExecProcess echo hello",
+                method: "ExecProcess",
+                payload: exec(ECHO, &["echo", "hello"]),
+            },
+            Step {
+                name: "ReadStdout (echo)",
+                method: "ReadStdout",
+                payload: read(ECHO),
+            },
+            Step {
+                name: "WaitProcess (echo)",
+                method: "WaitProcess",
+                payload: wait(ECHO),
+            },
+            Step {
+                name: "ExecProcess sh -c 'cat /etc/shadow > /leaked'",
+                method: "ExecProcess",
+                payload: exec(SHADOW, &["sh", "-c", LEAK_CMD]),
+            },
+            Step {
+                name: "ExecProcess sh -c 'echo MARKER > /scratch/marker ...'",
+                method: "ExecProcess",
+                payload: exec(MARKER_EXEC, &["sh", "-c", &marker_cmd()]),
+            },
+            Step {
+                name: "ReadStdout (marker)",
+                method: "ReadStdout",
+                payload: read(MARKER_EXEC),
+            },
+            Step {
+                name: "WaitProcess (marker)",
+                method: "WaitProcess",
+                payload: wait(MARKER_EXEC),
+            },
+            Step {
+                name: "SignalProcess c1 KILL",
+                method: "SignalProcess",
+                payload: bytes(&agent::SignalProcessRequest {
+                    container_id: CONTAINER.into(),
+                    exec_id: CONTAINER.into(),
+                    signal: libc::SIGKILL as u32,
+                    ..Default::default()
+                }),
+            },
+            Step {
+                name: "WaitProcess (init)",
+                method: "WaitProcess",
+                payload: wait(CONTAINER),
+            },
+            Step {
+                name: "RemoveContainer c1",
+                method: "RemoveContainer",
+                payload: bytes(&agent::RemoveContainerRequest {
+                    container_id: CONTAINER.into(),
+                    ..Default::default()
+                }),
+            },
+            Step {
+                name: "DestroySandbox",
+                method: "DestroySandbox",
+                payload: bytes(&agent::DestroySandboxRequest::default()),
+            },
+        ]
+    }
 }
