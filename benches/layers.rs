@@ -57,52 +57,44 @@ struct Dimension {
     points: Vec<Point>,
 }
 
+impl Point {
+    fn new(n: usize, s: scale::Scenario) -> Point {
+        Point {
+            n,
+            denied: s.mutations[0].1.clone(),
+            policy: s.policy,
+            requests: s.requests,
+            measured: s.measured,
+        }
+    }
+}
+
 fn dimensions(shared: &Path) -> Vec<Dimension> {
-    let layers = scale::layers::LAYERS
-        .iter()
-        .map(|&n| {
-            let s = scale::layers::scenario(shared, n);
-            Point {
-                n,
-                policy: s.policy,
-                requests: s.requests,
-                measured: s.measured,
-                denied: s.mutations[0].1.clone(),
-            }
-        })
-        .collect();
     let mut dims = vec![Dimension {
         name: "layers",
         unit: "layer",
         rego: "v0",
         shape: InputShape::Legacy,
-        points: layers,
+        points: scale::layers::LAYERS
+            .iter()
+            .map(|&n| Point::new(n, scale::layers::scenario(shared, n)))
+            .collect(),
     }];
     for (dim, unit) in [
         (scale::current::Dim::Env, "env var"),
         (scale::current::Dim::Mounts, "mount"),
         (scale::current::Dim::Containers, "container"),
     ] {
-        let points = dim
-            .sizes()
-            .iter()
-            .map(|&n| {
-                let s = scale::current::scenario(shared, dim, n);
-                Point {
-                    n,
-                    policy: s.policy,
-                    requests: s.requests,
-                    measured: s.measured,
-                    denied: s.mutations[0].1.clone(),
-                }
-            })
-            .collect();
         dims.push(Dimension {
             name: dim.name(),
             unit,
             rego: "v1",
             shape: InputShape::Current,
-            points,
+            points: dim
+                .sizes()
+                .iter()
+                .map(|&n| Point::new(n, scale::current::scenario(shared, dim, n)))
+                .collect(),
         });
     }
     dims
@@ -165,19 +157,12 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rounds: usize = std::env::var("LAYERS_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds = cold::env_usize("LAYERS_ROUNDS", 3);
     let only = std::env::var("LAYERS_ONLY").ok();
     let keep = std::env::var("LAYERS_KEEP").ok();
     let bin = std::env::var_os("POD_BIN").unwrap_or_else(|| BIN.into());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = cold::runtime();
     let shared = shared();
     println!(
         "layers: {rounds} rounds, load average before: {}",

@@ -100,19 +100,12 @@ fn main() {
         // Test mode (`cargo test --all-targets`): the heavy run is for `cargo bench` only.
         return;
     }
-    let rounds: usize = std::env::var("POD_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds = cold::env_usize("POD_ROUNDS", 3);
     let detail = std::env::var("POD_DETAIL").is_ok_and(|v| v == "1");
     let bin = std::env::var_os("POD_BIN").unwrap_or_else(|| BIN.into());
     let scenarios = scenarios();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = cold::runtime();
     for round in 1..=rounds {
         println!(
             "\npod: round {round} of {rounds}, load average before: {}",
