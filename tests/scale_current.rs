@@ -89,23 +89,28 @@ fn check(dim: Dim) -> (usize, usize) {
 
         // The prefix, then the mutations (a denial leaves the policy state as it was),
         // then the measured request and the rest of the pod.
-        let prefix = oracle.ask_all(&encoded[..sc.measured]);
-        for (i, a) in prefix.iter().enumerate() {
-            let (ty, input) = &sc.requests[i];
-            assert_eq!(
-                a.allowed,
-                Some(true),
-                "{} request {i} ({ty}) not allowed: {a:?}",
-                sc.name
-            );
-            assert_same_input(
-                &format!("{} request {i}", sc.name),
-                ty,
-                input,
-                &encoded[i].1,
-                &a.input,
-            );
-        }
+        // Each of `requests[range]` allowed, with kata's input equal to ours.
+        let allowed_as_generated = |oracle: &mut Oracle, range: std::ops::Range<usize>| {
+            let start = range.start;
+            for (j, a) in oracle.ask_all(&encoded[range]).iter().enumerate() {
+                let i = start + j;
+                let (ty, input) = &sc.requests[i];
+                assert_eq!(
+                    a.allowed,
+                    Some(true),
+                    "{} request {i} ({ty}) not allowed: {a:?}",
+                    sc.name
+                );
+                assert_same_input(
+                    &format!("{} request {i}", sc.name),
+                    ty,
+                    input,
+                    &encoded[i].1,
+                    &a.input,
+                );
+            }
+        };
+        allowed_as_generated(&mut oracle, 0..sc.measured);
         for (label, input) in &sc.mutations {
             let payload = bytes("CreateContainerRequest", input);
             let a = oracle.ask("CreateContainerRequest", &payload);
@@ -117,24 +122,7 @@ fn check(dim: Dim) -> (usize, usize) {
             );
             mutations += 1;
         }
-        let rest = oracle.ask_all(&encoded[sc.measured..]);
-        for (j, a) in rest.iter().enumerate() {
-            let i = sc.measured + j;
-            let (ty, input) = &sc.requests[i];
-            assert_eq!(
-                a.allowed,
-                Some(true),
-                "{} request {i} ({ty}) not allowed: {a:?}",
-                sc.name
-            );
-            assert_same_input(
-                &format!("{} request {i}", sc.name),
-                ty,
-                input,
-                &encoded[i].1,
-                &a.input,
-            );
-        }
+        allowed_as_generated(&mut oracle, sc.measured..sc.requests.len());
         requests += sc.requests.len();
         eprintln!(
             "{}: {} requests allowed, {} mutations denied",
