@@ -6,7 +6,8 @@
 //!
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
-//! denies (fail closed). The reason for a denial is what the policy printed.
+//! denies (fail closed). The reason for a denial names the rule, or, with
+//! [`DenyMessage::Full`], is what the policy printed.
 //!
 //! Of the wire, the policy reads one thing: the method table's request types
 //! (`wire::methods::table().policy_request_types()`), which are its rule names. At
@@ -177,15 +178,6 @@ pub enum DenyMessage {
     /// interpreter gathers prints, so it evaluates every denied request (again, after
     /// the fast path said no).
     Full,
-}
-
-impl DenyMessage {
-    pub fn name(self) -> &'static str {
-        match self {
-            DenyMessage::Reason => "reason",
-            DenyMessage::Full => "full",
-        }
-    }
 }
 
 /// How a policy is loaded, besides its text and Rego version. Passed at load and kept
@@ -454,6 +446,15 @@ impl Policy {
             None
         };
         let value = compiled.eval(request_type, input, data.as_ref())?;
+        // Only a value that says no is the program's denial. regorus's VM gives an
+        // undefined value where the interpreter (and kata-agent) fail, e.g. for a
+        // complete rule whose bodies disagree: an error, which audit mode
+        // (AllowRequestsFailingPolicy) must not forgive as it forgives a denial.
+        let says_no = match &value {
+            regorus::Value::Bool(b) => !*b,
+            v @ regorus::Value::Object(_) => v["allowed"] == regorus::Value::Bool(false),
+            _ => false,
+        };
         let (decision, ops) = conclude(
             request_type,
             Some(value),
@@ -462,7 +463,9 @@ impl Policy {
         );
         match decision {
             Decision::Allow => self.fast_allows.fetch_add(1, Ordering::Relaxed),
-            Decision::Deny { .. } if self.options.deny_message == DenyMessage::Reason => {
+            Decision::Deny { .. }
+                if says_no && self.options.deny_message == DenyMessage::Reason =>
+            {
                 self.fast_denials.fetch_add(1, Ordering::Relaxed)
             }
             _ => return None,
@@ -868,6 +871,31 @@ StartContainerRequest if {
             Decision::Allow
         );
         assert_eq!(p.fast_allows(), 1);
+    }
+
+    #[test]
+    fn rules_whose_bodies_disagree_are_errors_from_either_path_and_audit_mode_cannot_forgive_them()
+    {
+        // The VM's value for a conflicting complete rule is undefined; the interpreter's
+        // is an error (as kata-agent's): the fast path must not turn it into a denial.
+        let src = "package agent_policy\nimport rego.v1\nAllowRequestsFailingPolicy := true\nExecProcessRequest := true if input.a == 1\nExecProcessRequest := false if input.b == 1\n";
+        for p in [
+            Policy::load("p.rego", src, RegoVersion::V1).unwrap(),
+            Policy::load("p.rego", src, RegoVersion::V1)
+                .unwrap()
+                .without_fast_path(),
+        ] {
+            let d = p.decide("ExecProcessRequest", &json!({"a": 1, "b": 1}));
+            assert!(matches!(d, Decision::Error(_)), "{d:?}");
+            assert_eq!(p.fast_denials(), 0);
+            assert_eq!(
+                p.decide("ExecProcessRequest", &json!({"a": 2, "b": 1})),
+                Decision::Deny {
+                    reason: "data.agent_policy.ExecProcessRequest is false".into(),
+                    detail: String::new(),
+                }
+            );
+        }
     }
 
     #[test]
