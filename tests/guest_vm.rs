@@ -602,26 +602,15 @@ fn pack_initdata(dir: &Path) -> (PathBuf, String) {
     )
     .unwrap();
     let image = dir.join("initdata.img");
-    let pack = Command::new(kata::WARDEN)
-        .args(["initdata", "pack", "--policy", "testdata/guest-vm-pod.rego"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--write-image")
-        .arg(&image)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&pack.stdout).into_owned();
-    assert!(
-        pack.status.success(),
-        "initdata pack: {printed}{}",
-        String::from_utf8_lossy(&pack.stderr)
+    let digest = kata::pack_initdata_image(
+        &[
+            "--policy",
+            "testdata/guest-vm-pod.rego",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ],
+        &image,
     );
-    let digest = printed
-        .lines()
-        .find_map(|l| l.strip_prefix("tdx mrconfigid (hex, 48 bytes): "))
-        .unwrap_or_else(|| panic!("no MRCONFIGID in: {printed}"))
-        .to_string();
     (image, digest)
 }
 

@@ -573,6 +573,40 @@ pub fn pod_steps() -> Vec<Step> {
             method: "ExecProcess",
             payload: exec(SHADOW, &["sh", "-c", SHADOW_CMDLINE]),
         },
+    ]
+    .into_iter()
+    .chain(teardown_steps())
+    .collect()
+}
+
+/// `agent-warden initdata pack ARGS --write-image IMAGE`, as a tenant runs it: the disk
+/// image is written and the digest the TEE would report (TDX MRCONFIGID, hex) returned.
+pub fn pack_initdata_image(args: &[&str], image: &Path) -> String {
+    let pack = Command::new(WARDEN)
+        .args(["initdata", "pack"])
+        .args(args)
+        .arg("--write-image")
+        .arg(image)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&pack.stdout).into_owned();
+    assert!(
+        pack.status.success(),
+        "initdata pack: {printed}{}",
+        String::from_utf8_lossy(&pack.stderr)
+    );
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("tdx mrconfigid (hex, 48 bytes): "))
+        .unwrap_or_else(|| panic!("no MRCONFIGID in: {printed}"))
+        .to_string()
+}
+
+/// The end of a pod's life: kill the container's init, wait for it, remove the
+/// container, destroy the sandbox.
+pub fn teardown_steps() -> Vec<Step> {
+    vec![
         Step {
             name: "SignalProcess c1 KILL",
             method: "SignalProcess",
@@ -822,34 +856,9 @@ pub mod guest {
                 method: "WaitProcess",
                 payload: wait(MARKER_EXEC),
             },
-            Step {
-                name: "SignalProcess c1 KILL",
-                method: "SignalProcess",
-                payload: bytes(&agent::SignalProcessRequest {
-                    container_id: CONTAINER.into(),
-                    exec_id: CONTAINER.into(),
-                    signal: libc::SIGKILL as u32,
-                    ..Default::default()
-                }),
-            },
-            Step {
-                name: "WaitProcess (init)",
-                method: "WaitProcess",
-                payload: wait(CONTAINER),
-            },
-            Step {
-                name: "RemoveContainer c1",
-                method: "RemoveContainer",
-                payload: bytes(&agent::RemoveContainerRequest {
-                    container_id: CONTAINER.into(),
-                    ..Default::default()
-                }),
-            },
-            Step {
-                name: "DestroySandbox",
-                method: "DestroySandbox",
-                payload: bytes(&agent::DestroySandboxRequest::default()),
-            },
         ]
+        .into_iter()
+        .chain(super::teardown_steps())
+        .collect()
     }
 }
