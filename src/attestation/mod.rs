@@ -44,6 +44,7 @@
 pub mod digest;
 pub mod evidence;
 pub mod initdata;
+pub mod measure;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
