@@ -53,6 +53,8 @@ impl Swtpm {
     pub fn start() -> Swtpm {
         let dir = tempfile::tempdir().expect("tempdir for swtpm");
         let socket = dir.path().join("tpm.sock");
+        // swtpm notes every client disconnect on stderr; keep it in a file for failures.
+        let log = std::fs::File::create(dir.path().join("swtpm.log")).expect("swtpm log file");
         let child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")
@@ -65,14 +67,15 @@ impl Swtpm {
             .args(["--flags", "not-need-init,startup-clear"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start swtpm");
         let mut tpm = Swtpm { child, dir, socket };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !tpm.socket.exists() {
             if let Ok(Some(status)) = tpm.child.try_wait() {
-                panic!("swtpm exited before opening its socket: {status}");
+                let log = std::fs::read_to_string(tpm.dir.path().join("swtpm.log"));
+                panic!("swtpm exited before opening its socket: {status}: {log:?}");
             }
             assert!(
                 Instant::now() < deadline,
