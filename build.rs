@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "protos/types.proto",
         "protos/csi.proto",
         "protos/health.proto",
+        "protos/attestation-agent.proto",
     ];
     for i in inputs {
         println!("cargo:rerun-if-changed={i}");
