@@ -8,6 +8,9 @@
 //! - `tpm_read`: `Register::read` (TPM2_PCR_Read).
 //!
 //! Without swtpm the bench prints why and measures nothing.
+//!
+//! `MEASURE_SPEC=tpm:pcr=23,device=/dev/tpmrm0 cargo bench --bench measure` measures
+//! `extend` and `read` on that register instead (on a real TPM or vTPM: it changes the PCR).
 
 #[path = "../tests/swtpm/mod.rs"]
 mod swtpm;
@@ -20,6 +23,21 @@ use agent_warden::attestation::measure::{self, tpm};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn bench(c: &mut Criterion) {
+    if let Ok(spec) = std::env::var("MEASURE_SPEC") {
+        let mut reg = measure::open(&spec).unwrap();
+        let mut g = c.benchmark_group("measure_spec");
+        g.measurement_time(Duration::from_secs(3)).sample_size(20);
+        let mut hash = [0u8; 32];
+        g.bench_function("extend", |b| {
+            b.iter(|| {
+                hash[0] = hash[0].wrapping_add(1);
+                reg.extend(&hash).unwrap()
+            })
+        });
+        g.bench_function("read", |b| b.iter(|| reg.read().unwrap()));
+        g.finish();
+        return;
+    }
     if let Some(reason) = swtpm::missing_tools(&[]) {
         eprintln!("SKIPPING measure bench: {reason}");
         return;
