@@ -79,10 +79,20 @@ impl Register for TdxRtmr {
                 self.rtmr
             ))
         })?;
-        let mut value = Vec::with_capacity(RTMR_LEN + 1);
-        file.take(RTMR_LEN as u64 + 1)
+        let mut value = Vec::with_capacity(2 * RTMR_LEN + 2);
+        file.take(2 * RTMR_LEN as u64 + 2)
             .read_to_end(&mut value)
             .map_err(|e| self.error(format!("cannot read RTMR {}: {e}", self.rtmr)))?;
+        // The ABI gives the 48 raw bytes; 96 hex digits (and a newline) are taken too.
+        if value.len() > RTMR_LEN {
+            if let Some(decoded) = std::str::from_utf8(&value)
+                .ok()
+                .and_then(crate::attestation::decode_hex)
+                .filter(|d| d.len() == RTMR_LEN)
+            {
+                value = decoded;
+            }
+        }
         if value.len() != RTMR_LEN {
             return Err(self.error(format!(
                 "RTMR {} read as {} bytes, expected {RTMR_LEN}",
@@ -153,6 +163,15 @@ mod tests {
         let err = reg.read().unwrap_err().to_string();
         assert!(err.contains("47 bytes"), "{err}");
         std::fs::write(dir.path().join("rtmr2:sha384"), [0u8; 49]).unwrap();
+        assert!(reg.read().is_err());
+        // Hex text is read too (48 bytes of 0xab as 96 digits and a newline).
+        std::fs::write(
+            dir.path().join("rtmr2:sha384"),
+            format!("{}\n", "ab".repeat(48)),
+        )
+        .unwrap();
+        assert_eq!(reg.read().unwrap(), Some(vec![0xab; 48]));
+        std::fs::write(dir.path().join("rtmr2:sha384"), "ab".repeat(47)).unwrap();
         assert!(reg.read().is_err());
     }
 }
