@@ -131,6 +131,9 @@ fn extends_read_back_by_the_register_tpm2_tools_and_a_quote() {
     assert!(quote::pcr_digest_matches(&attest, 23, &want).unwrap());
     let cut = measure::expected(RegisterKind::Tpm, &start, &hashes[..4]);
     assert!(!quote::pcr_digest_matches(&attest, 23, &cut).unwrap());
+    let err = quote::require_pcr_digest(&attest, 23, &cut).unwrap_err();
+    assert!(matches!(err, quote::QuoteError::Mismatch(_)), "{err}");
+    assert_eq!(measure::tpm::pcr_of(&reg.describe()), Some(23));
 }
 
 #[test]

@@ -156,7 +156,7 @@ pub(crate) struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
-    fn parse(spec: &'a str, rest: &'a str) -> Result<Self, MeasureError> {
+    pub(crate) fn parse(spec: &'a str, rest: &'a str) -> Result<Self, MeasureError> {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for item in rest.split(',').filter(|s| !s.is_empty()) {
             let Some((k, v)) = item.split_once('=') else {

@@ -31,6 +31,8 @@ pub enum QuoteError {
     Malformed(String),
     #[error("TPM quote: {0}")]
     Unsupported(String),
+    #[error("TPM quote: {0}")]
+    Mismatch(String),
 }
 
 /// One bank's part of a PCR selection.
@@ -249,6 +251,26 @@ pub fn pcr_digest_matches(
     Ok(pcr_digest(&[expected_pcr_value], q.pcr_digest.len())? == q.pcr_digest)
 }
 
+/// [`pcr_digest_matches`] as a check: a mismatch is an error naming the PCR, the expected
+/// value, the digest it gives and the quote's pcrDigest (for `log verify --quote`).
+pub fn require_pcr_digest(
+    attest: &[u8],
+    pcr_index: u32,
+    expected_pcr_value: &[u8],
+) -> Result<(), QuoteError> {
+    if pcr_digest_matches(attest, pcr_index, expected_pcr_value)? {
+        return Ok(());
+    }
+    let q = parse_quote(attest)?;
+    let want = pcr_digest(&[expected_pcr_value], q.pcr_digest.len())?;
+    Err(QuoteError::Mismatch(format!(
+        "the quote's pcrDigest is {} but sha256 PCR {pcr_index} = {} (what the log predicts) gives {}",
+        crate::attestation::to_hex(&q.pcr_digest),
+        crate::attestation::to_hex(expected_pcr_value),
+        crate::attestation::to_hex(&want)
+    )))
+}
+
 /// `sha256:[23] sha384:[0, 1]`, for messages.
 pub fn describe_selection(selection: &[PcrSelection]) -> String {
     let parts: Vec<String> = selection
@@ -311,6 +333,11 @@ mod tests {
         let quote = quote_bytes();
         assert!(pcr_digest_matches(&quote, 23, &pcr23_value()).unwrap());
         assert!(!pcr_digest_matches(&quote, 23, &[0u8; 32]).unwrap());
+        require_pcr_digest(&quote, 23, &pcr23_value()).unwrap();
+        let err = require_pcr_digest(&quote, 23, &[0u8; 32])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("705ede9d") && err.contains("PCR 23"), "{err}");
         let err = pcr_digest_matches(&quote, 16, &pcr23_value()).unwrap_err();
         assert!(err.to_string().contains("sha256:[23]"), "{err}");
         // The TPM2B form is accepted too.

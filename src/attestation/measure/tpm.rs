@@ -205,6 +205,14 @@ fn be_u32(buf: &[u8], at: usize) -> Option<u32> {
     ))
 }
 
+/// The PCR index of a `tpm:` spec or [`Register::describe`] text (`tpm:pcr=23,device=...`;
+/// [`DEFAULT_PCR`] when it names none); `None` for other kinds or a bad index.
+pub fn pcr_of(spec: &str) -> Option<u32> {
+    let rest = spec.strip_prefix("tpm:")?;
+    let params = Params::parse(spec, rest).ok()?;
+    params.index("pcr", MAX_PCR, DEFAULT_PCR).ok()
+}
+
 /// A short reading of a TPM 2.0 response code (Part 2, 6.6): the common cases by name,
 /// else its format and number.
 pub fn describe_rc(rc: u32) -> String {
@@ -393,6 +401,14 @@ mod tests {
         assert!(read_response(&mut huge).unwrap_err().contains("declares"));
         let mut tag: &[u8] = &[0x00, 0xc4, 0, 0, 0, 10, 0, 0, 0, 0];
         assert!(read_response(&mut tag).unwrap_err().contains("tag"));
+    }
+
+    #[test]
+    fn pcr_of_reads_specs_and_descriptions() {
+        assert_eq!(pcr_of("tpm:pcr=16,device=/run/swtpm.sock"), Some(16));
+        assert_eq!(pcr_of("tpm:"), Some(DEFAULT_PCR));
+        assert_eq!(pcr_of("tpm:pcr=24"), None);
+        assert_eq!(pcr_of("tdx:rtmr=3"), None);
     }
 
     #[test]
