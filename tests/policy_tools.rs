@@ -290,14 +290,48 @@ fn eval_allows_and_denies_with_reason() {
         (Some("deny"), Some(false)),
         "{v}"
     );
+    // The reason is where the evaluation failed; the host gets it (as serve's default
+    // `--deny-message reason`), never the prints, which hold input values.
+    assert_eq!(
+        v["reason"],
+        "embedded coco-default.rego:65: ExecProcessRequest := false if { … (in ExecProcessRequest); that body held and its value denied",
+        "{v}"
+    );
+    assert_eq!(
+        v["serve"],
+        format!(
+            "answer PERMISSION_DENIED: ExecProcessRequest is blocked by policy: {}",
+            v["reason"].as_str().unwrap()
+        ),
+        "{v}"
+    );
+    assert_eq!(v["prints"].as_array().unwrap().len(), 1, "{v}");
     assert!(
-        v["reason"]
+        v["prints"][0]
             .as_str()
             .unwrap()
             .contains("exec into container debug-1 is not allowed"),
         "{v}"
     );
-    assert_eq!(v["prints"].as_array().unwrap().len(), 1, "{v}");
+    // What the host gets follows --deny-message, as serve's flag.
+    for (says, host) in [
+        (
+            "full",
+            "answer PERMISSION_DENIED: ExecProcessRequest is blocked by policy: embedded coco-default.rego:66: exec into container debug-1 is not allowed: /bin/ls",
+        ),
+        ("code", "answer PERMISSION_DENIED"),
+    ] {
+        let v = eval_json(&[
+            "--type",
+            "ExecProcessRequest",
+            "--input",
+            "testdata/exec-ls-debug.json",
+            "--deny-message",
+            says,
+        ]);
+        assert_eq!(v["serve"], host, "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("coco-default.rego:65"), "{v}");
+    }
 
     let v = eval_json(&[
         "--type",
@@ -346,7 +380,7 @@ fn eval_allows_and_denies_with_reason() {
         v["reason"]
             .as_str()
             .unwrap()
-            .contains("not in allowed_exec"),
+            .contains("(in exec_command_listed; via ExecProcessRequest:111)"),
         "{v}"
     );
 
@@ -577,7 +611,13 @@ fn eval_and_replay_apply_serves_rules_on_top_of_the_policy() {
     );
     assert_eq!(v["overridden_by"], "AllowRequestsFailingPolicy", "{v}");
     assert_eq!(v["serve"], "forward", "{v}");
-    assert_eq!(v["reason"], "the policy returned false", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("permissive.rego:4: default ExecProcessRequest := false (no other rule defines ExecProcessRequest)"),
+        "{v}"
+    );
 
     let v = eval_json(&[
         "--type",
@@ -609,7 +649,8 @@ fn eval_and_replay_apply_serves_rules_on_top_of_the_policy() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(
-        out.contains("line 1: ExecProcessRequest: allow (AllowRequestsFailingPolicy; the policy said deny: the policy returned false)"),
+        out.contains("line 1: ExecProcessRequest: allow (AllowRequestsFailingPolicy; the policy said deny: ")
+            && out.contains("permissive.rego:4: default ExecProcessRequest := false (no other rule defines ExecProcessRequest))"),
         "{out}"
     );
     assert!(out.contains("1 requests: 1 allowed, 0 denied"), "{out}");

@@ -384,7 +384,7 @@ fn default_note(defs: &Definitions, name: &str) -> String {
         Some(d) => {
             let span = d.span();
             format!(
-                "{}:{}: {} (no other rule {name} held)",
+                "{}:{}: {} (no other rule defines {name})",
                 span.source.file(),
                 span.line,
                 short(span.text())
@@ -412,8 +412,18 @@ fn walk_rule(
     let valued = bodies.iter().find(|(q, _, not_true)| {
         *not_true && stop_in(q, covered).is_some_and(|(_, complete)| complete)
     });
-    if let Some((_, rule, _)) = valued {
+    if let Some((valued_query, rule, _)) = valued {
         let span = rule.span();
+        // And where the other bodies (those that would have allowed) stopped.
+        let other = bodies
+            .iter()
+            .filter(|(q, _, _)| !std::ptr::eq(*q, *valued_query))
+            .filter_map(|(q, _, _)| Some((stop_in(q, covered)?.0, *q)))
+            .fold(None::<(usize, &Query)>, |best, (i, q)| match best {
+                Some((b, _)) if b >= i => best,
+                _ => Some((i, q)),
+            })
+            .and_then(|(i, q)| q.stmts.get(i));
         steps.push(Step {
             rule: name.to_string(),
             file: span.source.file().to_string(),
@@ -421,7 +431,14 @@ fn walk_rule(
             text: short(span.text()),
             bodies: 1,
         });
-        return Some("that body held and its value denied".to_string());
+        return Some(match other {
+            Some(o) => format!(
+                "that body held and its value denied; the other bodies got furthest at line {}: {}",
+                o.span.line,
+                stmt_text(o)
+            ),
+            None => "that body held and its value denied".to_string(),
+        });
     }
     // The furthest body: the highest index of a last covered statement (ties: the first).
     let mut best: Option<(&Query, usize, bool)> = None;
@@ -459,11 +476,11 @@ fn walk_rule(
         covered,
         steps,
         depth,
-    )?;
-    None
+    )
 }
 
-/// Pushes the step for `stmt` (of rule `name`) and descends from it. `always_failed`: the
+/// Pushes the step for `stmt` (of rule `name`) and descends from it; returns the deepest
+/// rule's note, if any. `always_failed`: the
 /// statement is known to have failed every time it was evaluated (a later statement of
 /// its body was never reached), so a call it makes failed every time too.
 #[allow(clippy::too_many_arguments)]
@@ -476,7 +493,7 @@ fn walk_stmt(
     covered: &Covered,
     steps: &mut Vec<Step>,
     depth: usize,
-) -> Option<()> {
+) -> Option<String> {
     steps.push(Step {
         rule: name.to_string(),
         file: file_of(stmt),
@@ -485,7 +502,7 @@ fn walk_stmt(
         bodies,
     });
     if depth >= MAX_DEPTH {
-        return Some(());
+        return None;
     }
     if let Literal::Every { query, .. } = &stmt.literal {
         if let Some((idx, _)) = stop_in(query, covered) {
@@ -505,13 +522,14 @@ fn walk_stmt(
                 );
             }
         }
-        return Some(());
+        return None;
     }
     // A callee is descended into when it was entered and did not hold: the statement
-    // always failed and is a call and nothing else, or no body of the callee ran to its
+    // always failed and is a call or a reference and nothing else, or no body of the callee ran to its
     // end. (A body that ran to its end may have held, for another element of an
     // iteration say, or failed at its last statement: coverage does not tell.)
-    let bare_call = matches!(&stmt.literal, Literal::Expr { expr, .. } if matches!(expr.as_ref(), Expr::Call { .. }));
+    let bare_call = matches!(&stmt.literal, Literal::Expr { expr, .. }
+        if matches!(expr.as_ref(), Expr::Call { .. } | Expr::Var { .. } | Expr::RefDot { .. }));
     let callee = referenced(stmt).into_iter().rev().find(|n| {
         n != name && steps.iter().all(|s| s.rule != *n) && {
             let qs = defs.bodies(n);
@@ -523,10 +541,7 @@ fn walk_stmt(
                 && ((always_failed && bare_call) || stops.iter().all(|(_, complete)| !complete))
         }
     });
-    if let Some(callee) = callee {
-        let _ = walk_rule(defs, &callee, covered, steps, depth + 1);
-    }
-    Some(())
+    walk_rule(defs, &callee?, covered, steps, depth + 1)
 }
 
 /// The covered lines of a coverage report.
@@ -628,7 +643,7 @@ forbidden(i) if {
         assert_eq!(
             p.decide("ReadStreamRequest", &json!({})),
             Decision::Deny {
-                reason: "d.rego:3: default ReadStreamRequest := false (no other rule ReadStreamRequest held)".into(),
+                reason: "d.rego:3: default ReadStreamRequest := false (no other rule defines ReadStreamRequest)".into(),
                 detail: String::new(),
             }
         );

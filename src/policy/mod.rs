@@ -977,7 +977,7 @@ StartContainerRequest if {
             assert_eq!(
                 p.decide("ExecProcessRequest", &json!({"a": 2, "b": 1})),
                 Decision::Deny {
-                    reason: "p.rego:5: ExecProcessRequest := false if input.b == 1 (in ExecProcessRequest); that body held and its value denied"
+                    reason: "p.rego:5: ExecProcessRequest := false if input.b == 1 (in ExecProcessRequest); that body held and its value denied; the other bodies got furthest at line 4: input.a == 1"
                         .into(),
                     detail: String::new(),
                 }
