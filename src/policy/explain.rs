@@ -537,8 +537,14 @@ fn walk_stmt(
                 .iter()
                 .filter_map(|(q, _, _)| stop_in(q, covered))
                 .collect();
+            // A body with a value other than `true` that ran to its end: the callee's
+            // value is what made this statement fail.
+            let valued = qs.iter().any(|(q, _, not_true)| {
+                *not_true && stop_in(q, covered).is_some_and(|(_, complete)| complete)
+            });
             !stops.is_empty()
-                && ((always_failed && bare_call) || stops.iter().all(|(_, complete)| !complete))
+                && ((bare_call && (always_failed || valued))
+                    || stops.iter().all(|(_, complete)| !complete))
         }
     });
     walk_rule(defs, &callee?, covered, steps, depth + 1)

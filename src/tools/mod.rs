@@ -11,6 +11,7 @@
 //! [`crate::policy::engine::new_engine`]. docs/POLICY.md describes each command and its
 //! output. `demo` and `initdata` are commands of their own.
 
+pub mod cases;
 pub mod check;
 pub mod demo;
 pub mod eval;
