@@ -532,6 +532,10 @@ impl Policy {
             return Ok((explain::default_only(&mut engine, request_type), Vec::new()));
         }
         engine.set_enable_coverage(true);
+        // A denial costs at most this much more than its decision.
+        engine.set_execution_timer_config(engine::timer_config(explain_budget(
+            self.options.eval_timeout,
+        )));
         engine.set_input(input);
         let evaluated = engine.eval_rule(format!("data.agent_policy.{request_type}"));
         let prints = engine.take_prints().unwrap_or_default();
@@ -540,8 +544,10 @@ impl Policy {
                 .get_coverage_report()
                 .map(|r| explain::covered_lines(&r))
                 .map_err(EvalError::Engine)?,
-            // Not a rule (undefined), or the evaluation failed: nothing was covered.
-            Err(_) => explain::Covered::new(),
+            // Not a rule path: the request type is undefined, nothing to cover.
+            Err(e) if e.to_string() == NOT_A_RULE => explain::Covered::new(),
+            // The time limit, or an error the decision did not meet: not explained.
+            Err(e) => return Err(EvalError::Engine(e)),
         };
         Ok((
             explain::explain(&mut engine, request_type, &covered),
@@ -692,10 +698,25 @@ impl Policy {
             },
             Err(e) => {
                 tracing::debug!(request_type, error = %e, "denial not explained");
-                Decision::Deny { reason, detail }
+                let why = e.to_string();
+                let why = why.lines().next().unwrap_or_default();
+                Decision::Deny {
+                    reason: format!("{reason} (not explained: {why})"),
+                    detail,
+                }
             }
         }
     }
+}
+
+/// Longest a denial's explanation may run ([`Policy::explained`]).
+pub const MAX_EXPLAIN: Duration = Duration::from_secs(1);
+
+/// The time limit of a denial's explanation: half the evaluation time limit, at most
+/// [`MAX_EXPLAIN`], so that a denial costs at most that much more than its decision.
+/// Past it the reason says the denial was not explained.
+pub fn explain_budget(eval_timeout: Duration) -> Duration {
+    (eval_timeout / 2).min(MAX_EXPLAIN)
 }
 
 /// Key by which serde_json marks an arbitrary-precision number inside a map; regorus's
