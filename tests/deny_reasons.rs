@@ -5,6 +5,7 @@
 //! expression quoted. No input value may appear in it (it goes to the host).
 
 mod common;
+mod scale;
 
 use agent_warden::policy::explain::Explanation;
 use agent_warden::policy::{Decision, LoadOptions, Policy};
@@ -144,4 +145,62 @@ fn genpolicy_denials_name_the_check_that_failed() {
     }
     assert!(containers >= 6, "{containers} containers");
     assert!(execs >= 1, "{execs} execs");
+}
+
+/// The same on today's genpolicy rules (Rego v1, ../shared/peers/kata-genpolicy-current,
+/// a generated pod with its state built by the recorded requests before it): each
+/// mutation of the app container's CreateContainerRequest is explained at its check.
+#[test]
+fn current_genpolicy_denials_name_the_check_that_failed() {
+    use scale::current::{scenario, Dim};
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if !shared.join("peers/kata-genpolicy-current").is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "peer data missing"
+        );
+        return;
+    }
+    let g = scenario(&shared, Dim::Containers, 1);
+    let p = Policy::load(
+        "rules.rego",
+        &g.policy,
+        agent_warden::policy::RegoVersion::V1,
+    )
+    .unwrap();
+    for (ty, v) in &g.requests[..g.measured] {
+        let (d, ops) = p.decide_with_ops(ty, v);
+        assert!(d.is_allowed(), "{ty}: {d:?}");
+        if let Some(o) = ops {
+            p.apply_ops(&o).unwrap();
+        }
+    }
+    let expected = [
+        ("extra env var not in the policy", "allow_env", "allow_var("),
+        (
+            "other command line",
+            "allow_args",
+            "count(p_process.Args) == count(i_process.Args)",
+        ),
+        (
+            "extra host bind mount",
+            "allow_by_bundle_or_sandbox_id",
+            "count(i_oci.Mounts)",
+        ),
+        (
+            "container name not in the policy",
+            "allow_container_annotation",
+            "p_value == i_value",
+        ),
+    ];
+    for (label, rule, check) in expected {
+        let (_, input) = g
+            .mutations
+            .iter()
+            .find(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no mutation {label:?}"));
+        let (_, e) = denial(&p, "CreateContainerRequest", input);
+        assert_points_at(&g.policy, &e, rule, check, label);
+    }
 }
