@@ -441,15 +441,15 @@ fn walk_rule(
         });
     }
     // The furthest body: the highest index of a last covered statement (ties: the first).
-    let mut best: Option<(&Query, usize, bool)> = None;
+    let mut best: Option<(&Query, usize)> = None;
     for (q, _, _) in &bodies {
-        if let Some((idx, complete)) = stop_in(q, covered) {
-            if best.is_none_or(|(_, b, _)| idx > b) {
-                best = Some((q, idx, complete));
+        if let Some((idx, _)) = stop_in(q, covered) {
+            if best.is_none_or(|(_, b)| idx > b) {
+                best = Some((q, idx));
             }
         }
     }
-    let Some((query, idx, complete)) = best else {
+    let Some((query, idx)) = best else {
         // No body was entered (or the rule has none: `R := value`): the rule's head.
         let rule = defs.specs(name).into_iter().next()?;
         let span = rule.span();
@@ -463,9 +463,8 @@ fn walk_rule(
         return (!bodies.is_empty()).then(|| format!("no body of {name} was entered"));
     };
     let stmt = query.stmts.get(idx)?;
-    // A body whose every statement was evaluated stopped at its last one (coverage does
-    // not say whether that one held: the rule's value may be what denied).
-    let _ = complete;
+    // A body whose every statement was evaluated is reported at its last one (coverage
+    // does not say whether that one held).
     let always_failed = idx + 1 < query.stmts.len();
     walk_stmt(
         defs,
