@@ -1,7 +1,7 @@
 //! deny: what a denial costs now that its reason comes from the evaluation (the
 //! interpreter with coverage on, [`agent_warden::policy::explain`]), on a genpolicy
 //! CreateContainerRequest (pod-exec, an extra environment variable) and ExecProcessRequest
-//! (a command not in the policy) and ReadStreamRequest (a ReadStdout poll, denied):
+//! (a command not in the policy) and WriteStreamRequest (a one-line rule, denied):
 //!   allow                 the recorded request (fast path; unchanged by explanations)
 //!   deny, warm            `Policy::decide` of the denied request, repeated
 //!   deny, cold            the first denial after the policy is loaded
@@ -63,8 +63,8 @@ fn main() {
     let mut exec = inputs(&recorded, "ExecProcessRequest").remove(0);
     exec["process"]["Args"] = json!(["/bin/sh", "-c", "cat /etc/shadow"]);
 
-    // A ReadStdout poll, which pod-exec's policy denies (its answer is blanked).
-    let read = json!({"container_id": "c", "exec_id": "e", "len": 1024});
+    // A write to a process's stdin, which genpolicy denies by its request_defaults.
+    let write = json!({"container_id": "c", "exec_id": "e", "data": []});
     let load = || Policy::load("policy.rego", &policy, RegoVersion::V0).unwrap();
     let p = load();
     let n = 30;
@@ -77,7 +77,7 @@ fn main() {
             &env,
         ),
         ("ExecProcessRequest", "ExecProcessRequest", None, &exec),
-        ("ReadStreamRequest", "ReadStreamRequest", None, &read),
+        ("WriteStreamRequest", "WriteStreamRequest", None, &write),
     ] {
         if let Some(a) = allowed {
             assert!(p.decide(ty, a).is_allowed());

@@ -6,8 +6,9 @@
 //!
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
-//! denies (fail closed). The reason for a denial names the rule, or, with
-//! [`DenyMessage::Full`], is what the policy printed.
+//! denies (fail closed). The reason for a denial is where the evaluation failed
+//! ([`explain`]: the rule, the failing expression as file:line); how much of it (or of
+//! the policy's prints) the host gets is [`DenyMessage`]'s choice.
 //!
 //! Of the wire, the policy reads one thing: the method table's request types
 //! (`wire::methods::table().policy_request_types()`), which are its rule names. At
