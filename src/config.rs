@@ -17,7 +17,7 @@
 //! rego = "v1"                                # from kata; overrides it: "v0" or "v1"
 //! input_shape = "current"                    # from kata; overrides it: "legacy", "legacy-stream-ports"
 //! set_policy = "auto"                        # "auto" | "policy" | "forbid"
-//! deny_message = "reason"                    # what a denial says: "reason" | "full"
+//! deny_message = "reason"                    # what the host is told of a denial: "reason" | "full" | "code"
 //! require_evidence = "snp"                   # e.g. (default: none): check the TEE's digest first
 //! [audit]
 //! capture = "/run/agent-warden/capture.jsonl"  # e.g. (default: none): every decided input
@@ -181,7 +181,7 @@ pub struct PolicySection {
     #[arg(long, value_enum, help = defaulted("Whether SetPolicy may replace the policy (auto = forbid for initdata policies, else the policy decides)", default_name::<SetPolicySetting>()))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set_policy: Option<SetPolicySetting>,
-    #[arg(long, value_enum, help = defaulted("What a denial says to the host and the decision log. reason: the rule that denied, no input values (the compiled fast path decides denials too). full: kata-agent's text, what the policy printed (the interpreter evaluates every denial again for its prints)", default_name::<DenyMessage>()))]
+    #[arg(long, value_enum, help = defaulted("What the host is told of a denial (the decision log always has the whole reason). reason: where the evaluation failed, the request type's rule and the failing expression as file:line, no input values. full: kata-agent's text, what the policy printed. code: the status code only, an empty message", default_name::<DenyMessage>()))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_message: Option<DenyMessage>,
     /// Refuse to serve unless the TEE reports the policy's digest: snp[:TSM_ROOT],

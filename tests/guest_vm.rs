@@ -911,10 +911,16 @@ async fn guest_vm_pod_life_over_vsock() {
     // The denied exec: PERMISSION_DENIED, never reached kata-agent, never ran.
     let denied = &through.answers[guest::DENIED];
     assert_eq!(denied.code, 7, "{denied:?}");
-    // deploy/'s default `deny_message = "reason"`: the rule, no input values.
-    assert_eq!(
-        denied.message,
-        "ExecProcessRequest is blocked by policy: data.agent_policy.ExecProcessRequest is false",
+    // deploy/'s default `deny_message = "reason"`: where it failed, no input values.
+    // The point of the policy where the evaluation failed (its second body held and
+    // gives `false`); the policy's file name is the initdata entry's.
+    assert!(
+        denied
+            .message
+            .starts_with("ExecProcessRequest is blocked by policy: ")
+            && denied.message.ends_with(
+                ":27: ExecProcessRequest := false if { … (in ExecProcessRequest); that body held and its value denied; the other bodies got furthest at line 25: input.process.Args in allowed_exec"
+            ),
         "{denied:?}"
     );
     assert!(

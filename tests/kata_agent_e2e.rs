@@ -334,10 +334,16 @@ async fn kata_agent_pod_life_through_agent_warden() {
     // ... and the shadow exec denied by the policy, never reaching kata-agent.
     let denied = &through.answers[kata::DENIED];
     assert_eq!(denied.code, 7, "{denied:?}");
-    // `deny_message = "reason"` (the default): the rule, no input values.
-    assert_eq!(
-        denied.message,
-        "ExecProcessRequest is blocked by policy: data.agent_policy.ExecProcessRequest is false",
+    // `deny_message = "reason"` (the default): where it failed, no input values.
+    // The point of the policy where the evaluation failed (its second body held and
+    // gives `false`); the policy's file name is the initdata entry's.
+    assert!(
+        denied
+            .message
+            .starts_with("ExecProcessRequest is blocked by policy: ")
+            && denied.message.ends_with(
+                ":25: ExecProcessRequest := false if { … (in ExecProcessRequest); that body held and its value denied; the other bodies got furthest at line 23: input.process.Args in allowed_exec"
+            ),
         "{denied:?}"
     );
     assert!(

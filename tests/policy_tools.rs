@@ -290,14 +290,48 @@ fn eval_allows_and_denies_with_reason() {
         (Some("deny"), Some(false)),
         "{v}"
     );
+    // The reason is where the evaluation failed; the host gets it (as serve's default
+    // `--deny-message reason`), never the prints, which hold input values.
+    assert_eq!(
+        v["reason"],
+        "embedded coco-default.rego:65: ExecProcessRequest := false if { … (in ExecProcessRequest); that body held and its value denied",
+        "{v}"
+    );
+    assert_eq!(
+        v["serve"],
+        format!(
+            "answer PERMISSION_DENIED: ExecProcessRequest is blocked by policy: {}",
+            v["reason"].as_str().unwrap()
+        ),
+        "{v}"
+    );
+    assert_eq!(v["prints"].as_array().unwrap().len(), 1, "{v}");
     assert!(
-        v["reason"]
+        v["prints"][0]
             .as_str()
             .unwrap()
             .contains("exec into container debug-1 is not allowed"),
         "{v}"
     );
-    assert_eq!(v["prints"].as_array().unwrap().len(), 1, "{v}");
+    // What the host gets follows --deny-message, as serve's flag.
+    for (says, host) in [
+        (
+            "full",
+            "answer PERMISSION_DENIED: ExecProcessRequest is blocked by policy: embedded coco-default.rego:66: exec into container debug-1 is not allowed: /bin/ls",
+        ),
+        ("code", "answer PERMISSION_DENIED"),
+    ] {
+        let v = eval_json(&[
+            "--type",
+            "ExecProcessRequest",
+            "--input",
+            "testdata/exec-ls-debug.json",
+            "--deny-message",
+            says,
+        ]);
+        assert_eq!(v["serve"], host, "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("coco-default.rego:65"), "{v}");
+    }
 
     let v = eval_json(&[
         "--type",
@@ -346,7 +380,7 @@ fn eval_allows_and_denies_with_reason() {
         v["reason"]
             .as_str()
             .unwrap()
-            .contains("not in allowed_exec"),
+            .contains("(in exec_command_listed; via ExecProcessRequest:111)"),
         "{v}"
     );
 
@@ -577,7 +611,13 @@ fn eval_and_replay_apply_serves_rules_on_top_of_the_policy() {
     );
     assert_eq!(v["overridden_by"], "AllowRequestsFailingPolicy", "{v}");
     assert_eq!(v["serve"], "forward", "{v}");
-    assert_eq!(v["reason"], "the policy returned false", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("permissive.rego:4: default ExecProcessRequest := false (no other rule defines ExecProcessRequest)"),
+        "{v}"
+    );
 
     let v = eval_json(&[
         "--type",
@@ -609,7 +649,8 @@ fn eval_and_replay_apply_serves_rules_on_top_of_the_policy() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(
-        out.contains("line 1: ExecProcessRequest: allow (AllowRequestsFailingPolicy; the policy said deny: the policy returned false)"),
+        out.contains("line 1: ExecProcessRequest: allow (AllowRequestsFailingPolicy; the policy said deny: ")
+            && out.contains("permissive.rego:4: default ExecProcessRequest := false (no other rule defines ExecProcessRequest))"),
         "{out}"
     );
     assert!(out.contains("1 requests: 1 allowed, 0 denied"), "{out}");
@@ -619,4 +660,180 @@ fn eval_and_replay_apply_serves_rules_on_top_of_the_policy() {
     let out = stdout(&o);
     assert!(out.contains("line 1: ExecProcessRequest: deny"), "{out}");
     assert!(out.contains("1 requests: 0 allowed, 1 denied"), "{out}");
+}
+
+/// A capture (written by serve's own capture writer) → `policy replay --write-cases` →
+/// `policy test`: the cases pass with the policy they were written with, and fail,
+/// naming the case and the reason, once the policy changes.
+#[test]
+fn replay_writes_cases_that_policy_test_passes_and_a_changed_policy_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture_path = dir.path().join("capture.jsonl");
+    {
+        let capture = agent_warden::serve::audit::Capture::create(&capture_path, false).unwrap();
+        for input in ["testdata/exec-ls-c1.json", "testdata/exec-shell.json"] {
+            let v: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(Path::new(ROOT).join(input)).unwrap(),
+            )
+            .unwrap();
+            capture.record("ExecProcessRequest", &v);
+        }
+    }
+    let capture = capture_path.to_str().unwrap();
+    let cases = dir.path().join("prod.cases.json");
+    let policy = dir.path().join("exec.rego");
+    std::fs::write(
+        &policy,
+        "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n\
+         ExecProcessRequest if input.process.Args == [\"/bin/ls\"]\n",
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    let o = run(&[
+        "policy",
+        "replay",
+        capture,
+        "--policy",
+        policy,
+        "--write-cases",
+        cases.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("2 test cases written to"),
+        "{}",
+        stdout(&o)
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
+    assert_eq!(
+        written
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["kind"].as_str().unwrap(), c["allowed"].as_bool().unwrap()))
+            .collect::<Vec<_>>(),
+        [("ExecProcessRequest", true), ("ExecProcessRequest", false)]
+    );
+
+    // Found in a directory by its name, decided with the same policy: both pass.
+    let o = run(&[
+        "policy",
+        "test",
+        dir.path().to_str().unwrap(),
+        "--policy",
+        policy,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+
+    // The policy changes (no exec at all): the allowed capture now fails.
+    let changed = dir.path().join("changed.rego");
+    std::fs::write(
+        &changed,
+        "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "policy",
+        "test",
+        cases.to_str().unwrap(),
+        "--policy",
+        changed.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL ")
+            && l.contains("case 1: ")
+            && l.contains("capture.jsonl line 1: ExecProcessRequest")
+            && l.contains("expected allowed, denied (ExecProcessRequest)")
+            && l.contains("changed.rego:3: default ExecProcessRequest := false")),
+        "{out}"
+    );
+}
+
+/// Test cases in genpolicy's format on a real genpolicy policy (Rego v0): recorded
+/// requests are allowed, a mutated one is denied; a wrong expectation fails with the
+/// description and the reason; a malformed file is an error naming it.
+#[test]
+fn policy_test_runs_genpolicy_format_cases() {
+    let peers = Path::new(ROOT).join("../shared/peers/kata-genpolicy/pod-exec");
+    if !peers.is_dir() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "peer data missing"
+        );
+        return;
+    }
+    let recorded = std::fs::read_to_string(peers.join("inputs.txt")).unwrap();
+    let exec: serde_json::Value = recorded
+        .lines()
+        .filter_map(|l| {
+            let rest = l
+                .trim()
+                .trim_end_matches(',')
+                .strip_prefix("[\"ep\":\"ExecProcessRequest\",")?;
+            serde_json::from_str(rest.strip_suffix(']')?).ok()
+        })
+        .next()
+        .unwrap();
+    let mut shell = exec.clone();
+    shell["process"]["Args"] = serde_json::json!(["/bin/sh", "-c", "cat /etc/shadow"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("testcases.json");
+    let write = |denied_expected: bool| {
+        std::fs::write(
+            &cases,
+            serde_json::json!([
+                {"description": "recorded exec", "allowed": true, "kind": "ExecProcessRequest", "request": exec},
+                {"description": "a shell reading /etc/shadow", "allowed": !denied_expected, "kind": "ExecProcessRequest", "request": shell},
+            ])
+            .to_string(),
+        )
+        .unwrap();
+    };
+    let policy = peers.join("policy.rego");
+    let args = [
+        "policy",
+        "test",
+        cases.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--kata",
+        "2024",
+    ];
+    write(true);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("PASS "), "{}", stdout(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+
+    write(false);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL ")
+            && l.contains("case 2: a shell reading /etc/shadow: expected allowed, denied (ExecProcessRequest): ")
+            && l.contains("p_command == i_command (in ExecProcessRequest")),
+        "{out}"
+    );
+
+    std::fs::write(
+        &cases,
+        "[{\"description\": \"no kind\", \"allowed\": true}]",
+    )
+    .unwrap();
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("ERROR ") && l.contains("testcases.json")),
+        "{}",
+        stdout(&o)
+    );
 }

@@ -80,7 +80,7 @@ async fn denied_request_gets_permission_denied_and_never_reaches_agent() {
     assert_eq!(code, 7);
     assert_eq!(
         msg,
-        "ExecProcessRequest is blocked by policy: data.agent_policy.ExecProcessRequest is false"
+        "ExecProcessRequest is blocked by policy: test.rego:11: input.process.Args == [\"/bin/ls\"] (in ExecProcessRequest)"
     );
     settle().await;
     assert!(h.agent.calls().is_empty());

@@ -7,8 +7,8 @@
 //! run, and building and loading a VM was about a quarter of a small rule's decision.
 //!
 //! The VM answers first because it is several times faster. Its allow is the decision,
-//! and so is its denial, unless the denial's prints are wanted (`deny_message = "full"`:
-//! only the interpreter gathers prints). Whenever it does not produce a decision (an
+//! and so is its denial, whose reason (and prints) the interpreter then finds
+//! ([`super::explain`]). Whenever it does not produce a decision (an
 //! error, the time limit, a value that is not a decision, a rule it cannot compile) the
 //! interpreter decides. tests/kata_oracle.rs holds both to kata-agent's own decisions.
 //! The VM has no instruction limit (regorus's default of 25,000 is a size, not a time:

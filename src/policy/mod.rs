@@ -6,8 +6,9 @@
 //!
 //! A request of type `T` is decided by `data.agent_policy.T`: `true`, or an object
 //! whose `allowed` is `true`, allows; `false`, an undefined rule, or anything else
-//! denies (fail closed). The reason for a denial names the rule, or, with
-//! [`DenyMessage::Full`], is what the policy printed.
+//! denies (fail closed). The reason for a denial is where the evaluation failed
+//! ([`explain`]: the rule, the failing expression as file:line); how much of it (or of
+//! the policy's prints) the host gets is [`DenyMessage`]'s choice.
 //!
 //! Of the wire, the policy reads one thing: the method table's request types
 //! (`wire::methods::table().policy_request_types()`), which are its rule names. At
@@ -17,6 +18,7 @@
 pub mod compiled;
 pub mod constant;
 pub mod engine;
+pub mod explain;
 pub mod pathext;
 pub mod sources;
 
@@ -35,8 +37,10 @@ pub const MAX_REASON: usize = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Allow,
-    /// Denied. `reason` is short and readable (sent to the host); `detail` is everything
-    /// the policy printed (logged).
+    /// Denied. `reason` is where the evaluation failed, from the evaluation itself
+    /// ([`explain`]: the request type's rule, the failing expression as file:line and its
+    /// policy text, no input values); `detail` is everything the policy printed. Loggers
+    /// get both; the host gets what [`DenyMessage::host_text`] allows.
     Deny {
         reason: String,
         detail: String,
@@ -153,8 +157,8 @@ impl std::fmt::Debug for Policy {
 /// that would hold the connection for good.
 pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What a denial says, to the host and in the decision log (`[policy] deny_message`),
-/// and so what a denial costs.
+/// What a denial says to the host (`[policy] deny_message`). The decision log always has
+/// the whole reason (where the evaluation failed) and, at debug level, the prints.
 #[derive(
     Debug,
     Clone,
@@ -168,16 +172,35 @@ pub const DEFAULT_EVAL_TIMEOUT: Duration = Duration::from_secs(2);
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DenyMessage {
-    /// The rule that denied, without input values (`data.agent_policy.<T> is false`, or
-    /// undefined). The compiled fast path decides a denial as it decides an allow: a
-    /// denial costs what an allow of the same request costs. The policy's prints, when
-    /// the interpreter decided, go to the debug log only.
+    /// Where the evaluation failed: the request type's rule, the failing expression as
+    /// file:line and its policy text (no input values; see [`explain`]).
     #[default]
     Reason,
-    /// kata-agent's text: what the policy printed (the last lines, ≤ 256 bytes). Only the
-    /// interpreter gathers prints, so it evaluates every denied request (again, after
-    /// the fast path said no).
+    /// kata-agent's text: what the policy printed (the last lines, ≤ 256 bytes), which
+    /// may hold input values.
     Full,
+    /// The status code only (PERMISSION_DENIED), with an empty message.
+    Code,
+}
+
+impl DenyMessage {
+    /// What the host is told of a denial whose reason is `reason` and whose prints are
+    /// `detail`: `None` for the status code alone.
+    pub fn host_text(self, reason: &str, detail: &str) -> Option<String> {
+        match self {
+            DenyMessage::Code => None,
+            DenyMessage::Reason => Some(reason.to_string()),
+            DenyMessage::Full => {
+                let lines: Vec<String> = detail.lines().map(str::to_string).collect();
+                let printed = shorten(&lines);
+                Some(if printed.is_empty() {
+                    reason.to_string()
+                } else {
+                    printed
+                })
+            }
+        }
+    }
 }
 
 /// How a policy is loaded, besides its text and Rego version. Passed at load and kept
@@ -192,8 +215,8 @@ pub struct LoadOptions {
     /// Decisions are the same either way, so turning them off exists for measurements
     /// and as an escape hatch.
     pub fast_path: bool,
-    /// What a denial's reason says; [`DenyMessage::Full`] has the interpreter decide
-    /// every denial (for its prints).
+    /// What the host is told of a denial (every denial is explained by the interpreter
+    /// whatever this says: the decision log gets the whole reason).
     pub deny_message: DenyMessage,
 }
 
@@ -426,9 +449,9 @@ impl Policy {
             .as_ref()
     }
 
-    /// A decision of the compiled fast path: an allow, or (unless the denial's prints
-    /// are wanted, [`DenyMessage::Full`]) a denial; `None` when the interpreter must
-    /// decide (the program failed or was not compiled, its value is not a decision).
+    /// A decision of the compiled fast path: an allow, or a denial (explained afterwards
+    /// by [`Policy::explained`]); `None` when the interpreter must decide (the program
+    /// failed or was not compiled, its value is not a decision).
     fn fast(
         &self,
         request_type: &str,
@@ -455,63 +478,97 @@ impl Policy {
             v @ regorus::Value::Object(_) => v["allowed"] == regorus::Value::Bool(false),
             _ => false,
         };
-        let (decision, ops) = conclude(
-            request_type,
-            Some(value),
-            Vec::new(),
-            self.options.deny_message,
-        );
+        let (decision, ops) = conclude(request_type, Some(value), Vec::new());
         match decision {
             Decision::Allow => self.fast_allows.fetch_add(1, Ordering::Relaxed),
-            Decision::Deny { .. }
-                if says_no && self.options.deny_message == DenyMessage::Reason =>
-            {
-                self.fast_denials.fetch_add(1, Ordering::Relaxed)
-            }
+            Decision::Deny { .. } if says_no => self.fast_denials.fetch_add(1, Ordering::Relaxed),
             _ => return None,
         };
         Some((decision, ops))
     }
 
-    /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
+    /// The shared engine, brought up to date with the policy state, cloned.
     ///
     /// The shared engine is only locked to bring its `data.pstate` up to date and to
     /// clone it (a prepared regorus engine clones in about a microsecond, sharing the
     /// compiled policy); the evaluation runs on the clone, so decisions on different
-    /// connections do not wait for each other. The rule is evaluated with `eval_rule`
-    /// (no query to parse and schedule, ~25 µs less per request than `eval_query`); a
-    /// name that is not a rule path falls back to `eval_query`, which gives exactly
-    /// kata-agent's answer for it (undefined, or a sub-package's document).
+    /// connections do not wait for each other.
+    fn engine(&self) -> Result<Engine, EvalError> {
+        let mut slot = self.engine.lock().map_err(|_| EvalError::Poisoned)?;
+        let (engine, seen_gen) = &mut *slot;
+        let gen = self.state_gen.load(Ordering::SeqCst);
+        if gen != *seen_gen {
+            // State generation 0 is the initial `{}`: no `data.pstate` at all yet.
+            if gen != 0 {
+                let state = self.state();
+                let data = serde_json::from_value::<regorus::Value>(
+                    serde_json::json!({ "pstate": state }),
+                )
+                .map_err(|e| EvalError::State(e.into()))?;
+                engine.clear_data();
+                engine.add_data(data).map_err(EvalError::State)?;
+            }
+            // Prepare (analyse, schedule) the shared engine itself, so that the
+            // clones below start prepared instead of each paying for it.
+            engine
+                .eval_query("true".to_string(), false)
+                .map_err(EvalError::Engine)?;
+            let _ = engine.take_prints();
+            *seen_gen = gen;
+        }
+        Ok(engine.clone())
+    }
+
+    /// Where the evaluation of a denied `request_type` failed, and what the policy
+    /// printed: the rule evaluated again in the interpreter with coverage on, and the
+    /// parsed policy walked along the covered lines ([`explain`]). Only denials pay for
+    /// this; allows never come here.
+    pub fn explained(
+        &self,
+        request_type: &str,
+        input: regorus::Value,
+    ) -> Result<(explain::Explanation, Vec<String>), EvalError> {
+        let mut engine = self.engine()?;
+        if self.constant.get(request_type) == Some(&false) {
+            return Ok((explain::default_only(&mut engine, request_type), Vec::new()));
+        }
+        engine.set_enable_coverage(true);
+        // A denial costs at most this much more than its decision.
+        engine.set_execution_timer_config(engine::timer_config(explain_budget(
+            self.options.eval_timeout,
+        )));
+        engine.set_input(input);
+        let evaluated = engine.eval_rule(format!("data.agent_policy.{request_type}"));
+        let prints = engine.take_prints().unwrap_or_default();
+        let covered = match evaluated {
+            Ok(_) => engine
+                .get_coverage_report()
+                .map(|r| explain::covered_lines(&r))
+                .map_err(EvalError::Engine)?,
+            // Not a rule path: the request type is undefined, nothing to cover.
+            Err(e) if e.to_string() == NOT_A_RULE => explain::Covered::new(),
+            // The time limit, or an error the decision did not meet: not explained.
+            Err(e) => return Err(EvalError::Engine(e)),
+        };
+        Ok((
+            explain::explain(&mut engine, request_type, &covered),
+            prints,
+        ))
+    }
+
+    /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
+    ///
+    /// The evaluation runs on a clone of the shared engine ([`Policy::engine`]). The rule
+    /// is evaluated with `eval_rule` (no query to parse and schedule, ~25 µs less per
+    /// request than `eval_query`); a name that is not a rule path falls back to
+    /// `eval_query`, which gives exactly kata-agent's answer for it (undefined, or a
+    /// sub-package's document).
     pub fn eval(
         &self,
         name: &str,
         input: regorus::Value,
     ) -> Result<(Option<regorus::Value>, Vec<String>), EvalError> {
-        let mut engine = {
-            let mut slot = self.engine.lock().map_err(|_| EvalError::Poisoned)?;
-            let (engine, seen_gen) = &mut *slot;
-            let gen = self.state_gen.load(Ordering::SeqCst);
-            if gen != *seen_gen {
-                // State generation 0 is the initial `{}`: no `data.pstate` at all yet.
-                if gen != 0 {
-                    let state = self.state();
-                    let data = serde_json::from_value::<regorus::Value>(
-                        serde_json::json!({ "pstate": state }),
-                    )
-                    .map_err(|e| EvalError::State(e.into()))?;
-                    engine.clear_data();
-                    engine.add_data(data).map_err(EvalError::State)?;
-                }
-                // Prepare (analyse, schedule) the shared engine itself, so that the
-                // clones below start prepared instead of each paying for it.
-                engine
-                    .eval_query("true".to_string(), false)
-                    .map_err(EvalError::Engine)?;
-                let _ = engine.take_prints();
-                *seen_gen = gen;
-            }
-            engine.clone()
-        };
+        let mut engine = self.engine()?;
         engine.set_input(input);
         let path = format!("data.agent_policy.{name}");
         let value = match engine.eval_rule(path.clone()) {
@@ -582,13 +639,11 @@ impl Policy {
         {
             if value {
                 self.constant_allows.fetch_add(1, Ordering::Relaxed);
+                return (Decision::Allow, None);
             }
-            return conclude(
-                request_type,
-                Some(regorus::Value::Bool(value)),
-                Vec::new(),
-                self.options.deny_message,
-            );
+            let (decision, ops) =
+                conclude(request_type, Some(regorus::Value::Bool(false)), Vec::new());
+            return (self.explain_denial(request_type, decision, None), ops);
         }
         let started = Instant::now();
         // Converted from the borrowed document: no copy of the input first.
@@ -596,12 +651,21 @@ impl Policy {
             Ok(v) => v,
             Err(e) => return (Decision::Error(e.to_string()), None),
         };
-        if let Some(fast) = self.fast(request_type, &input) {
-            return fast;
+        if let Some((decision, ops)) = self.fast(request_type, &input) {
+            return (
+                self.explain_denial(request_type, decision, Some(input)),
+                ops,
+            );
         }
-        let result = match self.eval(request_type, input) {
+        let result = match self.eval(request_type, input.clone()) {
             Err(e) => (Decision::Error(e.to_string()), None),
-            Ok((value, prints)) => conclude(request_type, value, prints, self.options.deny_message),
+            Ok((value, prints)) => {
+                let (decision, ops) = conclude(request_type, value, prints);
+                (
+                    self.explain_denial(request_type, decision, Some(input)),
+                    ops,
+                )
+            }
         };
         tracing::trace!(
             request_type,
@@ -610,6 +674,50 @@ impl Policy {
         );
         result
     }
+
+    /// A denial with its reason taken from the evaluation ([`Policy::explained`]) and the
+    /// policy's prints; any other decision as it is. If the explanation fails, the
+    /// denial stands with the rule's name.
+    fn explain_denial(
+        &self,
+        request_type: &str,
+        decision: Decision,
+        input: Option<regorus::Value>,
+    ) -> Decision {
+        let Decision::Deny { reason, detail } = decision else {
+            return decision;
+        };
+        let input = input.unwrap_or_else(regorus::Value::new_object);
+        match self.explained(request_type, input) {
+            Ok((explanation, prints)) => Decision::Deny {
+                reason: explanation.to_string(),
+                detail: if prints.is_empty() {
+                    detail
+                } else {
+                    prints.join("\n")
+                },
+            },
+            Err(e) => {
+                tracing::debug!(request_type, error = %e, "denial not explained");
+                let why = e.to_string();
+                let why = why.lines().next().unwrap_or_default();
+                Decision::Deny {
+                    reason: format!("{reason} (not explained: {why})"),
+                    detail,
+                }
+            }
+        }
+    }
+}
+
+/// Longest a denial's explanation may run ([`Policy::explained`]).
+pub const MAX_EXPLAIN: Duration = Duration::from_secs(1);
+
+/// The time limit of a denial's explanation: half the evaluation time limit, at most
+/// [`MAX_EXPLAIN`], so that a denial costs at most that much more than its decision.
+/// Past it the reason says the denial was not explained.
+pub fn explain_budget(eval_timeout: Duration) -> Duration {
+    (eval_timeout / 2).min(MAX_EXPLAIN)
 }
 
 /// Key by which serde_json marks an arbitrary-precision number inside a map; regorus's
@@ -658,7 +766,6 @@ fn conclude(
     request_type: &str,
     value: Option<regorus::Value>,
     prints: Vec<String>,
-    says: DenyMessage,
 ) -> (Decision, Option<StateOps>) {
     // kata-agent reads the result as {allowed, ops: Option<Patch>}: a missing or null
     // `ops` is none, and only an allowing result's ops are applied.
@@ -673,11 +780,11 @@ fn conclude(
     match ops.map(ops_from_value) {
         Some(Err(e)) => (Decision::Error(format!("{request_type}: {e}")), None),
         Some(Ok(ops)) => {
-            let decision = interpret(request_type, value, prints, says);
+            let decision = interpret(request_type, value, prints);
             let ops = Some(ops).filter(|o| decision == Decision::Allow && !o.0.is_empty());
             (decision, ops)
         }
-        None => (interpret(request_type, value, prints, says), None),
+        None => (interpret(request_type, value, prints), None),
     }
 }
 
@@ -717,12 +824,7 @@ fn ops_from_value(v: &regorus::Value) -> Result<StateOps, OpsError> {
 }
 
 /// Turns a rule's value into a decision (fail closed on anything unexpected).
-fn interpret(
-    request_type: &str,
-    value: Option<regorus::Value>,
-    prints: Vec<String>,
-    says: DenyMessage,
-) -> Decision {
+fn interpret(request_type: &str, value: Option<regorus::Value>, prints: Vec<String>) -> Decision {
     let allowed = match &value {
         Some(regorus::Value::Bool(b)) => Some(*b),
         Some(v @ regorus::Value::Object(_)) => match &v["allowed"] {
@@ -742,19 +844,14 @@ fn interpret(
         }
         _ => {
             let detail = prints.join("\n");
-            let reason = match (&value, allowed) {
-                (None, _) | (Some(regorus::Value::Undefined), _) => {
+            // The reason until the evaluation explains it ([`Policy::explained`]).
+            let reason = match &value {
+                None | Some(regorus::Value::Undefined) => {
                     format!(
                         "rule data.agent_policy.{request_type} is undefined (denied by default)"
                     )
                 }
-                (Some(_), Some(_)) if says == DenyMessage::Full && !prints.is_empty() => {
-                    shorten(&prints)
-                }
-                (Some(_), Some(_)) if says == DenyMessage::Reason => {
-                    format!("data.agent_policy.{request_type} is false")
-                }
-                _ => "the policy returned false".to_string(),
+                Some(_) => format!("data.agent_policy.{request_type} is false"),
             };
             Decision::Deny { reason, detail }
         }
@@ -809,7 +906,7 @@ StartContainerRequest if {
         );
         assert!(
             matches!(p.decide("CreateContainerRequest", &json!({"container_id": "x"})),
-            Decision::Deny { reason, .. } if reason == "data.agent_policy.CreateContainerRequest is false")
+            Decision::Deny { reason, .. } if reason == r#"t.rego:4: input.container_id == "ok" (in CreateContainerRequest)"#)
         );
     }
 
@@ -831,10 +928,10 @@ StartContainerRequest if {
     }
 
     #[test]
-    fn undefined_body_denies_with_prints_as_reason() {
+    fn undefined_body_denies_at_the_expression_that_failed() {
         let d = load().decide("StartContainerRequest", &json!({"container_id": "c1"}));
         assert!(
-            matches!(d, Decision::Deny { ref reason, .. } if reason.contains("undefined")),
+            matches!(d, Decision::Deny { ref reason, ref detail } if reason == "t.rego:9: false (in StartContainerRequest)" && detail.contains("start is not allowed for c1")),
             "{d:?}"
         );
     }
@@ -852,7 +949,7 @@ StartContainerRequest if {
     const PRINTING: &str = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n print(\"checking\", input.a)\n input.a == 1\n}\n";
 
     #[test]
-    fn full_deny_message_uses_prints_as_reason() {
+    fn full_deny_message_tells_the_host_the_prints() {
         let full = LoadOptions {
             deny_message: DenyMessage::Full,
             ..LoadOptions::default()
@@ -860,12 +957,23 @@ StartContainerRequest if {
         let p = Policy::load_with("p.rego", PRINTING, RegoVersion::V1, full).unwrap();
         match p.decide("ExecProcessRequest", &json!({"a": 2})) {
             Decision::Deny { reason, detail } => {
-                assert!(reason.contains("checking 2"), "{reason}");
+                assert_eq!(reason, "p.rego:6: input.a == 1 (in ExecProcessRequest)");
                 assert!(detail.contains("checking 2"));
+                let host = DenyMessage::Full.host_text(&reason, &detail).unwrap();
+                assert!(host.contains("checking 2"), "{host}");
+                assert_eq!(
+                    DenyMessage::Reason.host_text(&reason, &detail),
+                    Some(reason)
+                );
+                assert_eq!(DenyMessage::Code.host_text("r", &detail), None);
             }
             d => panic!("{d:?}"),
         }
-        assert_eq!(p.fast_denials(), 0, "prints come only from the interpreter");
+        assert_eq!(
+            p.fast_denials(),
+            1,
+            "the fast path decides, the interpreter explains"
+        );
         assert_eq!(
             p.decide("ExecProcessRequest", &json!({"a": 1})),
             Decision::Allow
@@ -891,7 +999,8 @@ StartContainerRequest if {
             assert_eq!(
                 p.decide("ExecProcessRequest", &json!({"a": 2, "b": 1})),
                 Decision::Deny {
-                    reason: "data.agent_policy.ExecProcessRequest is false".into(),
+                    reason: "p.rego:5: ExecProcessRequest := false if input.b == 1 (in ExecProcessRequest); that body held and its value denied; the other bodies got furthest at line 4: input.a == 1"
+                        .into(),
                     detail: String::new(),
                 }
             );
@@ -899,27 +1008,22 @@ StartContainerRequest if {
     }
 
     #[test]
-    fn reason_deny_message_names_the_rule_and_the_fast_path_decides_it() {
+    fn a_denial_names_the_failing_expression_whichever_path_decides() {
         let p = Policy::load("p.rego", PRINTING, RegoVersion::V1).unwrap();
-        assert_eq!(
-            p.decide("ExecProcessRequest", &json!({"a": 2})),
-            Decision::Deny {
-                reason: "data.agent_policy.ExecProcessRequest is false".into(),
-                detail: String::new(),
-            }
-        );
-        assert_eq!((p.fast_denials(), p.fast_allows()), (1, 0));
-        // Without the fast path the interpreter decides: same reason, prints logged.
         let slow = Policy::load("p.rego", PRINTING, RegoVersion::V1)
             .unwrap()
             .without_fast_path();
-        match slow.decide("ExecProcessRequest", &json!({"a": 2})) {
-            Decision::Deny { reason, detail } => {
-                assert_eq!(reason, "data.agent_policy.ExecProcessRequest is false");
-                assert!(detail.contains("checking 2"), "{detail}");
+        for policy in [&p, &slow] {
+            match policy.decide("ExecProcessRequest", &json!({"a": 2})) {
+                Decision::Deny { reason, detail } => {
+                    assert_eq!(reason, "p.rego:6: input.a == 1 (in ExecProcessRequest)");
+                    assert!(detail.contains("checking 2"), "{detail}");
+                }
+                d => panic!("{d:?}"),
             }
-            d => panic!("{d:?}"),
         }
+        assert_eq!((p.fast_denials(), p.fast_allows()), (1, 0));
+        assert_eq!(slow.fast_denials(), 0);
         // An undefined rule says so, whichever side decides.
         match p.decide("Nowhere", &json!({})) {
             Decision::Deny { reason, .. } => assert!(reason.contains("undefined"), "{reason}"),

@@ -398,10 +398,21 @@ impl Guard {
             Decision::Deny { .. } if self.endpoint_list => {
                 refuse(Code::UNIMPLEMENTED, format!("{ty} is blocked"))
             }
-            Decision::Deny { reason, .. } => refuse(
-                Code::PERMISSION_DENIED,
-                format!("{ty} is blocked by policy: {reason}"),
-            ),
+            // The host gets what `deny_message` allows; the log has the whole reason.
+            Decision::Deny { reason, detail } => {
+                match self
+                    .policy()
+                    .options()
+                    .deny_message
+                    .host_text(reason, detail)
+                {
+                    Some(text) => refuse(
+                        Code::PERMISSION_DENIED,
+                        format!("{ty} is blocked by policy: {text}"),
+                    ),
+                    None => refuse(Code::PERMISSION_DENIED, ""),
+                }
+            }
             Decision::Error(e) => refuse(Code::INTERNAL, format!("{ty}: internal error: {e}")),
         }
     }

@@ -251,7 +251,7 @@ SignalProcessRequest if input.container_id in object.keys(data.pstate.containers
                 o.prints
             );
             assert!(
-                matches!(&o.decision, Decision::Deny { reason, .. } if reason == "data.agent_policy.CreateContainerRequest is false")
+                matches!(&o.decision, Decision::Deny { reason, .. } if reason == "t.rego:5: CreateContainerRequest := false if { … (in CreateContainerRequest); that body held and its value denied; the other bodies got furthest at line 4: input.container_id == \"ok\"")
             );
             let o = evaluate(&p, "ExecProcessRequest", &json!({}));
             assert_eq!(o.decision, Decision::Allow);

@@ -11,6 +11,7 @@
 //! [`crate::policy::engine::new_engine`]. docs/POLICY.md describes each command and its
 //! output. `demo` and `initdata` are commands of their own.
 
+pub mod cases;
 pub mod check;
 pub mod demo;
 pub mod eval;
@@ -102,6 +103,10 @@ pub struct PolicyChoice {
     pub endpoints: Option<PathBuf>,
     #[command(flatten)]
     pub rego: RegoChoice,
+    /// What the host is told of a denial, as `serve --deny-message` (reason, full, code)
+    /// [default: reason]. The tools' own output always has the whole reason.
+    #[arg(long, value_enum)]
+    pub deny_message: Option<crate::policy::DenyMessage>,
 }
 
 impl PolicyChoice {
@@ -110,6 +115,7 @@ impl PolicyChoice {
         PolicySection {
             file: self.policy.clone(),
             endpoints: self.endpoints.clone(),
+            deny_message: self.deny_message,
             ..self.rego.section()
         }
     }
@@ -136,12 +142,13 @@ pub(super) const PERMISSIVE_RULE: &str = "AllowRequestsFailingPolicy";
 /// A [`Guard`] that decides as `serve` does with the policy (or endpoint list) named on
 /// the command line, or the embedded default.
 pub fn serve_guard(choice: &PolicyChoice) -> anyhow::Result<Guard> {
-    // The author's tools show what the policy printed for a denial.
+    // What the host is told of a denial, as `serve` resolves it (`--deny-message`).
+    let section = choice.section();
     let options = LoadOptions {
-        deny_message: crate::policy::DenyMessage::Full,
+        deny_message: section.deny_message.unwrap_or_default(),
         ..LoadOptions::default()
     };
-    let loaded = crate::policy::sources::load(&choice.section().sources(), options)?;
+    let loaded = crate::policy::sources::load(&section.sources(), options)?;
     let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
     Ok(Guard::new(loaded.policy, InputShape::Current).with_endpoint_list(endpoint_list))
 }
@@ -264,6 +271,7 @@ mod tests {
                 kata: Some(KataAgent::Regorus02),
                 rego: None,
             },
+            deny_message: None,
         }
         .section();
         let sources = section.sources();

@@ -1,10 +1,13 @@
 //! `agent-warden policy replay CAPTURE`: re-decide the requests of a capture file
-//! (`serve --capture`) as `serve` would, line by line, state and SetPolicy included.
+//! (`serve --capture`) as `serve` would, line by line, state and SetPolicy included;
+//! with `--write-cases FILE`, write them as test cases in genpolicy's format with their
+//! current decision ([`super::cases`]), for `policy test`.
 use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::Args;
 
+use super::cases::{allowed, Case};
 use super::{known_request_type, serve_guard, verdict, PolicyChoice, PERMISSIVE_RULE};
 use crate::policy::Decision;
 use crate::serve::audit::CaptureLine;
@@ -18,6 +21,10 @@ pub struct ReplayArgs {
     pub capture: PathBuf,
     #[command(flatten)]
     pub source: PolicyChoice,
+    /// Also write every well-formed captured request, with its decision now, as test
+    /// cases (genpolicy's testcases.json format) to FILE, for `policy test`.
+    #[arg(long, value_name = "FILE")]
+    pub write_cases: Option<PathBuf>,
 }
 
 fn parse_capture_line(line: &str) -> Result<CaptureLine, String> {
@@ -49,6 +56,7 @@ pub(super) fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::R
     let file = std::fs::File::open(&a.capture)
         .map_err(|e| anyhow::anyhow!("cannot read capture {}: {e}", a.capture.display()))?;
     let mut sum = ReplaySummary::default();
+    let mut cases = Vec::new();
     writeln!(out, "policy: {name} (sha256 {})", guard.policy().digest())?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
@@ -75,6 +83,24 @@ pub(super) fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::R
             continue;
         };
         let judged = guard.decide(method, &c.request, 0, n as u32);
+        if a.write_cases.is_some() {
+            let said = match &judged.decision {
+                _ if judged.overridden => "allowed (audit mode)",
+                Decision::Allow => "allowed",
+                Decision::Deny { .. } => "denied",
+                Decision::Error(_) => "error",
+            };
+            cases.push(Case {
+                description: format!(
+                    "{} line {n}: {} ({said} when written)",
+                    a.capture.display(),
+                    c.kind
+                ),
+                allowed: allowed(&judged),
+                kind: c.kind.clone(),
+                request: c.request.clone(),
+            });
+        }
         // As `serve` does once the agent has answered: a forwarded request's state
         // operations are applied (the capture does not say whether the agent
         // succeeded; it is assumed to have). An allowed SetPolicy has replaced the
@@ -115,6 +141,15 @@ pub(super) fn replay(a: &ReplayArgs, out: &mut impl std::io::Write) -> anyhow::R
         sum.errors,
         sum.malformed
     )?;
+    if let Some(path) = &a.write_cases {
+        super::cases::write_cases(path, &cases)?;
+        writeln!(
+            out,
+            "{} test cases written to {}",
+            cases.len(),
+            path.display()
+        )?;
+    }
     Ok(if sum.malformed > 0 { 1 } else { 0 })
 }
 

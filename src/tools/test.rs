@@ -1,23 +1,28 @@
 //! `agent-warden policy test PATH...`: run the `test_*` rules of *_test.rego files, each
-//! loaded with the policy modules beside it.
+//! loaded with the policy modules beside it, and test cases in kata genpolicy's format
+//! (`testcases.json`, `*.cases.json`: see [`super::cases`]), each decided as `serve`
+//! decides it with the policy of `--policy` / `--endpoints` (default: the embedded one).
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{declared, identifiers, RegoChoice};
+use super::cases::{is_case_file, read_cases, run_cases};
+use super::{declared, identifiers, serve_guard, PolicyChoice};
 use crate::policy::sources::read_text;
 use crate::policy::RegoVersion;
 
 /// Flags of `policy test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Test files, or directories searched (recursively) for *_test.rego files.
+    /// Test files (*_test.rego, or JSON test cases in genpolicy's format), or directories
+    /// searched (recursively) for *_test.rego, testcases.json and *.cases.json files.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// How the test files and the policies they are loaded with are read.
+    /// The policy test cases are decided with (as `serve` reads it), and how the test
+    /// files and the policies they are loaded with are read (`--rego`, `--kata`).
     #[command(flatten)]
-    pub rego: RegoChoice,
+    pub source: PolicyChoice,
 }
 
 /// One test rule's result.
@@ -59,8 +64,9 @@ fn sorted_entries(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Test files: the files named, and the *_test.rego files beneath the directories
-/// named (hidden directories skipped), each once, in order.
+/// Test files: the files named (a .rego file is a Rego test file, any other a case
+/// file), and the *_test.rego, testcases.json and *.cases.json files beneath the
+/// directories named (hidden directories skipped), each once, in order.
 pub fn find_test_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         for p in sorted_entries(dir)? {
@@ -72,7 +78,7 @@ pub fn find_test_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 if !hidden {
                     walk(&p, found)?;
                 }
-            } else if is_test_file(&p) {
+            } else if is_test_file(&p) || is_case_file(&p) {
                 found.push(p);
             }
         }
@@ -203,7 +209,44 @@ pub(super) fn test(a: &TestArgs, out: &mut impl std::io::Write) -> anyhow::Resul
     let files = find_test_files(&a.paths)?;
     let (mut passed, mut failed, mut errors) = (0usize, 0usize, 0usize);
     for file in &files {
-        match run_test_file(file, a.rego.version()) {
+        if !is_rego(file) {
+            // Test cases: a fresh guard per file (the state starts empty, as in a new pod).
+            let cases = match read_cases(file) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors += 1;
+                    writeln!(out, "ERROR {e:#}")?;
+                    continue;
+                }
+            };
+            let guard = serve_guard(&a.source)?;
+            for (i, r) in run_cases(&guard, cases).into_iter().enumerate() {
+                let n = i + 1;
+                let said = if r.allowed { "allowed" } else { "denied" };
+                if r.passed() {
+                    passed += 1;
+                    writeln!(
+                        out,
+                        "PASS {} case {n}: {}",
+                        file.display(),
+                        r.case.description
+                    )?;
+                } else {
+                    failed += 1;
+                    let expected = if r.case.allowed { "allowed" } else { "denied" };
+                    let why = r.reason.map(|w| format!(": {w}")).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "FAIL {} case {n}: {}: expected {expected}, {said} ({}){why}",
+                        file.display(),
+                        r.case.description,
+                        r.case.kind
+                    )?;
+                }
+            }
+            continue;
+        }
+        match run_test_file(file, a.source.rego.version()) {
             Err(f) => {
                 errors += 1;
                 writeln!(out, "ERROR {}: {}", f.file.display(), f.error)?;
