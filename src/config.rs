@@ -255,13 +255,13 @@ pub const DEFAULT_MEASURE_EVERY: u64 = 1;
 #[serde(deny_unknown_fields)]
 pub struct DecisionLogSection {
     /// Write one OPA-format, hash-chained JSON record per decision to FILE.
-    #[arg(long = "decision-log", value_name = "FILE")]
+    #[arg(id = "decision_log_file", long = "decision-log", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    #[arg(long = "decision-log-max-bytes", value_name = "SIZE", value_parser = parse_size, help = defaulted("Rotate the decision log before it grows past SIZE (bytes, or K/M/G suffix; 0: never)", size_text(DEFAULT_LOG_MAX_BYTES)))]
+    #[arg(id = "decision_log_max_bytes", long = "decision-log-max-bytes", value_name = "SIZE", value_parser = parse_size, help = defaulted("Rotate the decision log before it grows past SIZE (bytes, or K/M/G suffix; 0: never)", size_text(DEFAULT_LOG_MAX_BYTES)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
-    #[arg(long = "decision-log-keep", value_name = "N", help = defaulted("Rotated decision-log files kept (FILE.1 newest)", DEFAULT_LOG_KEEP))]
+    #[arg(id = "decision_log_keep", long = "decision-log-keep", value_name = "N", help = defaulted("Rotated decision-log files kept (FILE.1 newest)", DEFAULT_LOG_KEEP))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<usize>,
     /// Measurement register the log's chain extends (tpm:pcr=N, tdx:rtmr=N, aa:...).
