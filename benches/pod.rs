@@ -122,10 +122,22 @@ fn log_cost(
         };
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for i in 0..n {
-            let order = if i % 2 == 0 { [true, false] } else { [false, true] };
+            let order = if i % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
             for log in order {
-                let wall = rt.block_on(run_ours(&pod, tmp, bin, log)).wall.as_secs_f64() * 1e3;
-                if log { on.push(wall) } else { off.push(wall) }
+                let wall = rt
+                    .block_on(run_ours(&pod, tmp, bin, log))
+                    .wall
+                    .as_secs_f64()
+                    * 1e3;
+                if log {
+                    on.push(wall)
+                } else {
+                    off.push(wall)
+                }
             }
         }
         let median = |v: &mut Vec<f64>| {

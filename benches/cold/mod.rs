@@ -181,8 +181,14 @@ pub async fn run_ours(
                 }
                 let own = v.get("agent_warden")?;
                 Some((
-                    v.get("path")?.as_str()?.strip_prefix("agent_policy/")?.to_string(),
-                    v.get("metrics")?.get("timer_rego_query_eval_ns")?.as_u64()? / 1000,
+                    v.get("path")?
+                        .as_str()?
+                        .strip_prefix("agent_policy/")?
+                        .to_string(),
+                    v.get("metrics")?
+                        .get("timer_rego_query_eval_ns")?
+                        .as_u64()?
+                        / 1000,
                     own.get("allowed")?.as_bool()?,
                 ))
             })

@@ -243,7 +243,7 @@ impl State {
                 }
                 if seq > prev_seq + 1 {
                     let missing = seq - prev_seq - 1;
-                    return Err(bad(Some(seq), format!("{missing} record(s) missing before this one: the record before it ({at}) is seq {prev_seq}, so seq {}..={} were removed", prev_seq + 1, seq - 1)).into());
+                    return Err(bad(Some(seq), format!("{missing} record(s) missing before this one: the record before it ({at}) is seq {prev_seq}, so seq {}..={} were removed or reordered", prev_seq + 1, seq - 1)).into());
                 }
                 if seq <= *prev_seq {
                     return Err(bad(Some(seq), format!("out of order: it follows seq {prev_seq} ({at}); records were reordered or repeated")).into());
