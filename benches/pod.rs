@@ -108,9 +108,11 @@ fn log_cost(
     tmp: &std::path::Path,
     bin: &std::ffi::OsStr,
 ) {
-    println!("| scenario | requests | wall ms, log off | wall ms, log on | on/off |");
-    println!("|---|---|---|---|---|");
-    let mut all = (0.0, 0.0);
+    println!(
+        "| scenario | requests | wall ms, log off | wall ms, log on | on/off | decision total ms (log on) | (on − off) / decision total |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut all = (0.0, 0.0, 0.0);
     for s in scenarios {
         let policy = s.dir.join("policy.rego");
         let pod = Pod {
@@ -120,7 +122,7 @@ fn log_cost(
             shape: s.shape,
             requests: &s.requests,
         };
-        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let (mut on, mut off, mut totals) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
             let order = if i % 2 == 0 {
                 [true, false]
@@ -128,13 +130,11 @@ fn log_cost(
                 [false, true]
             };
             for log in order {
-                let wall = rt
-                    .block_on(run_ours(&pod, tmp, bin, log))
-                    .wall
-                    .as_secs_f64()
-                    * 1e3;
+                let o = rt.block_on(run_ours(&pod, tmp, bin, log));
+                let wall = o.wall.as_secs_f64() * 1e3;
                 if log {
-                    on.push(wall)
+                    on.push(wall);
+                    totals.push(o.decisions.iter().map(|d| d.1).sum::<u64>() as f64 / 1e3);
                 } else {
                     off.push(wall)
                 }
@@ -144,20 +144,23 @@ fn log_cost(
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (off, on) = (median(&mut off), median(&mut on));
-        all = (all.0 + off, all.1 + on);
+        let (off, on, total) = (median(&mut off), median(&mut on), median(&mut totals));
+        all = (all.0 + off, all.1 + on, all.2 + total);
         println!(
-            "| {} | {} | {off:.2} | {on:.2} | {:.3} |",
+            "| {} | {} | {off:.2} | {on:.2} | {:.3} | {total:.2} | {:+.1}% |",
             s.name,
             s.requests.len(),
-            on / off
+            on / off,
+            (on - off) / total * 100.0
         );
     }
     println!(
-        "pod: log cost: sum of medians off {:.2} ms, on {:.2} ms, on/off {:.3}",
+        "pod: log cost: sum of medians off {:.2} ms, on {:.2} ms, on/off {:.3}; decision total {:.2} ms, (on − off) / decision total {:+.1}%",
         all.0,
         all.1,
-        all.1 / all.0
+        all.1 / all.0,
+        all.2,
+        (all.1 - all.0) / all.2 * 100.0
     );
 }
 

@@ -606,6 +606,32 @@ mod tests {
     }
 
     #[test]
+    fn decision_log_section_resolves_and_checks() {
+        let c = Config::parse(
+            "[decision_log]\nfile = \"/l\"\nmax_bytes = 1000\nkeep = 2\nmeasure = \"tpm:pcr=23\"\nmeasure_every = 5\ncheckpoint_ms = 100\n",
+            "t",
+        )
+        .unwrap();
+        let s = c.decision_log.settings().unwrap().unwrap();
+        assert_eq!((s.max_bytes, s.keep, s.measure_every), (1000, 2, 5));
+        assert_eq!(s.path, Path::new("/l"));
+        let d = Config::parse("[decision_log]\nfile = \"/l\"\n", "t").unwrap();
+        let s = d.decision_log.settings().unwrap().unwrap();
+        assert_eq!(
+            (s.max_bytes, s.keep, s.measure_every),
+            (DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_KEEP, 1)
+        );
+        for bad in [
+            "[decision_log]\nmeasure = \"tpm:pcr=23\"\n",
+            "[decision_log]\nfile = \"/l\"\nmeasure_every = 0\n",
+        ] {
+            let c = Config::parse(bad, "t").unwrap();
+            assert!(c.decision_log.settings().is_err(), "{bad}");
+        }
+        assert!(Config::parse("[decision_log]\nsize = 3\n", "t").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         assert!(toml::from_str::<Config>("[policy]\nfiel = \"x\"").is_err());

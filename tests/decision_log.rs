@@ -503,7 +503,7 @@ fn a_truncated_tail_is_caught_against_the_register() {
             policy_digest: "ab".into(),
             timestamp: record::now_rfc3339(),
         };
-        log.decision(&d, &Outcome::Forwarded(0));
+        log.decision(d, &Outcome::Forwarded(0));
     }
     drop(log);
     let pcr = agent_warden::attestation::to_hex(&reg.0.lock().unwrap());

@@ -190,19 +190,19 @@ impl DecisionLog {
     }
 
     /// Writes one decided request with its final outcome.
-    pub fn decision(&self, d: &Decided, outcome: &Outcome) {
+    pub fn decision(&self, d: Decided, outcome: &Outcome) {
         let mut rec = self.base();
-        rec.insert("timestamp".into(), json!(d.timestamp));
+        rec.insert("timestamp".into(), Value::String(d.timestamp));
         rec.insert(
             "decision_id".into(),
             json!(format!("{}-{}", self.instance, d.decision_id)),
         );
         rec.insert("path".into(), json!(format!("{PACKAGE}/{}", d.kind)));
         if !d.masked.input.is_null() {
-            rec.insert("input".into(), d.masked.input.clone());
+            rec.insert("input".into(), d.masked.input);
         }
-        if let Some(r) = &d.result {
-            rec.insert("result".into(), r.clone());
+        if let Some(r) = d.result {
+            rec.insert("result".into(), r);
         }
         if !d.masked.erased.is_empty() {
             rec.insert("erased".into(), json!(d.masked.erased));
@@ -426,7 +426,7 @@ impl OpenRecord {
     /// Writes the record with its outcome.
     pub fn close(mut self, outcome: Outcome) {
         if let Some(d) = self.decided.take() {
-            self.log.decision(&d, &outcome);
+            self.log.decision(*d, &outcome);
         }
     }
 }
@@ -435,7 +435,7 @@ impl Drop for OpenRecord {
     fn drop(&mut self) {
         if let Some(d) = self.decided.take() {
             self.log.decision(
-                &d,
+                *d,
                 &Outcome::Unanswered("the connection closed before the agent answered"),
             );
         }

@@ -74,7 +74,7 @@ pub fn mask_ops(value: &Value) -> Result<Vec<MaskOp>, String> {
 /// `input` with the default masking, then `ops` (the policy's), applied.
 pub fn mask(input: &Value, ops: &[MaskOp]) -> Masked {
     let mut out = Masked::default();
-    let mut doc = default_mask(input, "/input", &mut out);
+    let mut doc = default_mask(input, &mut Vec::new(), &mut out);
     for op in ops {
         match op {
             MaskOp::Erase(path) => {
@@ -109,33 +109,60 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-fn default_mask(v: &Value, at: &str, out: &mut Masked) -> Value {
+/// The default masking of `v`, whose pointer is `at` (the keys from `/input` down; a
+/// pointer string is only built for what is masked).
+fn default_mask<'a>(v: &'a Value, at: &mut Vec<Key<'a>>, out: &mut Masked) -> Value {
     match v {
         Value::Object(o) => {
             let mut m = Map::new();
             for (k, v) in o {
-                let here = format!("{at}/{}", escape(k));
+                at.push(Key::Name(k));
                 match (k.as_str(), v) {
-                    ("data", Value::Array(_)) => out.erased.push(here),
+                    ("data", Value::Array(_)) => out.erased.push(pointer(at)),
                     ("Env" | "env", Value::Array(a)) => {
-                        out.masked.push(here);
+                        out.masked.push(pointer(at));
                         m.insert(k.clone(), Value::Array(a.iter().map(mask_env).collect()));
                     }
                     _ => {
-                        m.insert(k.clone(), default_mask(v, &here, out));
+                        m.insert(k.clone(), default_mask(v, at, out));
                     }
                 }
+                at.pop();
             }
             Value::Object(m)
         }
         Value::Array(a) => Value::Array(
             a.iter()
                 .enumerate()
-                .map(|(i, v)| default_mask(v, &format!("{at}/{i}"), out))
+                .map(|(i, v)| {
+                    at.push(Key::Index(i));
+                    let masked = default_mask(v, at, out);
+                    at.pop();
+                    masked
+                })
                 .collect(),
         ),
         other => other.clone(),
     }
+}
+
+/// One step of a JSON pointer.
+enum Key<'a> {
+    Name(&'a str),
+    Index(usize),
+}
+
+/// `/input/...` for the keys of `at`.
+fn pointer(at: &[Key<'_>]) -> String {
+    let mut p = String::from("/input");
+    for k in at {
+        p.push('/');
+        match k {
+            Key::Name(n) => p.push_str(&escape(n)),
+            Key::Index(i) => p.push_str(&i.to_string()),
+        }
+    }
+    p
 }
 
 fn mask_env(e: &Value) -> Value {

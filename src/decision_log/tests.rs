@@ -82,7 +82,7 @@ fn every_record_measured_gives_the_register_value() {
     let s = settings(dir.path());
     let log = DecisionLog::open(s.clone(), "ab", "cd", Some(Box::new(reg.clone()))).unwrap();
     for n in 1..=3 {
-        log.decision(&decided(n), &Outcome::Forwarded(0));
+        log.decision(decided(n), &Outcome::Forwarded(0));
     }
     let recs = lines(&s.path);
     assert_eq!(recs.len(), 4);
@@ -125,7 +125,7 @@ fn every_nth_record_and_checkpoints_are_measured() {
     };
     let log = DecisionLog::open(s.clone(), "ab", "cd", Some(Box::new(reg.clone()))).unwrap();
     for n in 1..=4 {
-        log.decision(&decided(n), &Outcome::Forwarded(0));
+        log.decision(decided(n), &Outcome::Forwarded(0));
     }
     assert!(log.checkpoint());
     assert!(!log.checkpoint(), "nothing unmeasured: no checkpoint");
@@ -149,9 +149,9 @@ fn a_failed_extension_is_recorded_and_left_out_of_the_register() {
     let s = settings(dir.path());
     let log = DecisionLog::open(s.clone(), "ab", "cd", Some(Box::new(reg.clone()))).unwrap();
     *reg.fail.lock().unwrap() = true;
-    log.decision(&decided(1), &Outcome::Forwarded(0));
+    log.decision(decided(1), &Outcome::Forwarded(0));
     *reg.fail.lock().unwrap() = false;
-    log.decision(&decided(2), &Outcome::NotForwarded(7));
+    log.decision(decided(2), &Outcome::NotForwarded(7));
     let recs = lines(&s.path);
     assert_eq!(recs[2][OWN]["type"], "measure_failed");
     assert_eq!(recs[2][OWN]["failed_seq"], 1);
@@ -174,7 +174,7 @@ fn rotation_continues_the_chain_and_keeps_n_files() {
     };
     let log = DecisionLog::open(s.clone(), "ab", "cd", None).unwrap();
     for n in 1..=12 {
-        log.decision(&decided(n), &Outcome::Forwarded(0));
+        log.decision(decided(n), &Outcome::Forwarded(0));
     }
     let p1 = dir.path().join("log.jsonl.1");
     let p2 = dir.path().join("log.jsonl.2");
@@ -213,7 +213,7 @@ fn reopening_rotates_the_old_boot_out() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let first = DecisionLog::open(s.clone(), "ab", "cd", None).unwrap();
-    first.decision(&decided(1), &Outcome::Forwarded(0));
+    first.decision(decided(1), &Outcome::Forwarded(0));
     drop(first);
     let second = DecisionLog::open(s.clone(), "ab", "cd", None).unwrap();
     drop(second);

@@ -307,7 +307,7 @@ impl Guard {
                     policy_digest: policy.digest().to_string(),
                     timestamp: record::now_rfc3339(),
                 };
-                log.decision(&d, &Outcome::NotForwarded(Code::INVALID_ARGUMENT as i32));
+                log.decision(d, &Outcome::NotForwarded(Code::INVALID_ARGUMENT as i32));
             }
             refuse(
                 Code::INVALID_ARGUMENT,
@@ -424,7 +424,7 @@ impl Guard {
             match &mut verdict {
                 Verdict::Forward(p) => p.record = Some(OpenRecord::new(log.clone(), d)),
                 Verdict::Answer(a) => {
-                    log.decision(&d, &Outcome::NotForwarded(a.code as i32));
+                    log.decision(d, &Outcome::NotForwarded(a.code as i32));
                     let now = self.policy();
                     if m.handling == Handling::SetPolicy && !Arc::ptr_eq(&now, &policy) {
                         log.policy_replaced(policy.digest(), now.digest());
