@@ -205,7 +205,7 @@ fn main() {
             };
             let (allow_pod, deny_pod, warm_pod) = (pod(upto), pod(&denied), pod(&warm));
             let last_ours = |pod: &Pod, want: bool| {
-                let o = rt.block_on(run_ours(pod, tmp.path(), &bin));
+                let o = rt.block_on(run_ours(pod, tmp.path(), &bin, true));
                 let (ty, us, allowed) = o.decisions[p.measured].clone();
                 assert_eq!(allowed, want, "{} N={}: ours {ty}", dim.name, p.n);
                 (us as f64, o)

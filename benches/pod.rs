@@ -27,6 +27,11 @@
 //! once. `POD_ROUNDS` (default 3) repeats the whole table; `POD_DETAIL=1` also prints
 //! every decision's time; `POD_BIN=path` measures another agent-warden binary (an
 //! older build, for a before/after in the same conditions).
+//!
+//! `POD_LOG_COST=N` instead measures what the decision log costs: each scenario's pod
+//! N times with `--decision-log` (chained, masked) and N times without, alternating,
+//! and prints the median wall time first→last of each and their ratio (the evaluation
+//! time above does not include masking and writing the record; the wall time does).
 
 mod cold;
 
@@ -95,6 +100,70 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
 
+/// The decision log's cost: median wall time first→last with and without it.
+fn log_cost(
+    scenarios: &[Scenario],
+    n: usize,
+    rt: &tokio::runtime::Runtime,
+    tmp: &std::path::Path,
+    bin: &std::ffi::OsStr,
+) {
+    println!(
+        "| scenario | requests | wall ms, log off | wall ms, log on | on/off | decision total ms (log on) | (on − off) / decision total |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut all = (0.0, 0.0, 0.0);
+    for s in scenarios {
+        let policy = s.dir.join("policy.rego");
+        let pod = Pod {
+            name: &s.name,
+            policy: &policy,
+            rego: "v0",
+            shape: s.shape,
+            requests: &s.requests,
+        };
+        let (mut on, mut off, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let order = if i % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for log in order {
+                let o = rt.block_on(run_ours(&pod, tmp, bin, log));
+                let wall = o.wall.as_secs_f64() * 1e3;
+                if log {
+                    on.push(wall);
+                    totals.push(o.decisions.iter().map(|d| d.1).sum::<u64>() as f64 / 1e3);
+                } else {
+                    off.push(wall)
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (off, on, total) = (median(&mut off), median(&mut on), median(&mut totals));
+        all = (all.0 + off, all.1 + on, all.2 + total);
+        println!(
+            "| {} | {} | {off:.2} | {on:.2} | {:.3} | {total:.2} | {:+.1}% |",
+            s.name,
+            s.requests.len(),
+            on / off,
+            (on - off) / total * 100.0
+        );
+    }
+    println!(
+        "pod: log cost: sum of medians off {:.2} ms, on {:.2} ms, on/off {:.3}; decision total {:.2} ms, (on − off) / decision total {:+.1}%",
+        all.0,
+        all.1,
+        all.1 / all.0,
+        all.2,
+        (all.1 - all.0) / all.2 * 100.0
+    );
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         // Test mode (`cargo test --all-targets`): the heavy run is for `cargo bench` only.
@@ -106,6 +175,13 @@ fn main() {
     let scenarios = scenarios();
     let tmp = tempfile::tempdir().expect("tempdir");
     let rt = cold::runtime();
+    if let Some(n) = std::env::var("POD_LOG_COST")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        log_cost(&scenarios, n, &rt, tmp.path(), &bin);
+        return;
+    }
     for round in 1..=rounds {
         println!(
             "\npod: round {round} of {rounds}, load average before: {}",
@@ -127,7 +203,7 @@ fn main() {
                 shape: s.shape,
                 requests: &s.requests,
             };
-            let ours = || rt.block_on(run_ours(&pod, tmp.path(), &bin));
+            let ours = || rt.block_on(run_ours(&pod, tmp.path(), &bin, true));
             let (ours, kata, kata_bt) = if round % 2 == 1 {
                 let o = ours();
                 let k = run_kata(&pod, Backtrace::Unset);

@@ -17,9 +17,6 @@ pub struct Cli {
     /// Log lines on stderr as JSON.
     #[arg(long, global = true)]
     pub log_json: bool,
-    /// Also write one JSON line per policy decision to this file.
-    #[arg(long, global = true)]
-    pub decision_log: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +37,8 @@ pub enum Command {
     Storage(crate::tools::storage::StorageArgs),
     /// The tenant's initdata: pack a policy into the pod annotation, TEE digests and disk image.
     Initdata(crate::tools::initdata::InitdataArgs),
+    /// Decision-log tools: verify the hash chain (and the register) of `serve --decision-log` files.
+    Log(crate::tools::log::LogArgs),
 }
 
 /// Flags of `agent-warden serve`. Each setting is a configuration key too (defined
@@ -101,11 +100,7 @@ pub fn run() -> i32 {
     } else {
         "info"
     };
-    if let Err(e) = crate::logging::init(
-        cli.log.as_deref().unwrap_or(default_log),
-        cli.log_json,
-        cli.decision_log.as_deref(),
-    ) {
+    if let Err(e) = crate::logging::init(cli.log.as_deref().unwrap_or(default_log), cli.log_json) {
         eprintln!("agent-warden: error: {e:#}");
         return 1;
     }
@@ -128,6 +123,7 @@ pub fn run() -> i32 {
         Command::Policy(args) => crate::tools::run_cli(args),
         Command::Storage(args) => crate::tools::storage::run_cli(args),
         Command::Initdata(args) => crate::tools::initdata::run_cli(args),
+        Command::Log(args) => crate::tools::log::run_cli(args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,13 @@
 //! [audit]
 //! capture = "/run/agent-warden/capture.jsonl"  # e.g. (default: none): every decided input
 //! capture_unmasked = false
+//! [decision_log]                             # the OPA-format, hash-chained decision log
+//! file = "/run/agent-warden/decisions.jsonl"  # e.g. (default: none)
+//! max_bytes = 67108864                       # rotate at this size (0: never)
+//! keep = 4                                   # rotated files kept (FILE.1 … FILE.4)
+//! measure = "tpm:pcr=23"                     # e.g. (default: none): register the chain extends
+//! measure_every = 1                          # measure every N-th record
+//! checkpoint_ms = 0                          # with measure_every > 1: a measured checkpoint every MS (0: none)
 //! [limits]
 //! max_connections = 256
 //! max_in_flight = 1024                       # per host connection
@@ -90,6 +97,9 @@ pub struct Config {
     #[serde(default)]
     #[command(flatten)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    #[command(flatten)]
+    pub decision_log: DecisionLogSection,
     /// The `[storage]` table (the scratch disk; `serve --storage-device` sets its
     /// `device`, `agent-warden storage` takes every key as a flag).
     #[arg(skip)]
@@ -230,6 +240,63 @@ pub struct AuditSection {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capture_unmasked: Option<bool>,
+}
+
+/// Default size at which the decision log rotates.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 64 << 20;
+/// Default number of rotated decision-log files kept.
+pub const DEFAULT_LOG_KEEP: usize = 4;
+/// Default: with a register, every record is measured.
+pub const DEFAULT_MEASURE_EVERY: u64 = 1;
+
+/// The `[decision_log]` table: the OPA-format, hash-chained decision log
+/// ([`crate::decision_log`]). From initdata, these settings are measured too.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogSection {
+    /// Write one OPA-format, hash-chained JSON record per decision to FILE.
+    #[arg(id = "decision_log_file", long = "decision-log", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[arg(id = "decision_log_max_bytes", long = "decision-log-max-bytes", value_name = "SIZE", value_parser = parse_size, help = defaulted("Rotate the decision log before it grows past SIZE (bytes, or K/M/G suffix; 0: never)", size_text(DEFAULT_LOG_MAX_BYTES)))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[arg(id = "decision_log_keep", long = "decision-log-keep", value_name = "N", help = defaulted("Rotated decision-log files kept (FILE.1 newest)", DEFAULT_LOG_KEEP))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<usize>,
+    /// Measurement register the log's chain extends (tpm:pcr=N, tdx:rtmr=N, aa:...).
+    #[arg(long, value_name = "SPEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measure: Option<String>,
+    #[arg(long, value_name = "N", help = defaulted("Extend the register with every N-th record's hash", DEFAULT_MEASURE_EVERY))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measure_every: Option<u64>,
+    #[arg(long = "measure-checkpoint-ms", value_name = "MS", help = defaulted("With --measure-every > 1: a measured checkpoint record every MS when records are unmeasured (0: none)", 0))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_ms: Option<u64>,
+}
+
+impl DecisionLogSection {
+    /// The writer's settings, when a file is configured.
+    pub fn settings(&self) -> anyhow::Result<Option<crate::decision_log::LogSettings>> {
+        let Some(path) = &self.file else {
+            if self.measure.is_some() {
+                anyhow::bail!(
+                    "[decision_log]: measure needs a decision log file (`file`, --decision-log)"
+                );
+            }
+            return Ok(None);
+        };
+        if self.measure_every == Some(0) {
+            anyhow::bail!("[decision_log]: measure_every must be at least 1");
+        }
+        Ok(Some(crate::decision_log::LogSettings {
+            path: path.clone(),
+            max_bytes: self.max_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES),
+            keep: self.keep.unwrap_or(DEFAULT_LOG_KEEP),
+            measure_every: self.measure_every.unwrap_or(DEFAULT_MEASURE_EVERY),
+        }))
+    }
 }
 
 /// The `[limits]` table.
@@ -536,6 +603,32 @@ mod tests {
             (RegoVersion::V0, InputShape::Legacy)
         );
         assert!(Config::parse("[policy]\nkata = \"2023\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn decision_log_section_resolves_and_checks() {
+        let c = Config::parse(
+            "[decision_log]\nfile = \"/l\"\nmax_bytes = 1000\nkeep = 2\nmeasure = \"tpm:pcr=23\"\nmeasure_every = 5\ncheckpoint_ms = 100\n",
+            "t",
+        )
+        .unwrap();
+        let s = c.decision_log.settings().unwrap().unwrap();
+        assert_eq!((s.max_bytes, s.keep, s.measure_every), (1000, 2, 5));
+        assert_eq!(s.path, Path::new("/l"));
+        let d = Config::parse("[decision_log]\nfile = \"/l\"\n", "t").unwrap();
+        let s = d.decision_log.settings().unwrap().unwrap();
+        assert_eq!(
+            (s.max_bytes, s.keep, s.measure_every),
+            (DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_KEEP, 1)
+        );
+        for bad in [
+            "[decision_log]\nmeasure = \"tpm:pcr=23\"\n",
+            "[decision_log]\nfile = \"/l\"\nmeasure_every = 0\n",
+        ] {
+            let c = Config::parse(bad, "t").unwrap();
+            assert!(c.decision_log.settings().is_err(), "{bad}");
+        }
+        assert!(Config::parse("[decision_log]\nsize = 3\n", "t").is_err());
     }
 
     #[test]

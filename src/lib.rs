@@ -31,6 +31,7 @@
 pub mod attestation;
 pub mod cli;
 pub mod config;
+pub mod decision_log;
 pub mod logging;
 pub mod policy;
 pub mod serve;

@@ -1,10 +1,9 @@
 //! Logging setup: human-readable or JSON lines on stderr (filter from `--log` or
-//! RUST_LOG), and optionally the decision log — one JSON line per policy decision
-//! (tracing target `agent_warden::decision`) — in a file of its own.
+//! RUST_LOG). Each decision is also a short event with target
+//! `agent_warden::decision` here; the tamper-evident decision log file is
+//! [`crate::decision_log`]'s.
 
-use std::path::Path;
-
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -13,9 +12,8 @@ use tracing_subscriber::Layer;
 pub const DECISION_TARGET: &str = "agent_warden::decision";
 
 /// Installs the global subscriber (a second call is a no-op). `json` selects JSON
-/// lines on stderr; `decision_log` adds a file that receives only decision events,
-/// as JSON lines.
-pub fn init(filter: &str, json: bool, decision_log: Option<&Path>) -> anyhow::Result<()> {
+/// lines on stderr.
+pub fn init(filter: &str, json: bool) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -31,25 +29,6 @@ pub fn init(filter: &str, json: bool, decision_log: Option<&Path>) -> anyhow::Re
             .with_filter(filter)
             .boxed()
     };
-    let decisions = match decision_log {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open decision log {}: {e}", path.display()))?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::sync::Mutex::new(file))
-                    .with_filter(Targets::new().with_target(DECISION_TARGET, tracing::Level::INFO)),
-            )
-        }
-        None => None,
-    };
-    let _ = tracing_subscriber::registry()
-        .with(stderr)
-        .with(decisions)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(stderr).try_init();
     Ok(())
 }

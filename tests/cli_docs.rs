@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::ROOT;
 
 /// Flags that every subcommand has (logging), documented elsewhere in the README.
-const GLOBAL: &[&str] = &["--log", "--log-json", "--decision-log", "--help"];
+const GLOBAL: &[&str] = &["--log", "--log-json", "--help"];
 
 /// `--flag` → its `[default: …]` (if any), from `serve --help`.
 fn help_flags() -> BTreeMap<String, Option<String>> {

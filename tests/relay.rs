@@ -141,7 +141,8 @@ async fn undefined_rule_is_denied() {
     h.stop().await;
 }
 
-/// The decision log of this test process (every test's decisions), as JSON lines.
+/// The stderr `decision` events of this test process (every test's decisions), as
+/// JSON lines.
 fn decision_log() -> Arc<Mutex<Vec<u8>>> {
     use tracing_subscriber::layer::{Layer, SubscriberExt};
     static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();

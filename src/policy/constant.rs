@@ -61,6 +61,27 @@ pub(crate) fn constant_rules(engine: &mut Engine) -> HashMap<String, bool> {
         .collect()
 }
 
+/// Whether a module of the policy defines a rule named `name` (any head starting
+/// with it, defaults included). Used at load, so that an optional rule such as
+/// `log_mask` costs nothing when absent.
+pub(crate) fn defines(engine: &mut Engine, name: &str) -> bool {
+    engine.get_modules().iter().any(|module| {
+        module.policy.iter().any(|rule| {
+            let refr = match rule.as_ref() {
+                Rule::Default { refr, .. } => refr,
+                Rule::Spec { head, .. } => match head {
+                    RuleHead::Compr { refr, .. }
+                    | RuleHead::Set { refr, .. }
+                    | RuleHead::Func { refr, .. } => refr,
+                },
+            };
+            head_path(refr)
+                .and_then(|p| p.into_iter().next())
+                .is_some_and(|n| n == name)
+        })
+    })
+}
+
 /// The components of a reference written with names only (`a`, `a.b`, `a[k]` → `a`…);
 /// `None` for anything else.
 fn head_path(e: &Expr) -> Option<Vec<String>> {

@@ -107,6 +107,9 @@ pub struct InputError(#[source] serde_json::Error);
 const UNPREPARED: u64 = u64::MAX;
 
 /// regorus's `eval_rule` error for a path that names no rule.
+/// The rule that says what the decision log leaves out of a request's input.
+pub const LOG_MASK: &str = "log_mask";
+
 const NOT_A_RULE: &str = "not a valid rule path";
 
 /// A loaded, checked policy.
@@ -137,6 +140,8 @@ pub struct Policy {
     constant_allows: AtomicU64,
     /// Rules whose value is a bool whatever the request (see [`crate::policy::constant`]).
     constant: std::collections::HashMap<String, bool>,
+    /// Whether the policy defines `log_mask` (what the decision log leaves out).
+    log_mask: bool,
 }
 
 /// RFC 6902 operations a policy asked for (on `/pstate/...`), to apply once the agent
@@ -332,6 +337,7 @@ impl Policy {
             )));
         }
         let constant = crate::policy::constant::constant_rules(&mut engine);
+        let log_mask = crate::policy::constant::defines(&mut engine, LOG_MASK);
         let mut policy = Policy {
             // Not prepared yet: the first evaluation (below, at load) prepares it.
             engine: Mutex::new((engine, UNPREPARED)),
@@ -348,6 +354,7 @@ impl Policy {
             fast_denials: AtomicU64::new(0),
             constant_allows: AtomicU64::new(0),
             constant,
+            log_mask,
         };
         // Evaluating once at load also prepares the engine, so the first real request
         // does not pay for it.
@@ -485,6 +492,24 @@ impl Policy {
             _ => return None,
         };
         Some((decision, ops))
+    }
+
+    /// The policy's `log_mask` for one request's input (as OPA's `system.log.mask`):
+    /// `Ok(None)` when the policy has no such rule (checked at load: nothing is
+    /// evaluated then) or it is undefined for this input; else its value as JSON (a
+    /// set of JSON pointers under `/input`, or upsert objects).
+    pub fn log_mask(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, String> {
+        if !self.log_mask {
+            return Ok(None);
+        }
+        let input = engine_value(input).map_err(|e| e.to_string())?;
+        match self.eval(LOG_MASK, input) {
+            Ok((None, _)) => Ok(None),
+            Ok((Some(v), _)) => serde_json::to_value(&v)
+                .map(Some)
+                .map_err(|e| format!("{LOG_MASK} is not JSON: {e}")),
+            Err(e) => Err(format!("{LOG_MASK}: {e}")),
+        }
     }
 
     /// The shared engine, brought up to date with the policy state, cloned.

@@ -1,6 +1,7 @@
 //! Audit records: the capture file of decided inputs, replayable with
-//! `agent-warden policy replay`. (The per-decision log line itself is a tracing event
-//! with target `agent_warden::decision`; `logging` routes it.)
+//! `agent-warden policy replay`. (The per-decision records are
+//! [`crate::decision_log`]'s; the short stderr line is a tracing event with target
+//! `agent_warden::decision`.)
 //!
 //! Capture lines are [`CaptureLine`]s, `{"kind": "<RequestType>", "request": <input>}`. Unless asked
 //! otherwise, container environment values and byte payloads are masked: `Env`

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use crate::decision_log::{record, Decided, DecisionLog, OpenRecord, Outcome};
 use crate::policy::{Decision, Policy, StateOps};
 use crate::wire::envelope::{self, Code};
 use crate::wire::frame::{Frame, RequestFault};
@@ -32,6 +33,7 @@ pub struct Guard {
     set_policy: SetPolicyMode,
     endpoint_list: bool,
     capture: Option<crate::serve::audit::Capture>,
+    decision_log: Option<Arc<DecisionLog>>,
     max_in_flight: usize,
 }
 
@@ -53,6 +55,9 @@ pub struct Pending {
     pub hook: Option<Hook>,
     /// State operations to apply (to the policy that decided) once the agent succeeds.
     pub ops: Option<(Arc<Policy>, StateOps)>,
+    /// The decision-log record, written with the agent's status when its answer
+    /// passes back (or as unanswered when the connection closes first).
+    pub record: Option<OpenRecord>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -61,6 +66,7 @@ impl std::fmt::Debug for Pending {
             .field("blank_data", &self.blank_data)
             .field("hook", &self.hook.is_some())
             .field("ops", &self.ops.as_ref().map(|(_, ops)| ops))
+            .field("record", &self.record)
             .finish()
     }
 }
@@ -130,8 +136,20 @@ impl Guard {
             set_policy: SetPolicyMode::PolicyDecides,
             endpoint_list: false,
             capture: None,
+            decision_log: None,
             max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+
+    /// Writes every decision, with its outcome, to the (chained) decision log.
+    pub fn with_decision_log(mut self, log: Arc<DecisionLog>) -> Guard {
+        self.decision_log = Some(log);
+        self
+    }
+
+    /// The decision log, if one is written.
+    pub fn decision_log(&self) -> Option<Arc<DecisionLog>> {
+        self.decision_log.clone()
     }
 
     /// Sets the most requests in flight on one host connection (at least 1).
@@ -194,6 +212,7 @@ impl Guard {
                     blank_data: false,
                     hook: self.hook(m),
                     ops: None,
+                    record: None,
                 })
             }
             Err(refused) => return refused,
@@ -272,7 +291,24 @@ impl Guard {
         let input = input::to_policy_input(&*msg, self.shape).map_err(|e| {
             // kata-agent refuses such a request before its policy runs: fail closed.
             let reason = e.to_string();
-            self.log_decision(m, conn, id, Err(&reason), self.policy().digest(), 0);
+            let policy = self.policy();
+            let decision_id = self.log_decision(m, conn, id, Err(&reason), policy.digest(), 0);
+            if let Some(log) = &self.decision_log {
+                let d = Decided {
+                    decision_id,
+                    kind: ty.to_string(),
+                    conn,
+                    stream: id,
+                    masked: record::Masked::default(),
+                    result: None,
+                    allowed: false,
+                    reason: format!("refused before policy evaluation: {reason}"),
+                    eval_ns: 0,
+                    policy_digest: policy.digest().to_string(),
+                    timestamp: record::now_rfc3339(),
+                };
+                log.decision(d, &Outcome::NotForwarded(Code::INVALID_ARGUMENT as i32));
+            }
             refuse(
                 Code::INVALID_ARGUMENT,
                 format!("{ty}: refused before policy evaluation: {e}"),
@@ -328,9 +364,11 @@ impl Guard {
     ) -> Judgement {
         let ty = m.request_type.as_str();
         let policy = self.policy();
+        let timestamp = self.decision_log.as_ref().map(|_| record::now_rfc3339());
         let started = Instant::now();
         let (mut decision, ops) = policy.decide_with_ops(ty, input);
-        let eval_us = started.elapsed().as_micros() as u64;
+        let eval_ns = started.elapsed().as_nanos() as u64;
+        let eval_us = eval_ns / 1000;
         if m.handling == Handling::SetPolicy && self.set_policy == SetPolicyMode::Forbidden {
             decision = Decision::Deny {
                 reason: "SetPolicy is disabled: the policy came from attested initdata".into(),
@@ -362,8 +400,39 @@ impl Guard {
                 "AllowRequestsFailingPolicy: denied request allowed"
             );
         }
+        let result = match (&decision, &ops) {
+            (Decision::Error(_), _) => None,
+            (_, Some(ops)) => Some(serde_json::json!({"allowed": allowed, "ops": ops})),
+            _ => Some(serde_json::Value::Bool(allowed)),
+        };
         let ops = ops.map(|o| (policy.clone(), o));
-        let verdict = self.verdict(m, &decision, overridden, ops, input);
+        let mut verdict = self.verdict(m, &decision, overridden, ops, input);
+        if let (Some(log), Some(timestamp)) = (&self.decision_log, timestamp) {
+            let d = Decided {
+                decision_id,
+                kind: ty.to_string(),
+                conn,
+                stream,
+                masked: masked_input(&policy, input),
+                result,
+                allowed,
+                reason: reason.to_string(),
+                eval_ns,
+                policy_digest: policy.digest().to_string(),
+                timestamp,
+            };
+            match &mut verdict {
+                Verdict::Forward(p) => p.record = Some(OpenRecord::new(log.clone(), d)),
+                Verdict::Answer(a) => {
+                    log.decision(d, &Outcome::NotForwarded(a.code as i32));
+                    let now = self.policy();
+                    if m.handling == Handling::SetPolicy && !Arc::ptr_eq(&now, &policy) {
+                        log.policy_replaced(policy.digest(), now.digest());
+                    }
+                }
+                Verdict::Close(_) => {}
+            }
+        }
         Judgement {
             decision,
             overridden,
@@ -388,6 +457,7 @@ impl Guard {
                 blank_data,
                 hook: self.hook(m),
                 ops,
+                record: None,
             })
         };
         match decision {
@@ -437,6 +507,27 @@ impl Guard {
             }
         }
     }
+}
+
+/// The input as the decision log keeps it: agent-warden's default masking, then the
+/// policy's `log_mask`. A `log_mask` that fails or says something unreadable erases
+/// the whole input (fail closed: the author meant to keep something out).
+fn masked_input(policy: &Policy, input: &serde_json::Value) -> record::Masked {
+    let ops = match policy.log_mask(input) {
+        Ok(None) => Vec::new(),
+        Ok(Some(v)) => match record::mask_ops(&v) {
+            Ok(ops) => ops,
+            Err(e) => {
+                tracing::error!(error = %e, "decision log: log_mask unreadable, input erased");
+                vec![record::MaskOp::Erase("/input".into())]
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "decision log: log_mask failed, input erased");
+            vec![record::MaskOp::Erase("/input".into())]
+        }
+    };
+    record::mask(input, &ops)
 }
 
 /// Answers in the agent's place with `code` and `message` (not forwarded).

@@ -44,6 +44,12 @@ pub struct ServeSettings {
     pub eval_timeout: Duration,
     /// The scratch disk, when `[storage]` names a device.
     pub storage: Option<StorageConfig>,
+    /// The decision log, when `[decision_log] file` is set.
+    pub decision_log: Option<crate::decision_log::LogSettings>,
+    /// The measurement register the decision log extends (`[decision_log] measure`).
+    pub measure: Option<String>,
+    /// A measured checkpoint record every this often (when records are unmeasured).
+    pub checkpoint: Option<Duration>,
 }
 
 impl ServeSettings {
@@ -96,6 +102,13 @@ impl ServeSettings {
             max_in_flight: cfg.max_in_flight(),
             eval_timeout: cfg.eval_timeout(),
             storage,
+            decision_log: cfg.decision_log.settings()?,
+            measure: cfg.decision_log.measure.clone(),
+            checkpoint: cfg
+                .decision_log
+                .checkpoint_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         })
     }
 }
@@ -163,6 +176,7 @@ pub fn build_guard(
         _ => SetPolicyMode::PolicyDecides,
     };
     let endpoint_list = matches!(loaded.origin, Origin::EndpointList(_));
+    let expected = loaded.expected_digest();
     let mut guard = Guard::new(loaded.policy, settings.input_shape)
         .with_set_policy(set_policy)
         .with_endpoint_list(endpoint_list)
@@ -174,6 +188,22 @@ pub fn build_guard(
     }
     if let Some(hook) = teardown {
         guard = guard.with_hook("DestroySandboxRequest", hook);
+    }
+    if let Some(log) = &settings.decision_log {
+        let register = match &settings.measure {
+            Some(spec) => Some(
+                crate::attestation::measure::open(spec)
+                    .map_err(|e| anyhow::anyhow!("decision log: {e}"))?,
+            ),
+            None => None,
+        };
+        let log = crate::decision_log::DecisionLog::open(
+            log.clone(),
+            guard.policy().digest(),
+            &attestation::to_hex(&expected),
+            register,
+        )?;
+        guard = guard.with_decision_log(Arc::new(log));
     }
     Ok(guard)
 }
@@ -350,6 +380,17 @@ pub async fn serve_with(
             return Err(e);
         }
     };
+    let checkpoints = match (settings.checkpoint, guard.decision_log()) {
+        (Some(every), Some(log)) => Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                log.checkpoint();
+            }
+        })),
+        _ => None,
+    };
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
     sdnotify::notify_logged("READY=1");
     run_with(
@@ -362,6 +403,9 @@ pub async fn serve_with(
     .await;
     sdnotify::notify_logged("STOPPING=1");
     tracing::info!("shutting down");
+    if let Some(task) = checkpoints {
+        task.abort();
+    }
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)
             .await

@@ -36,6 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::judge::{Answer, Guard, Pending, Verdict, Violation};
+use crate::decision_log::Outcome;
 use crate::serve::address::{Conn, ReadHalf, WriteHalf};
 use crate::wire::envelope::{self, Code};
 use crate::wire::frame::{Frame, FrameError, FrameReader, Read, MAX_BODY, TYPE_RESPONSE};
@@ -111,15 +112,25 @@ fn lock(m: &Inflight) -> std::sync::MutexGuard<'_, HashMap<u32, Pending>> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Applies what a pending request asked for to the agent's answer.
-fn finish(p: Pending, f: Frame) -> Frame {
-    if !p.blank_data && p.hook.is_none() && p.ops.is_none() {
+/// Applies what a pending request asked for to the agent's answer, and writes its
+/// decision-log record with the agent's status (before the answer goes back).
+fn finish(mut p: Pending, f: Frame) -> Frame {
+    if !p.blank_data && p.hook.is_none() && p.ops.is_none() && p.record.is_none() {
         return f;
     }
     let Ok(mut resp) = envelope::decode_response(f.body()) else {
+        if let Some(r) = p.record.take() {
+            r.close(Outcome::Unanswered(
+                "the agent's answer was not a ttrpc response",
+            ));
+        }
         return f;
     };
-    let ok = envelope::status_code(&resp) == 0;
+    let status = envelope::status_code(&resp);
+    if let Some(r) = p.record.take() {
+        r.close(Outcome::Forwarded(status));
+    }
+    let ok = status == 0;
     if ok {
         if let Some((policy, ops)) = &p.ops {
             if let Err(e) = policy.apply_ops(ops) {
@@ -372,13 +383,18 @@ async fn agent_to_host(
             Ok(Read::Frame(f)) => f,
             Ok(Read::Closed) => return CloseReason::AgentClosed,
             Ok(Read::Oversize(h)) => {
-                if lock(inflight).remove(&h.stream_id).is_none() {
+                let Some(mut p) = lock(inflight).remove(&h.stream_id) else {
                     tracing::warn!(
                         stream = h.stream_id,
                         length = h.length,
                         "oversize agent frame for no request in flight, dropped"
                     );
                     continue;
+                };
+                if let Some(r) = p.record.take() {
+                    r.close(Outcome::Unanswered(
+                        "the agent's answer exceeded the maximum message size (INTERNAL sent)",
+                    ));
                 }
                 let f = Answer::new(
                     Code::INTERNAL,

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod eval;
 pub mod hash;
 pub mod initdata;
+pub mod log;
 pub mod replay;
 pub mod storage;
 pub mod test;

@@ -1,0 +1,446 @@
+//! The decision log (`[decision_log]`, `serve --decision-log FILE`): one JSON line per
+//! decided request in OPA's decision-log shape ([`record`]), hash-chained so that a
+//! cut or edited log is detected by `agent-warden log verify` ([`verify`]).
+//!
+//! Every line carries, in its `agent_warden` object, a sequence number and the sha256
+//! (hex) of the previous line's exact bytes; the first line of a boot (seq 0, the
+//! genesis record) binds the policy digest, a random per-boot nonce, the instance id
+//! and the measurement register. Files rotate by size and the chain continues across
+//! them. With a measurement register ([`crate::attestation::measure`]), the hashes of
+//! some records (genesis always; then every `measure_every`-th record, or a checkpoint
+//! record written by a timer) are extended into it, and each record says whether its
+//! hash was (`"measured": true`).
+
+pub mod record;
+pub mod verify;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::attestation::measure::Register;
+use crate::attestation::to_hex;
+
+/// The chain format this build writes (`agent_warden.format` of every record).
+pub const FORMAT: u64 = 1;
+/// The name of the extra object that holds agent-warden's own facts in each record.
+pub const OWN: &str = "agent_warden";
+/// The OPA path prefix of decisions (`agent_policy/<RequestType>`).
+pub const PACKAGE: &str = "agent_policy";
+
+/// How the decision log is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub path: PathBuf,
+    /// Rotate before a line would make the file larger than this (0: never).
+    pub max_bytes: u64,
+    /// How many rotated files (`FILE.1` newest … `FILE.N`) are kept.
+    pub keep: usize,
+    /// With a register: measure every N-th record (1: every record).
+    pub measure_every: u64,
+}
+
+/// One decided request, as it goes into the log (input already masked).
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// `<instance>-<n>`, the same n as the stderr `decision` line's `decision_id`.
+    pub decision_id: u64,
+    pub kind: String,
+    pub conn: u64,
+    pub stream: u32,
+    pub masked: record::Masked,
+    /// The decision's value: `true`/`false` (or the `{"allowed", "ops"}` object); `None`
+    /// for an evaluation error.
+    pub result: Option<Value>,
+    pub allowed: bool,
+    /// Why it was denied or failed (empty when allowed).
+    pub reason: String,
+    pub eval_ns: u64,
+    pub policy_digest: String,
+    pub timestamp: String,
+}
+
+/// What finally happened to a decided request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered in the agent's place (not forwarded) with this ttrpc status code:
+    /// `refused`, or `answered` for OK (an applied SetPolicy).
+    NotForwarded(i32),
+    /// Forwarded; the agent answered with this ttrpc status code.
+    Forwarded(i32),
+    /// Forwarded; the connection closed (or the answer was unusable) before an answer
+    /// went back: the text says which.
+    Unanswered(&'static str),
+}
+
+/// The open log: chain state behind a lock, shared by every connection.
+pub struct DecisionLog {
+    chain: Mutex<Chain>,
+    instance: String,
+}
+
+struct Chain {
+    settings: LogSettings,
+    file: File,
+    size: u64,
+    seq: u64,
+    prev: [u8; 32],
+    register: Option<Box<dyn Register>>,
+    /// Records written since the last measured one.
+    unmeasured: u64,
+}
+
+impl std::fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionLog")
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+/// 32 random bytes as hex.
+fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b)
+        .map_err(|e| anyhow::anyhow!("no randomness for the decision log: {e}"))?;
+    Ok(to_hex(&b))
+}
+
+/// sha256 of a line's bytes (without its newline).
+pub fn line_hash(line: &[u8]) -> [u8; 32] {
+    Sha256::digest(line).into()
+}
+
+impl DecisionLog {
+    /// Opens the log for a new boot: a non-empty file at the path is rotated out first
+    /// (it belongs to another chain), then the genesis record binds `policy_digest`
+    /// (sha256 of the policy text), `attested_digest` (what attestation measures: the
+    /// initdata digest, or the policy's sha256), a fresh nonce and `register` (its
+    /// description and start value), and is measured.
+    pub fn open(
+        settings: LogSettings,
+        policy_digest: &str,
+        attested_digest: &str,
+        register: Option<Box<dyn Register>>,
+    ) -> anyhow::Result<DecisionLog> {
+        let instance = random_hex(16)?;
+        let nonce = random_hex(32)?;
+        let path = settings.path.clone();
+        if std::fs::metadata(&path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
+        {
+            shift(&path, settings.keep)?;
+        }
+        let file = create(&path)?;
+        let mut register = register;
+        let described = match register.as_mut() {
+            Some(r) => {
+                let start = r.read().map_err(|e| {
+                    anyhow::anyhow!("decision log: cannot read the measurement register: {e}")
+                })?;
+                json!({"describe": r.describe(), "kind": r.kind(), "start": start.map(|s| to_hex(&s))})
+            }
+            None => Value::Null,
+        };
+        let log = DecisionLog {
+            chain: Mutex::new(Chain {
+                settings,
+                file,
+                size: 0,
+                seq: 0,
+                prev: [0; 32],
+                register,
+                unmeasured: 0,
+            }),
+            instance: instance.clone(),
+        };
+        let mut own = Map::new();
+        own.insert("type".into(), json!("genesis"));
+        own.insert("nonce".into(), json!(nonce));
+        own.insert("instance".into(), json!(instance));
+        own.insert("policy_digest".into(), json!(policy_digest));
+        own.insert("attested_digest".into(), json!(attested_digest));
+        own.insert("register".into(), described);
+        let mut rec = log.base();
+        rec.insert("bundles".into(), bundles(policy_digest));
+        log.append(rec, own, true)?;
+        tracing::info!(path = %path.display(), instance = %log.instance, nonce = %nonce, "decision log opened");
+        Ok(log)
+    }
+
+    /// This process's instance id (`labels.id` of every record).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The fields every record has: labels and timestamp.
+    fn base(&self) -> Map<String, Value> {
+        let mut rec = Map::new();
+        rec.insert(
+            "labels".into(),
+            json!({"id": self.instance, "version": env!("CARGO_PKG_VERSION"), "app": "agent-warden"}),
+        );
+        rec.insert("timestamp".into(), json!(record::now_rfc3339()));
+        rec
+    }
+
+    /// Writes one decided request with its final outcome.
+    pub fn decision(&self, d: Decided, outcome: &Outcome) {
+        let mut rec = self.base();
+        rec.insert("timestamp".into(), Value::String(d.timestamp));
+        rec.insert(
+            "decision_id".into(),
+            json!(format!("{}-{}", self.instance, d.decision_id)),
+        );
+        rec.insert("path".into(), json!(format!("{PACKAGE}/{}", d.kind)));
+        if !d.masked.input.is_null() {
+            rec.insert("input".into(), d.masked.input);
+        }
+        if let Some(r) = d.result {
+            rec.insert("result".into(), r);
+        }
+        if !d.masked.erased.is_empty() {
+            rec.insert("erased".into(), json!(d.masked.erased));
+        }
+        if !d.masked.masked.is_empty() {
+            rec.insert("masked".into(), json!(d.masked.masked));
+        }
+        rec.insert(
+            "metrics".into(),
+            json!({"timer_rego_query_eval_ns": d.eval_ns}),
+        );
+        rec.insert("bundles".into(), bundles(&d.policy_digest));
+        let mut own = Map::new();
+        own.insert("type".into(), json!("decision"));
+        own.insert("kind".into(), json!(d.kind));
+        own.insert("conn".into(), json!(d.conn));
+        own.insert("stream".into(), json!(d.stream));
+        own.insert("allowed".into(), json!(d.allowed));
+        if !d.reason.is_empty() {
+            own.insert("reason".into(), json!(d.reason));
+        }
+        match outcome {
+            Outcome::NotForwarded(code) => {
+                let said = if *code == 0 { "answered" } else { "refused" };
+                own.insert("outcome".into(), json!(said));
+                own.insert("status".into(), json!(code));
+            }
+            Outcome::Forwarded(code) => {
+                own.insert("outcome".into(), json!("forwarded"));
+                own.insert("status".into(), json!(code));
+            }
+            Outcome::Unanswered(why) => {
+                own.insert("outcome".into(), json!("unanswered"));
+                own.insert("detail".into(), json!(why));
+            }
+        }
+        self.write_or_warn(rec, own);
+    }
+
+    /// Writes that SetPolicy replaced the policy `old` with `new`.
+    pub fn policy_replaced(&self, old: &str, new: &str) {
+        let mut rec = self.base();
+        rec.insert("bundles".into(), bundles(new));
+        let mut own = Map::new();
+        own.insert("type".into(), json!("set_policy"));
+        own.insert("old_policy_digest".into(), json!(old));
+        own.insert("policy_digest".into(), json!(new));
+        self.write_or_warn(rec, own);
+    }
+
+    /// With a register and records written since the last measured one: a checkpoint
+    /// record, measured (the timer's tick). Returns whether one was written.
+    pub fn checkpoint(&self) -> bool {
+        let due = {
+            let c = lock(&self.chain);
+            c.register.is_some() && c.unmeasured > 0
+        };
+        if !due {
+            return false;
+        }
+        let mut own = Map::new();
+        own.insert("type".into(), json!("checkpoint"));
+        match self.append(self.base(), own, true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "decision log: checkpoint not written");
+                false
+            }
+        }
+    }
+
+    fn write_or_warn(&self, rec: Map<String, Value>, own: Map<String, Value>) {
+        if let Err(e) = self.append(rec, own, false) {
+            tracing::error!(error = %e, "decision log: record not written");
+        }
+    }
+
+    /// Adds the chain fields to `own`, writes the line (rotating first if it would
+    /// overflow the file) and extends the register when this record is measured
+    /// (`force`, or every `measure_every`-th record).
+    fn append(
+        &self,
+        mut rec: Map<String, Value>,
+        mut own: Map<String, Value>,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        let mut c = lock(&self.chain);
+        let c = &mut *c;
+        let measured =
+            c.register.is_some() && (force || c.unmeasured + 1 >= c.settings.measure_every.max(1));
+        own.insert("format".into(), json!(FORMAT));
+        own.insert("seq".into(), json!(c.seq));
+        own.insert("prev_hash".into(), json!(to_hex(&c.prev)));
+        own.insert("measured".into(), json!(measured));
+        rec.insert(OWN.into(), Value::Object(own));
+        let mut line = serde_json::to_vec(&rec)?;
+        let hash = line_hash(&line);
+        line.push(b'\n');
+        let max = c.settings.max_bytes;
+        if max > 0 && c.size > 0 && c.size + line.len() as u64 > max {
+            c.rotate()?;
+        }
+        c.file.write_all(&line).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write decision log {}: {e}",
+                c.settings.path.display()
+            )
+        })?;
+        c.size += line.len() as u64;
+        let seq = c.seq;
+        c.seq += 1;
+        c.prev = hash;
+        if !measured {
+            c.unmeasured += 1;
+            return Ok(());
+        }
+        c.unmeasured = 0;
+        let Some(register) = c.register.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = register.extend(&hash) {
+            // The register lags the log from here: say so in the log itself, so that
+            // `log verify` knows this hash is not in the register.
+            tracing::error!(seq, register = %register.describe(), error = %e, "decision log: MEASUREMENT FAILED, the register does not cover this record");
+            let mut rec = Map::new();
+            rec.insert("timestamp".into(), json!(record::now_rfc3339()));
+            let own = json!({
+                "type": "measure_failed", "failed_seq": seq, "error": e.to_string(),
+                "format": FORMAT, "seq": c.seq, "prev_hash": to_hex(&c.prev), "measured": false,
+            });
+            rec.insert(OWN.into(), own);
+            let mut line = serde_json::to_vec(&rec)?;
+            let hash = line_hash(&line);
+            line.push(b'\n');
+            c.file.write_all(&line)?;
+            c.size += line.len() as u64;
+            c.seq += 1;
+            c.prev = hash;
+            c.unmeasured += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Chain {
+    /// Closes the current file, shifts the rotated ones and starts a new one.
+    fn rotate(&mut self) -> anyhow::Result<()> {
+        let _ = self.file.flush();
+        shift(&self.settings.path, self.settings.keep)?;
+        self.file = create(&self.settings.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// `FILE.1` … `FILE.keep` shift up by one (the oldest is deleted), `FILE` becomes
+/// `FILE.1` (with `keep` 0, `FILE` is deleted).
+fn shift(path: &Path, keep: usize) -> anyhow::Result<()> {
+    let numbered = |n: usize| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let err =
+        |e: std::io::Error| anyhow::anyhow!("cannot rotate decision log {}: {e}", path.display());
+    if keep == 0 {
+        return gone(std::fs::remove_file(path)).map_err(err);
+    }
+    gone(std::fs::remove_file(numbered(keep))).map_err(err)?;
+    for n in (1..keep).rev() {
+        gone(std::fs::rename(numbered(n), numbered(n + 1))).map_err(err)?;
+    }
+    gone(std::fs::rename(path, numbered(1))).map_err(err)
+}
+
+fn create(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open decision log {}: {e}", path.display()))
+}
+
+fn bundles(digest: &str) -> Value {
+    json!({ PACKAGE: {"revision": digest} })
+}
+
+fn lock(m: &Mutex<Chain>) -> std::sync::MutexGuard<'_, Chain> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A decided request whose record waits for its outcome (the agent's answer). Dropped
+/// without [`OpenRecord::close`] (the connection went away first), it is written as
+/// unanswered.
+pub struct OpenRecord {
+    log: Arc<DecisionLog>,
+    decided: Option<Box<Decided>>,
+}
+
+impl std::fmt::Debug for OpenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRecord")
+            .field("decided", &self.decided.as_ref().map(|d| d.decision_id))
+            .finish()
+    }
+}
+
+impl OpenRecord {
+    pub fn new(log: Arc<DecisionLog>, decided: Decided) -> OpenRecord {
+        OpenRecord {
+            log,
+            decided: Some(Box::new(decided)),
+        }
+    }
+
+    /// Writes the record with its outcome.
+    pub fn close(mut self, outcome: Outcome) {
+        if let Some(d) = self.decided.take() {
+            self.log.decision(*d, &outcome);
+        }
+    }
+}
+
+impl Drop for OpenRecord {
+    fn drop(&mut self) {
+        if let Some(d) = self.decided.take() {
+            self.log.decision(
+                *d,
+                &Outcome::Unanswered("the connection closed before the agent answered"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
