@@ -29,16 +29,20 @@
 //! older build, for a before/after in the same conditions).
 //!
 //! `POD_LOG_COST=N` instead measures what the decision log costs: each scenario's pod
-//! N times with `--decision-log` (chained, masked) and N times without, alternating,
-//! and prints the median wall time first→last of each and their ratio (the evaluation
-//! time above does not include masking and writing the record; the wall time does).
+//! N times without `--decision-log`, with it (chained, masked), and with it measured into
+//! a real software TPM (swtpm, PCR 23) every record and every 8th record (+ a checkpoint
+//! after 50 ms), interleaved, and prints the median wall time first→last of each and the
+//! difference to "off" as a share of the pod's decision total (the evaluation time does
+//! not include masking and writing the record; the wall time does).
 
 mod cold;
+#[path = "../tests/swtpm/mod.rs"]
+mod swtpm;
 
 use std::path::PathBuf;
 
 use agent_warden::wire::input::InputShape;
-use cold::{run_kata, run_ours, shared, Backtrace, Pod, BIN};
+use cold::{run_kata, run_ours, run_ours_with, shared, Backtrace, Pod, BIN};
 
 /// A recorded scenario: its directory, request lines (type, input) and input shape.
 struct Scenario {
@@ -100,7 +104,16 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1e3
 }
 
-/// The decision log's cost: median wall time first→last with and without it.
+/// How a pod runs in the log-cost comparison: serve's decision-log flags.
+struct LogVariant {
+    name: &'static str,
+    log: bool,
+    extra: Vec<String>,
+}
+
+/// The decision log's cost: median wall time first→last without it, with it, and with it
+/// measured into swtpm's PCR 23 (every record; every 8th record plus a checkpoint after
+/// 50 ms), the variants interleaved.
 fn log_cost(
     scenarios: &[Scenario],
     n: usize,
@@ -108,11 +121,72 @@ fn log_cost(
     tmp: &std::path::Path,
     bin: &std::ffi::OsStr,
 ) {
+    let tpm = match swtpm::missing_tools(&[]) {
+        None => Some(swtpm::Swtpm::start()),
+        Some(why) => {
+            println!("pod: log cost without the TPM variants: {why}");
+            None
+        }
+    };
+    let mut variants = vec![
+        LogVariant {
+            name: "off",
+            log: false,
+            extra: vec![],
+        },
+        LogVariant {
+            name: "on",
+            log: true,
+            extra: vec![],
+        },
+    ];
+    if let Some(t) = &tpm {
+        let spec = format!("tpm:pcr=23,device={}", t.socket().display());
+        let measured = |every: &str| {
+            vec![
+                "--measure".to_string(),
+                spec.clone(),
+                "--measure-every".into(),
+                every.into(),
+                "--measure-checkpoint-ms".into(),
+                "50".into(),
+            ]
+        };
+        variants.push(LogVariant {
+            name: "tpm every record",
+            log: true,
+            extra: measured("1"),
+        });
+        variants.push(LogVariant {
+            name: "tpm every 8th + 50 ms",
+            log: true,
+            extra: measured("8"),
+        });
+    }
+    let names: Vec<&str> = variants.iter().map(|v| v.name).collect();
     println!(
-        "| scenario | requests | wall ms, log off | wall ms, log on | on/off | decision total ms (log on) | (on − off) / decision total |"
+        "median wall ms first→last, {n} pods per variant, interleaved; decision total = the pod's evaluation times (log on)"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let mut all = (0.0, 0.0, 0.0);
+    println!(
+        "| scenario | requests | {} | decision total ms | {} |",
+        names.join(" | "),
+        names[1..]
+            .iter()
+            .map(|v| format!("({v} − off) / decision total"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!(
+        "|---|---|{}---|{}",
+        "---|".repeat(names.len()),
+        "---|".repeat(names.len() - 1)
+    );
+    let mut sums = vec![0.0; variants.len()];
+    let mut total_sum = 0.0;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for s in scenarios {
         let policy = s.dir.join("policy.rego");
         let pod = Pod {
@@ -122,45 +196,52 @@ fn log_cost(
             shape: s.shape,
             requests: &s.requests,
         };
-        let (mut on, mut off, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut walls = vec![Vec::new(); variants.len()];
+        let mut totals = Vec::new();
         for i in 0..n {
-            let order = if i % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for log in order {
-                let o = rt.block_on(run_ours(&pod, tmp, bin, log));
-                let wall = o.wall.as_secs_f64() * 1e3;
-                if log {
-                    on.push(wall);
+            // Rotate the order, so that the machine's drift hits every variant alike.
+            for k in 0..variants.len() {
+                let j = (i + k) % variants.len();
+                let v = &variants[j];
+                let o = rt.block_on(run_ours_with(&pod, tmp, bin, v.log, &v.extra));
+                walls[j].push(o.wall.as_secs_f64() * 1e3);
+                if j == 1 {
                     totals.push(o.decisions.iter().map(|d| d.1).sum::<u64>() as f64 / 1e3);
-                } else {
-                    off.push(wall)
                 }
             }
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (off, on, total) = (median(&mut off), median(&mut on), median(&mut totals));
-        all = (all.0 + off, all.1 + on, all.2 + total);
+        let meds: Vec<f64> = walls.iter_mut().map(|w| median(w)).collect();
+        let total = median(&mut totals);
+        for (sum, m) in sums.iter_mut().zip(&meds) {
+            *sum += m;
+        }
+        total_sum += total;
         println!(
-            "| {} | {} | {off:.2} | {on:.2} | {:.3} | {total:.2} | {:+.1}% |",
+            "| {} | {} | {} | {total:.2} | {} |",
             s.name,
             s.requests.len(),
-            on / off,
-            (on - off) / total * 100.0
+            meds.iter()
+                .map(|m| format!("{m:.2}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            meds[1..]
+                .iter()
+                .map(|m| format!("{:+.1}%", (m - meds[0]) / total * 100.0))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
     println!(
-        "pod: log cost: sum of medians off {:.2} ms, on {:.2} ms, on/off {:.3}; decision total {:.2} ms, (on − off) / decision total {:+.1}%",
-        all.0,
-        all.1,
-        all.1 / all.0,
-        all.2,
-        (all.1 - all.0) / all.2 * 100.0
+        "| all (sums of medians) | | {} | {total_sum:.2} | {} |",
+        sums.iter()
+            .map(|m| format!("{m:.2}"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        sums[1..]
+            .iter()
+            .map(|m| format!("{:+.1}%", (m - sums[0]) / total_sum * 100.0))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
 }
 

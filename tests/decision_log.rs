@@ -2,9 +2,11 @@
 //! (the host) and a ttrpc server (the agent) writes OPA-format, chained records;
 //! `agent-warden log verify` accepts the log as written and names what is wrong with
 //! a log that was cut, edited, reordered, mixed with another boot's or written under
-//! another policy.
+//! another policy; and, measured into a real software TPM (swtpm), that the PCR read by
+//! `tpm2_pcrread` and a `tpm2_quote` of it say whether the log is complete.
 
 mod common;
+mod swtpm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -522,4 +524,76 @@ fn a_truncated_tail_is_caught_against_the_register() {
     );
     let (ok, out) = verify(&[p, "--pcr", "zz"]);
     assert!(!ok && out.contains("--pcr \"zz\" is not hex"), "{out}");
+}
+
+/// The whole path: `serve --measure tpm:...` extends each record into swtpm's PCR 23;
+/// tpm2-tools read the PCR and quote it; `log verify` accepts the log against both, and
+/// names the cut when the last record is dropped (which the chain alone cannot see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_measured_into_swtpm_is_complete_by_pcrread_and_by_quote() {
+    let test = "a_log_measured_into_swtpm_is_complete_by_pcrread_and_by_quote";
+    if let Some(why) = swtpm::missing_tools(&[
+        "tpm2_pcrread",
+        "tpm2_createek",
+        "tpm2_createak",
+        "tpm2_quote",
+        "tpm2_checkquote",
+        "tpm2_flushcontext",
+    ]) {
+        swtpm::unavailable(test, &why);
+        return;
+    }
+    let tpm = swtpm::Swtpm::start();
+    let spec = format!("tpm:pcr=23,device={}", tpm.socket().display());
+    let s = Served::start(&["--measure", &spec]).await;
+    s.session().await;
+    let log = s.log();
+    let dir = s.stop();
+    let recs = records(&log);
+    assert!(
+        recs.iter().all(|r| r["agent_warden"]["measured"] == true),
+        "every record is extended by default: {recs:#?}"
+    );
+    tpm.tool("tpm2_pcrread", &["sha256:23", "-o", "pcr23.bin"]);
+    let pcr =
+        agent_warden::attestation::to_hex(&std::fs::read(tpm.dir().join("pcr23.bin")).unwrap());
+    let attest = tpm.quote(23, "0badc0de");
+    let quote = dir.path().join("quote.msg");
+    std::fs::write(&quote, attest).unwrap();
+    let q = quote.to_str().unwrap();
+    let p = log.to_str().unwrap();
+    let (ok, out) = verify(&[p, "--pcr", &pcr]);
+    assert!(ok && out.contains("register: matches"), "{out}");
+    let (ok, out) = verify(&[p, "--quote", q]);
+    assert!(ok && out.contains("quote: sha256 PCR 23 matches"), "{out}");
+
+    // The truncated tail: the chain of what is left is intact; the PCR and the quote
+    // both say records are missing.
+    let all = lines(&log);
+    let cut = dir.path().join("cut.jsonl");
+    write_lines(&cut, &all[..all.len() - 1]);
+    let c = cut.to_str().unwrap();
+    let (ok, out) = verify(&[c]);
+    assert!(ok, "the chain alone cannot see a cut tail: {out}");
+    let (ok, out) = verify(&[c, "--pcr", &pcr]);
+    assert!(
+        !ok && out.contains("register mismatch") && out.contains("cut from the end"),
+        "{out}"
+    );
+    let (ok, out) = verify(&[c, "--quote", q]);
+    assert!(
+        !ok && out.contains("register mismatch")
+            && out.contains("pcrDigest")
+            && out.contains("cut from the end"),
+        "{out}"
+    );
+    // A quote of another PCR cannot answer.
+    let (ok, out) = verify(&[p, "--quote", q, "--quote-pcr", "16"]);
+    assert!(!ok && out.contains("not exactly sha256 PCR 16"), "{out}");
+    // Not a quote.
+    let (ok, out) = verify(&[p, "--quote", p]);
+    assert!(
+        !ok && out.contains("--quote") && out.contains("TPM quote"),
+        "{out}"
+    );
 }

@@ -81,6 +81,17 @@ pub async fn run_ours(
     bin: &std::ffi::OsStr,
     decision_log: bool,
 ) -> Ours {
+    run_ours_with(pod, tmp, bin, decision_log, &[]).await
+}
+
+/// [`run_ours`] with `extra` serve flags (e.g. `--measure SPEC`).
+pub async fn run_ours_with(
+    pod: &Pod<'_>,
+    tmp: &Path,
+    bin: &std::ffi::OsStr,
+    decision_log: bool,
+    extra: &[String],
+) -> Ours {
     let sock = tmp.join("warden.sock");
     let agent_sock = tmp.join("agent.sock");
     let log = tmp.join("decisions.jsonl");
@@ -102,6 +113,7 @@ pub async fn run_ours(
     if decision_log {
         cmd.arg("--decision-log").arg(&log);
     }
+    cmd.args(extra);
     let mut child = cmd
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))

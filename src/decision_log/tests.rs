@@ -84,6 +84,7 @@ fn every_record_measured_gives_the_register_value() {
     for n in 1..=3 {
         log.decision(decided(n), &Outcome::Forwarded(0));
     }
+    log.flush();
     let recs = lines(&s.path);
     assert_eq!(recs.len(), 4);
     assert_eq!(recs[0][OWN]["type"], "genesis");
@@ -150,8 +151,11 @@ fn a_failed_extension_is_recorded_and_left_out_of_the_register() {
     let log = DecisionLog::open(s.clone(), "ab", "cd", Some(Box::new(reg.clone()))).unwrap();
     *reg.fail.lock().unwrap() = true;
     log.decision(decided(1), &Outcome::Forwarded(0));
+    // The writer extends asynchronously: let it meet the failing register first.
+    log.flush();
     *reg.fail.lock().unwrap() = false;
     log.decision(decided(2), &Outcome::NotForwarded(7));
+    log.flush();
     let recs = lines(&s.path);
     assert_eq!(recs[2][OWN]["type"], "measure_failed");
     assert_eq!(recs[2][OWN]["failed_seq"], 1);
@@ -176,6 +180,7 @@ fn rotation_continues_the_chain_and_keeps_n_files() {
     for n in 1..=12 {
         log.decision(decided(n), &Outcome::Forwarded(0));
     }
+    log.flush();
     let p1 = dir.path().join("log.jsonl.1");
     let p2 = dir.path().join("log.jsonl.2");
     assert!(p2.exists() && !dir.path().join("log.jsonl.3").exists());
@@ -231,6 +236,7 @@ fn unanswered_records_are_written_when_dropped() {
     let log = Arc::new(DecisionLog::open(s.clone(), "ab", "cd", None).unwrap());
     drop(OpenRecord::new(log.clone(), decided(1)));
     OpenRecord::new(log.clone(), decided(2)).close(Outcome::Forwarded(5));
+    log.flush();
     let recs = lines(&s.path);
     assert_eq!(recs[1][OWN]["outcome"], "unanswered");
     assert_eq!(recs[2][OWN]["outcome"], "forwarded");

@@ -498,7 +498,7 @@ impl Guard {
             Ok(new) => {
                 let new_digest = new.digest().to_string();
                 self.swap_policy(new);
-                tracing::warn!(old = old.digest(), new = %new_digest, "policy replaced by SetPolicy");
+                tracing::warn!(old = %old.digest(), new = %new_digest, "policy replaced by SetPolicy");
                 refuse(Code::OK, "")
             }
             Err(e) => {

@@ -386,11 +386,12 @@ pub async fn serve_with(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                log.checkpoint();
+                log.request_checkpoint();
             }
         })),
         _ => None,
     };
+    let decision_log = guard.decision_log();
     tracing::info!(listen = %settings.listen, agent = %settings.agent, "agent-warden is serving");
     sdnotify::notify_logged("READY=1");
     run_with(
@@ -405,6 +406,10 @@ pub async fn serve_with(
     tracing::info!("shutting down");
     if let Some(task) = checkpoints {
         task.abort();
+    }
+    if let Some(log) = decision_log {
+        // What was handed over is written before the process says it stopped.
+        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
     }
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)

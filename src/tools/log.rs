@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::attestation::decode_hex;
-use crate::decision_log::verify::{verify, Expect};
+use crate::attestation::measure::{quote, tpm, RegisterKind};
+use crate::decision_log::verify::{verify, Expect, Report};
 
 /// `agent-warden log ...`
 #[derive(Debug, Args)]
@@ -44,8 +45,15 @@ pub struct VerifyArgs {
     /// This boot's nonce (hex), as the genesis record of the current boot says.
     #[arg(long, value_name = "HEX")]
     pub nonce: Option<String>,
-    // A `--quote FILE` (the register's value taken from a signed attestation quote)
-    // belongs here once attestation::measure reads quotes.
+    /// A TPM 2.0 quote of the register (the TPMS_ATTEST that `tpm2_quote -m FILE` writes):
+    /// its pcrDigest must be the digest of the PCR value the log predicts. Check the
+    /// quote's signature and nonce with `tpm2_checkquote` (or your verifier); this checks
+    /// what the signed digest says about the log.
+    #[arg(long, value_name = "FILE", conflicts_with = "pcr")]
+    pub quote: Option<PathBuf>,
+    /// The PCR the quote covers; default: the one the genesis record names.
+    #[arg(long, value_name = "N", requires = "quote")]
+    pub quote_pcr: Option<u32>,
 }
 
 fn hex_arg(flag: &str, v: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
@@ -79,7 +87,60 @@ pub fn verify_cli(a: &VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Resu
             "register: matches: the log is complete up to its last measured record"
         )?;
     }
+    if let Some(path) = &a.quote {
+        let pcr = check_quote(&report, path, a.quote_pcr)?;
+        writeln!(
+            out,
+            "quote: sha256 PCR {pcr} matches: the log is complete up to its last measured record (check the quote's signature and nonce with tpm2_checkquote)"
+        )?;
+    }
     Ok(0)
+}
+
+/// `--quote`: the quote's pcrDigest against the register value the log predicts. Returns
+/// the PCR checked.
+fn check_quote(report: &Report, path: &std::path::Path, pcr: Option<u32>) -> anyhow::Result<u32> {
+    let fail = |m: String| anyhow::anyhow!("log verify: --quote {}: {m}", path.display());
+    let attest = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let Some(genesis) = &report.genesis else {
+        return Err(fail(
+            "the genesis record is not in the files given: the register cannot be recomputed; give the older rotated files first".into(),
+        ));
+    };
+    let Some((describe, kind, _)) = &genesis.register else {
+        return Err(fail(
+            "the log was written without a measurement register: nothing to compare the quote with"
+                .into(),
+        ));
+    };
+    if *kind != RegisterKind::Tpm {
+        return Err(fail(format!(
+            "the log measured into {describe}, not a TPM PCR: a TPM quote does not cover it"
+        )));
+    }
+    let pcr = match pcr.or_else(|| tpm::pcr_of(describe)) {
+        Some(p) => p,
+        None => {
+            return Err(fail(format!(
+                "the genesis register {describe:?} names no PCR: give --quote-pcr"
+            )))
+        }
+    };
+    let Some(want) = &report.expected_register else {
+        return Err(fail(
+            "the register's start value is unknown (the genesis has none): give --register-start"
+                .into(),
+        ));
+    };
+    quote::require_pcr_digest(&attest, pcr, want).map_err(|e| match e {
+        quote::QuoteError::Mismatch(m) => fail(format!(
+            "register mismatch: {m}: the {} measured records in these files (last seq {}) do not account for the quoted PCR: records were cut from the end of the log (or removed, or this is not the register that log extended)",
+            report.measured.len(),
+            report.last_measured.map(|s| s.to_string()).unwrap_or_else(|| "none".into())
+        )),
+        other => fail(other.to_string()),
+    })?;
+    Ok(pcr)
 }
 
 /// Dispatches `agent-warden log ...`.
