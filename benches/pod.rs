@@ -210,7 +210,7 @@ fn log_cost(
                 }
             }
         }
-        let meds: Vec<f64> = walls.iter_mut().map(|w| median(w)).collect();
+        let meds: Vec<f64> = walls.iter_mut().map(&median).collect();
         let total = median(&mut totals);
         for (sum, m) in sums.iter_mut().zip(&meds) {
             *sum += m;
