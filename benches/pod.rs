@@ -167,21 +167,21 @@ fn log_cost(
     println!(
         "median wall ms first→last, {n} pods per variant, interleaved; decision total = the pod's evaluation times (log on)"
     );
-    println!(
-        "| scenario | requests | {} | decision total ms | {} |",
+    let header = format!(
+        "| scenario | requests | {} | decision total ms | {} |\n|---|---|{}---|{}",
         names.join(" | "),
         names[1..]
             .iter()
             .map(|v| format!("({v} − off) / decision total"))
             .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    println!(
-        "|---|---|{}---|{}",
+            .join(" | "),
         "---|".repeat(names.len()),
         "---|".repeat(names.len() - 1)
     );
+    println!("{header}");
     let mut sums = vec![0.0; variants.len()];
+    let mut cpu_sums = vec![0.0; variants.len()];
+    let mut cpu_rows = Vec::new();
     let mut total_sum = 0.0;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -197,6 +197,9 @@ fn log_cost(
             requests: &s.requests,
         };
         let mut walls = vec![Vec::new(); variants.len()];
+        let mut cpus = vec![Vec::new(); variants.len()];
+        let mut trips: Vec<Vec<Vec<f64>>> =
+            vec![vec![Vec::new(); s.requests.len()]; variants.len()];
         let mut totals = Vec::new();
         for i in 0..n {
             // Rotate the order, so that the machine's drift hits every variant alike.
@@ -205,44 +208,84 @@ fn log_cost(
                 let v = &variants[j];
                 let o = rt.block_on(run_ours_with(&pod, tmp, bin, v.log, &v.extra));
                 walls[j].push(o.wall.as_secs_f64() * 1e3);
+                cpus[j].push(o.cpu.as_secs_f64() * 1e3);
+                for (r, t) in o.round_trips.iter().enumerate() {
+                    trips[j][r].push(t.as_secs_f64() * 1e6);
+                }
                 if j == 1 {
                     totals.push(o.decisions.iter().map(|d| d.1).sum::<u64>() as f64 / 1e3);
                 }
             }
         }
         let meds: Vec<f64> = walls.iter_mut().map(&median).collect();
+        if std::env::var("POD_DETAIL").is_ok_and(|v| v == "1") {
+            // Where "on" differs from "off": each request's median round trip.
+            let mut deltas: Vec<(f64, usize)> = (0..s.requests.len())
+                .map(|r| (median(&mut trips[1][r]) - median(&mut trips[0][r]), r))
+                .collect();
+            deltas.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let shown: Vec<String> = deltas
+                .iter()
+                .take(8)
+                .map(|(d, r)| {
+                    format!(
+                        "#{r} {} {d:+.0} µs",
+                        s.requests[*r].0.trim_end_matches("Request")
+                    )
+                })
+                .collect();
+            let sum: f64 = deltas.iter().map(|d| d.0).sum();
+            println!(
+                "pod: {}: round trip on − off, largest: {}; sum of medians {sum:+.0} µs",
+                s.name,
+                shown.join(", ")
+            );
+        }
         let total = median(&mut totals);
+        let cpu: Vec<f64> = cpus.iter_mut().map(&median).collect();
         for (sum, m) in sums.iter_mut().zip(&meds) {
             *sum += m;
         }
+        for (sum, m) in cpu_sums.iter_mut().zip(&cpu) {
+            *sum += m;
+        }
         total_sum += total;
-        println!(
-            "| {} | {} | {} | {total:.2} | {} |",
-            s.name,
-            s.requests.len(),
-            meds.iter()
-                .map(|m| format!("{m:.2}"))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            meds[1..]
-                .iter()
-                .map(|m| format!("{:+.1}%", (m - meds[0]) / total * 100.0))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        println!("{}", row(&s.name, s.requests.len(), &meds, total));
+        cpu_rows.push(row(&s.name, s.requests.len(), &cpu, total));
     }
+    println!("{}", row("all (sums of medians)", 0, &sums, total_sum));
     println!(
-        "| all (sums of medians) | | {} | {total_sum:.2} | {} |",
-        sums.iter()
+        "\nCPU ms of agent-warden's threads, first request → last answer (log on: → last record in the file), medians"
+    );
+    println!("{header}");
+    for r in cpu_rows {
+        println!("{r}");
+    }
+    println!("{}", row("all (sums of medians)", 0, &cpu_sums, total_sum));
+}
+
+/// `| name | requests | v0 | v1 … | total | (v1 − v0) / total … |`
+fn row(name: &str, requests: usize, values: &[f64], total: f64) -> String {
+    let show = |v: &[f64]| {
+        v.iter()
             .map(|m| format!("{m:.2}"))
             .collect::<Vec<_>>()
-            .join(" | "),
-        sums[1..]
-            .iter()
-            .map(|m| format!("{:+.1}%", (m - sums[0]) / total_sum * 100.0))
-            .collect::<Vec<_>>()
             .join(" | ")
-    );
+    };
+    let shares = values[1..]
+        .iter()
+        .map(|m| format!("{:+.1}%", (m - values[0]) / total * 100.0))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let requests = if requests == 0 {
+        String::new()
+    } else {
+        requests.to_string()
+    };
+    format!(
+        "| {name} | {requests} | {} | {total:.2} | {shares} |",
+        show(values)
+    )
 }
 
 fn main() {

@@ -71,6 +71,24 @@ pub struct Ours {
     /// the decision log).
     pub decisions: Vec<(String, u64, bool)>,
     pub wall: Duration,
+    /// Each request's round trip as the host saw it, in order.
+    pub round_trips: Vec<Duration>,
+    /// CPU time agent-warden's threads used from the first request until the last answer
+    /// (and, with the decision log, until every record is in the file).
+    pub cpu: Duration,
+}
+
+/// CPU time used so far by all threads of process `pid` (the first field of each
+/// thread's /proc schedstat, ns); zero where /proc cannot say.
+pub fn cpu_of(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Sends the pod's requests, each after the previous answer, through a fresh
@@ -160,12 +178,16 @@ pub async fn run_ours_with(
             }
         })
         .collect();
+    let cpu_before = cpu_of(child.id());
     let first = Instant::now();
+    let mut round_trips = Vec::with_capacity(reqs.len());
     for req in reqs {
+        let sent = Instant::now();
         match client.request(req).await {
             Ok(_) | Err(ttrpc::Error::RpcStatus(_)) => {}
             Err(e) => panic!("{}: transport error {e}", pod.name),
         }
+        round_trips.push(sent.elapsed());
     }
     let wall = first.elapsed();
     // Closed before SIGTERM, so that serve need not wait for the connection to drain.
@@ -210,6 +232,7 @@ pub async fn run_ours_with(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let cpu = cpu_of(child.id()).saturating_sub(cpu_before);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
     agent.abort();
@@ -225,6 +248,8 @@ pub async fn run_ours_with(
         listening,
         decisions,
         wall,
+        round_trips,
+        cpu,
     }
 }
 

@@ -62,7 +62,10 @@ pub struct Decided {
     pub kind: String,
     pub conn: u64,
     pub stream: u32,
-    pub masked: record::Masked,
+    /// The request's policy input as decided (`Null`: none), masked by the writer thread
+    /// (defaults, then `mask`, the policy's `log_mask`).
+    pub input: Value,
+    pub mask: Vec<record::MaskOp>,
     /// The decision's value: `true`/`false` (or the `{"allowed", "ops"}` object); `None`
     /// for an evaluation error.
     pub result: Option<Value>,
@@ -103,6 +106,8 @@ pub struct DecisionLog {
 enum Job {
     /// A record (the chain fields are added by the writer).
     Record(Map<String, Value>, Map<String, Value>),
+    /// A decided request and its outcome: masked and made a record by the writer.
+    Decision(Box<Decided>, Outcome),
     /// A measured checkpoint record if records are unmeasured; says whether one was
     /// written.
     Checkpoint(Option<SyncSender<bool>>),
@@ -121,7 +126,35 @@ struct Chain {
     unmeasured: u64,
     /// The instance id (checkpoint records' labels).
     instance: String,
+    /// Lines appended but not yet written (the batch).
+    pending: Vec<u8>,
+    /// Seq and hash of the batch's measured records, extended once it is written.
+    to_extend: Vec<(u64, [u8; 32])>,
 }
+
+/// What a flush or checkpoint waits for: its answer, given once the batch is written.
+enum Answer {
+    Flush(SyncSender<()>),
+    Checkpoint(SyncSender<bool>, bool),
+}
+
+impl Answer {
+    fn give(self) {
+        match self {
+            Answer::Flush(a) => {
+                let _ = a.send(());
+            }
+            Answer::Checkpoint(a, written) => {
+                let _ = a.send(written);
+            }
+        }
+    }
+}
+
+/// How long the writer gathers records after the first one of a batch, so that a burst
+/// of requests costs one wake-up and one `write` (and records reach the file at most
+/// this much later).
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl std::fmt::Debug for DecisionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +218,8 @@ impl DecisionLog {
             register,
             unmeasured: 0,
             instance: instance.clone(),
+            pending: Vec::new(),
+            to_extend: Vec::new(),
         };
         let mut own = Map::new();
         own.insert("type".into(), json!("genesis"));
@@ -197,6 +232,7 @@ impl DecisionLog {
         rec.insert("bundles".into(), bundles(policy_digest));
         // The genesis is written and measured before anything is served.
         chain.append(rec, own, true)?;
+        chain.commit()?;
         let (queue, jobs) = sync_channel(QUEUE);
         let writer = std::thread::Builder::new()
             .name("decision-log".into())
@@ -240,57 +276,10 @@ impl DecisionLog {
         }
     }
 
-    /// Writes one decided request with its final outcome.
+    /// Writes one decided request with its final outcome (handed to the writer thread,
+    /// which masks the input and builds the record).
     pub fn decision(&self, d: Decided, outcome: &Outcome) {
-        let mut rec = self.base();
-        rec.insert("timestamp".into(), Value::String(d.timestamp));
-        rec.insert(
-            "decision_id".into(),
-            json!(format!("{}-{}", self.instance, d.decision_id)),
-        );
-        rec.insert("path".into(), json!(format!("{PACKAGE}/{}", d.kind)));
-        if !d.masked.input.is_null() {
-            rec.insert("input".into(), d.masked.input);
-        }
-        if let Some(r) = d.result {
-            rec.insert("result".into(), r);
-        }
-        if !d.masked.erased.is_empty() {
-            rec.insert("erased".into(), json!(d.masked.erased));
-        }
-        if !d.masked.masked.is_empty() {
-            rec.insert("masked".into(), json!(d.masked.masked));
-        }
-        rec.insert(
-            "metrics".into(),
-            json!({"timer_rego_query_eval_ns": d.eval_ns}),
-        );
-        rec.insert("bundles".into(), bundles(&d.policy_digest));
-        let mut own = Map::new();
-        own.insert("type".into(), json!("decision"));
-        own.insert("kind".into(), json!(d.kind));
-        own.insert("conn".into(), json!(d.conn));
-        own.insert("stream".into(), json!(d.stream));
-        own.insert("allowed".into(), json!(d.allowed));
-        if !d.reason.is_empty() {
-            own.insert("reason".into(), json!(d.reason));
-        }
-        match outcome {
-            Outcome::NotForwarded(code) => {
-                let said = if *code == 0 { "answered" } else { "refused" };
-                own.insert("outcome".into(), json!(said));
-                own.insert("status".into(), json!(code));
-            }
-            Outcome::Forwarded(code) => {
-                own.insert("outcome".into(), json!("forwarded"));
-                own.insert("status".into(), json!(code));
-            }
-            Outcome::Unanswered(why) => {
-                own.insert("outcome".into(), json!("unanswered"));
-                own.insert("detail".into(), json!(why));
-            }
-        }
-        self.write_or_warn(rec, own);
+        self.send(Job::Decision(Box::new(d), outcome.clone()));
     }
 
     /// Writes that SetPolicy replaced the policy `old` with `new`.
@@ -344,29 +333,151 @@ fn base(instance: &str) -> Map<String, Value> {
     rec
 }
 
+/// A decided request's record (its input masked here) and its `agent_warden` facts.
+fn decision_record(
+    instance: &str,
+    d: Decided,
+    outcome: &Outcome,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let mut rec = base(instance);
+    rec.insert("timestamp".into(), Value::String(d.timestamp));
+    rec.insert(
+        "decision_id".into(),
+        json!(format!("{instance}-{}", d.decision_id)),
+    );
+    rec.insert("path".into(), json!(format!("{PACKAGE}/{}", d.kind)));
+    let masked = record::mask_owned(d.input, &d.mask);
+    if !masked.input.is_null() {
+        rec.insert("input".into(), masked.input);
+    }
+    if let Some(r) = d.result {
+        rec.insert("result".into(), r);
+    }
+    if !masked.erased.is_empty() {
+        rec.insert("erased".into(), json!(masked.erased));
+    }
+    if !masked.masked.is_empty() {
+        rec.insert("masked".into(), json!(masked.masked));
+    }
+    rec.insert(
+        "metrics".into(),
+        json!({"timer_rego_query_eval_ns": d.eval_ns}),
+    );
+    rec.insert("bundles".into(), bundles(&d.policy_digest));
+    let mut own = Map::new();
+    own.insert("type".into(), json!("decision"));
+    own.insert("kind".into(), json!(d.kind));
+    own.insert("conn".into(), json!(d.conn));
+    own.insert("stream".into(), json!(d.stream));
+    own.insert("allowed".into(), json!(d.allowed));
+    if !d.reason.is_empty() {
+        own.insert("reason".into(), json!(d.reason));
+    }
+    match outcome {
+        Outcome::NotForwarded(code) => {
+            let said = if *code == 0 { "answered" } else { "refused" };
+            own.insert("outcome".into(), json!(said));
+            own.insert("status".into(), json!(code));
+        }
+        Outcome::Forwarded(code) => {
+            own.insert("outcome".into(), json!("forwarded"));
+            own.insert("status".into(), json!(code));
+        }
+        Outcome::Unanswered(why) => {
+            own.insert("outcome".into(), json!("unanswered"));
+            own.insert("detail".into(), json!(why));
+        }
+    }
+    (rec, own)
+}
+
 impl Chain {
     /// The writer thread: jobs in order until the log is dropped.
     fn run(mut self, jobs: Receiver<Job>) {
-        for job in jobs {
-            match job {
-                Job::Record(rec, own) => {
-                    if let Err(e) = self.append(rec, own, false) {
-                        tracing::error!(error = %e, "decision log: record not written");
-                    }
+        // Sleeps until a job comes, then gathers what else arrives within GATHER and
+        // writes it all at once: one wake-up and one `write` per batch, not per record.
+        while let Ok(first) = jobs.recv() {
+            let mut answers = Vec::new();
+            self.handle(first, &mut answers);
+            std::thread::sleep(GATHER);
+            while let Ok(job) = jobs.try_recv() {
+                self.handle(job, &mut answers);
+            }
+            self.commit_or_warn();
+            for a in answers {
+                a.give();
+            }
+        }
+        self.commit_or_warn();
+    }
+
+    /// One job: records are appended to the batch; answers wait for its commit.
+    fn handle(&mut self, job: Job, answers: &mut Vec<Answer>) {
+        match job {
+            Job::Record(rec, own) => self.append_or_warn(rec, own),
+            Job::Decision(d, outcome) => {
+                let (rec, own) = decision_record(&self.instance, *d, &outcome);
+                self.append_or_warn(rec, own);
+            }
+            Job::Checkpoint(answer) => {
+                let written = self.checkpoint();
+                if let Some(a) = answer {
+                    answers.push(Answer::Checkpoint(a, written));
                 }
-                Job::Checkpoint(answer) => {
-                    let written = self.checkpoint();
-                    if let Some(a) = answer {
-                        let _ = a.send(written);
-                    }
-                }
-                Job::Flush(done) => {
-                    let _ = self.file.flush();
-                    let _ = done.send(());
+            }
+            Job::Flush(done) => answers.push(Answer::Flush(done)),
+        }
+    }
+
+    fn commit_or_warn(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::error!(error = %e, "decision log: records not written");
+        }
+    }
+
+    /// Writes the batch (one `write`), then extends the register with the hashes of its
+    /// measured records, in order (a record is in the file before its hash is in the
+    /// register). A failed extension appends a `measure_failed` record, written too.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        loop {
+            if !self.pending.is_empty() {
+                let written = self.file.write_all(&self.pending);
+                self.pending.clear();
+                written.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot write decision log {}: {e}",
+                        self.settings.path.display()
+                    )
+                })?;
+            }
+            let measure = std::mem::take(&mut self.to_extend);
+            if measure.is_empty() {
+                return Ok(());
+            }
+            for (seq, hash) in measure {
+                let Some(register) = self.register.as_mut() else {
+                    break;
+                };
+                if let Err(e) = register.extend(&hash) {
+                    // The register lags the log from here: say so in the log itself, so
+                    // that `log verify` knows this hash is not in the register.
+                    tracing::error!(seq, register = %register.describe(), error = %e, "decision log: MEASUREMENT FAILED, the register does not cover this record");
+                    let mut rec = Map::new();
+                    rec.insert("timestamp".into(), json!(record::now_rfc3339()));
+                    let mut own = Map::new();
+                    own.insert("type".into(), json!("measure_failed"));
+                    own.insert("failed_seq".into(), json!(seq));
+                    own.insert("error".into(), json!(e.to_string()));
+                    self.append_unmeasured(rec, own)?;
                 }
             }
         }
-        let _ = self.file.flush();
+    }
+
+    fn append_or_warn(&mut self, rec: Map<String, Value>, own: Map<String, Value>) {
+        if let Err(e) = self.append(rec, own, false) {
+            tracing::error!(error = %e, "decision log: record not written");
+        }
     }
 
     /// A measured checkpoint record, when records are unmeasured.
@@ -386,69 +497,66 @@ impl Chain {
         }
     }
 
-    /// Adds the chain fields to `own`, writes the line (rotating first if it would
-    /// overflow the file) and extends the register when this record is measured
-    /// (`force`, or every `measure_every`-th record).
+    /// Adds the chain fields to `own` and appends the line to the batch (committing the
+    /// batch and rotating first if it would overflow the file); a measured record
+    /// (`force`, or every `measure_every`-th record) has its hash extended when the batch
+    /// is committed.
     fn append(
+        &mut self,
+        rec: Map<String, Value>,
+        own: Map<String, Value>,
+        force: bool,
+    ) -> anyhow::Result<()> {
+        let measured = self.register.is_some()
+            && (force || self.unmeasured + 1 >= self.settings.measure_every.max(1));
+        let (seq, hash) = self.push(rec, own, measured)?;
+        if measured {
+            self.unmeasured = 0;
+            self.to_extend.push((seq, hash));
+        } else {
+            self.unmeasured += 1;
+        }
+        Ok(())
+    }
+
+    /// [`Chain::append`] of a record that is never measured.
+    fn append_unmeasured(
+        &mut self,
+        rec: Map<String, Value>,
+        own: Map<String, Value>,
+    ) -> anyhow::Result<()> {
+        self.push(rec, own, false)?;
+        self.unmeasured += 1;
+        Ok(())
+    }
+
+    /// Chains the record (format, seq, prev_hash, measured) and adds its line to the
+    /// batch; returns its seq and hash.
+    fn push(
         &mut self,
         mut rec: Map<String, Value>,
         mut own: Map<String, Value>,
-        force: bool,
-    ) -> anyhow::Result<()> {
-        let c = self;
-        let measured =
-            c.register.is_some() && (force || c.unmeasured + 1 >= c.settings.measure_every.max(1));
+        measured: bool,
+    ) -> anyhow::Result<(u64, [u8; 32])> {
         own.insert("format".into(), json!(FORMAT));
-        own.insert("seq".into(), json!(c.seq));
-        own.insert("prev_hash".into(), json!(to_hex(&c.prev)));
+        own.insert("seq".into(), json!(self.seq));
+        own.insert("prev_hash".into(), json!(to_hex(&self.prev)));
         own.insert("measured".into(), json!(measured));
         rec.insert(OWN.into(), Value::Object(own));
         let mut line = serde_json::to_vec(&rec)?;
         let hash = line_hash(&line);
         line.push(b'\n');
-        let max = c.settings.max_bytes;
-        if max > 0 && c.size > 0 && c.size + line.len() as u64 > max {
-            c.rotate()?;
+        let max = self.settings.max_bytes;
+        if max > 0 && self.size > 0 && self.size + line.len() as u64 > max {
+            self.commit()?;
+            self.rotate()?;
         }
-        c.file.write_all(&line).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write decision log {}: {e}",
-                c.settings.path.display()
-            )
-        })?;
-        c.size += line.len() as u64;
-        let seq = c.seq;
-        c.seq += 1;
-        c.prev = hash;
-        if !measured {
-            c.unmeasured += 1;
-            return Ok(());
-        }
-        c.unmeasured = 0;
-        let Some(register) = c.register.as_mut() else {
-            return Ok(());
-        };
-        if let Err(e) = register.extend(&hash) {
-            // The register lags the log from here: say so in the log itself, so that
-            // `log verify` knows this hash is not in the register.
-            tracing::error!(seq, register = %register.describe(), error = %e, "decision log: MEASUREMENT FAILED, the register does not cover this record");
-            let mut rec = Map::new();
-            rec.insert("timestamp".into(), json!(record::now_rfc3339()));
-            let own = json!({
-                "type": "measure_failed", "failed_seq": seq, "error": e.to_string(),
-                "format": FORMAT, "seq": c.seq, "prev_hash": to_hex(&c.prev), "measured": false,
-            });
-            rec.insert(OWN.into(), own);
-            let mut line = serde_json::to_vec(&rec)?;
-            let hash = line_hash(&line);
-            line.push(b'\n');
-            c.file.write_all(&line)?;
-            c.size += line.len() as u64;
-            c.seq += 1;
-            c.prev = hash;
-            c.unmeasured += 1;
-        }
-        Ok(())
+        self.pending.extend_from_slice(&line);
+        self.size += line.len() as u64;
+        let seq = self.seq;
+        self.seq += 1;
+        self.prev = hash;
+        Ok((seq, hash))
     }
 
     /// Closes the current file, shifts the rotated ones and starts a new one.

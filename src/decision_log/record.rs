@@ -8,7 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The masked input, and the JSON pointers (under `/input`) that were erased or masked.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,8 +73,15 @@ pub fn mask_ops(value: &Value) -> Result<Vec<MaskOp>, String> {
 
 /// `input` with the default masking, then `ops` (the policy's), applied.
 pub fn mask(input: &Value, ops: &[MaskOp]) -> Masked {
+    mask_owned(input.clone(), ops)
+}
+
+/// [`mask`] of an input the caller gives away: masked in place, nothing copied (the
+/// decision log's writer thread masks the request's own input this way).
+pub fn mask_owned(input: Value, ops: &[MaskOp]) -> Masked {
     let mut out = Masked::default();
-    let mut doc = default_mask(input, &mut Vec::new(), &mut out);
+    let mut doc = input;
+    default_mask(&mut doc, None, &mut out);
     for op in ops {
         match op {
             MaskOp::Erase(path) => {
@@ -109,40 +116,41 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// The default masking of `v`, whose pointer is `at` (the keys from `/input` down; a
-/// pointer string is only built for what is masked).
-fn default_mask<'a>(v: &'a Value, at: &mut Vec<Key<'a>>, out: &mut Masked) -> Value {
+/// The default masking of `v` in place; `at` is its place under `/input` (a pointer
+/// string is only built for what is masked).
+fn default_mask(v: &mut Value, at: Option<&Place<'_>>, out: &mut Masked) {
     match v {
-        Value::Object(o) => {
-            let mut m = Map::new();
-            for (k, v) in o {
-                at.push(Key::Name(k));
-                match (k.as_str(), v) {
-                    ("data", Value::Array(_)) => out.erased.push(pointer(at)),
-                    ("Env" | "env", Value::Array(a)) => {
-                        out.masked.push(pointer(at));
-                        m.insert(k.clone(), Value::Array(a.iter().map(mask_env).collect()));
-                    }
-                    _ => {
-                        m.insert(k.clone(), default_mask(v, at, out));
-                    }
+        Value::Object(o) => o.retain(|k, v| {
+            let here = Place {
+                parent: at,
+                key: Key::Name(k),
+            };
+            match (k.as_str(), v) {
+                ("data", Value::Array(_)) => {
+                    out.erased.push(here.pointer());
+                    false
                 }
-                at.pop();
+                ("Env" | "env", Value::Array(a)) => {
+                    out.masked.push(here.pointer());
+                    a.iter_mut().for_each(mask_env);
+                    true
+                }
+                (_, v) => {
+                    default_mask(v, Some(&here), out);
+                    true
+                }
             }
-            Value::Object(m)
+        }),
+        Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                let here = Place {
+                    parent: at,
+                    key: Key::Index(i),
+                };
+                default_mask(v, Some(&here), out);
+            }
         }
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    at.push(Key::Index(i));
-                    let masked = default_mask(v, at, out);
-                    at.pop();
-                    masked
-                })
-                .collect(),
-        ),
-        other => other.clone(),
+        _ => {}
     }
 }
 
@@ -152,23 +160,36 @@ enum Key<'a> {
     Index(usize),
 }
 
-/// `/input/...` for the keys of `at`.
-fn pointer(at: &[Key<'_>]) -> String {
-    let mut p = String::from("/input");
-    for k in at {
-        p.push('/');
-        match k {
-            Key::Name(n) => p.push_str(&escape(n)),
-            Key::Index(i) => p.push_str(&i.to_string()),
-        }
-    }
-    p
+/// A place in the input: its key and its parent's place (none: the input itself).
+struct Place<'a> {
+    parent: Option<&'a Place<'a>>,
+    key: Key<'a>,
 }
 
-fn mask_env(e: &Value) -> Value {
-    match e.as_str().and_then(|s| s.split_once('=')) {
-        Some((name, _)) => Value::String(format!("{name}=<masked>")),
-        None => e.clone(),
+impl Place<'_> {
+    /// `/input/...` for this place.
+    fn pointer(&self) -> String {
+        let mut keys = Vec::new();
+        let mut p = Some(self);
+        while let Some(place) = p {
+            keys.push(&place.key);
+            p = place.parent;
+        }
+        let mut s = String::from("/input");
+        for k in keys.iter().rev() {
+            s.push('/');
+            match k {
+                Key::Name(n) => s.push_str(&escape(n)),
+                Key::Index(i) => s.push_str(&i.to_string()),
+            }
+        }
+        s
+    }
+}
+
+fn mask_env(e: &mut Value) {
+    if let Some((name, _)) = e.as_str().and_then(|s| s.split_once('=')) {
+        *e = Value::String(format!("{name}=<masked>"));
     }
 }
 

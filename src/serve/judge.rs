@@ -7,6 +7,7 @@
 //! place), or close the connection ([`Violation`]). [`Guard`] holds what every
 //! connection shares.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -220,7 +221,7 @@ impl Guard {
         if let Some(capture) = &self.capture {
             capture.record(&m.request_type, &input);
         }
-        self.decide(m, &input, conn, id).verdict
+        self.decide_input(m, Cow::Owned(input), conn, id).verdict
     }
 
     /// Whether the frame is taken in at all. In this order: its own faults (a data
@@ -299,7 +300,8 @@ impl Guard {
                     kind: ty.to_string(),
                     conn,
                     stream: id,
-                    masked: record::Masked::default(),
+                    input: serde_json::Value::Null,
+                    mask: Vec::new(),
                     result: None,
                     allowed: false,
                     reason: format!("refused before policy evaluation: {reason}"),
@@ -362,11 +364,25 @@ impl Guard {
         conn: u64,
         stream: u32,
     ) -> Judgement {
+        self.decide_input(m, Cow::Borrowed(input), conn, stream)
+    }
+
+    /// [`Guard::decide`] of an input that the decision log may keep (serve's own, given
+    /// away: the log's writer thread masks it in place, nothing is copied on the request's
+    /// path) or borrow (copied for the log).
+    fn decide_input(
+        &self,
+        m: &Method,
+        input: Cow<'_, serde_json::Value>,
+        conn: u64,
+        stream: u32,
+    ) -> Judgement {
+        let input_ref: &serde_json::Value = &input;
         let ty = m.request_type.as_str();
         let policy = self.policy();
         let timestamp = self.decision_log.as_ref().map(|_| record::now_rfc3339());
         let started = Instant::now();
-        let (mut decision, ops) = policy.decide_with_ops(ty, input);
+        let (mut decision, ops) = policy.decide_with_ops(ty, input_ref);
         let eval_ns = started.elapsed().as_nanos() as u64;
         let eval_us = eval_ns / 1000;
         if m.handling == Handling::SetPolicy && self.set_policy == SetPolicyMode::Forbidden {
@@ -406,14 +422,15 @@ impl Guard {
             _ => Some(serde_json::Value::Bool(allowed)),
         };
         let ops = ops.map(|o| (policy.clone(), o));
-        let mut verdict = self.verdict(m, &decision, overridden, ops, input);
+        let mut verdict = self.verdict(m, &decision, overridden, ops, input_ref);
         if let (Some(log), Some(timestamp)) = (&self.decision_log, timestamp) {
             let d = Decided {
                 decision_id,
                 kind: ty.to_string(),
                 conn,
                 stream,
-                masked: masked_input(&policy, input),
+                mask: log_mask(&policy, input_ref),
+                input: input.into_owned(),
                 result,
                 allowed,
                 reason: reason.to_string(),
@@ -509,10 +526,11 @@ impl Guard {
     }
 }
 
-/// The input as the decision log keeps it: agent-warden's default masking, then the
-/// policy's `log_mask`. A `log_mask` that fails or says something unreadable erases
-/// the whole input (fail closed: the author meant to keep something out).
-fn masked_input(policy: &Policy, input: &serde_json::Value) -> record::Masked {
+/// The policy's `log_mask` for this input, as masking operations (the decision log's
+/// writer applies them after agent-warden's default masking). A `log_mask` that fails
+/// or says something unreadable erases the whole input (fail closed: the author meant
+/// to keep something out).
+fn log_mask(policy: &Policy, input: &serde_json::Value) -> Vec<record::MaskOp> {
     let ops = match policy.log_mask(input) {
         Ok(None) => Vec::new(),
         Ok(Some(v)) => match record::mask_ops(&v) {
@@ -527,7 +545,7 @@ fn masked_input(policy: &Policy, input: &serde_json::Value) -> record::Masked {
             vec![record::MaskOp::Erase("/input".into())]
         }
     };
-    record::mask(input, &ops)
+    ops
 }
 
 /// Answers in the agent's place with `code` and `message` (not forwarded).
