@@ -44,12 +44,26 @@ use std::path::PathBuf;
 use agent_warden::wire::input::InputShape;
 use cold::{run_kata, run_ours, run_ours_with, shared, Backtrace, Pod, BIN};
 
-/// A recorded scenario: its directory, request lines (type, input) and input shape.
+/// A recorded scenario: its policy, request lines (type, input) and input shape.
 struct Scenario {
     name: String,
-    dir: PathBuf,
+    /// The scenario's policy.rego.
+    policy: PathBuf,
     requests: Vec<(String, serde_json::Value)>,
     shape: InputShape,
+}
+
+impl Scenario {
+    /// The pod the cold runners take (the recorded policies are Rego v0).
+    fn pod(&self) -> Pod<'_> {
+        Pod {
+            name: &self.name,
+            policy: &self.policy,
+            rego: "v0",
+            shape: self.shape,
+            requests: &self.requests,
+        }
+    }
 }
 
 /// Reads inputs.txt: one `["ep":"<Type>",{...}],` per non-empty line (as tests/compat.rs).
@@ -92,7 +106,7 @@ fn scenarios() -> Vec<Scenario> {
             };
             Scenario {
                 name: dir.file_name().unwrap().to_string_lossy().into_owned(),
-                dir,
+                policy: dir.join("policy.rego"),
                 requests,
                 shape,
             }
@@ -188,14 +202,7 @@ fn log_cost(
         v[v.len() / 2]
     };
     for s in scenarios {
-        let policy = s.dir.join("policy.rego");
-        let pod = Pod {
-            name: &s.name,
-            policy: &policy,
-            rego: "v0",
-            shape: s.shape,
-            requests: &s.requests,
-        };
+        let pod = s.pod();
         let mut walls = vec![Vec::new(); variants.len()];
         let mut cpus = vec![Vec::new(); variants.len()];
         let mut trips: Vec<Vec<Vec<f64>>> =
@@ -319,14 +326,7 @@ fn main() {
         let mut ratios_bt = Vec::new();
         for s in &scenarios {
             // Alternate which side goes first, so the machine's state hits both alike.
-            let policy = s.dir.join("policy.rego");
-            let pod = Pod {
-                name: &s.name,
-                policy: &policy,
-                rego: "v0",
-                shape: s.shape,
-                requests: &s.requests,
-            };
+            let pod = s.pod();
             let ours = || rt.block_on(run_ours(&pod, tmp.path(), &bin, true));
             let (ours, kata, kata_bt) = if round % 2 == 1 {
                 let o = ours();

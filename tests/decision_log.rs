@@ -533,14 +533,7 @@ fn a_truncated_tail_is_caught_against_the_register() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_measured_into_swtpm_is_complete_by_pcrread_and_by_quote() {
     let test = "a_log_measured_into_swtpm_is_complete_by_pcrread_and_by_quote";
-    if let Some(why) = swtpm::missing_tools(&[
-        "tpm2_pcrread",
-        "tpm2_createek",
-        "tpm2_createak",
-        "tpm2_quote",
-        "tpm2_checkquote",
-        "tpm2_flushcontext",
-    ]) {
+    if let Some(why) = swtpm::missing_tools(swtpm::QUOTE_TOOLS) {
         swtpm::unavailable(test, &why);
         return;
     }

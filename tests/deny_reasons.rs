@@ -12,8 +12,14 @@ use agent_warden::policy::{Decision, LoadOptions, Policy};
 use common::peers::*;
 use serde_json::{json, Value};
 
+/// Loaded as serve loads it, except that a denial's explanation may take a minute: a
+/// debug build on a loaded 2-core machine can need more than serve's 1 s.
 fn load(s: &Scenario) -> Policy {
-    Policy::load_with("policy.rego", &s.policy, s.rego, LoadOptions::default()).unwrap()
+    let options = LoadOptions {
+        explain_timeout: Some(std::time::Duration::from_secs(60)),
+        ..LoadOptions::default()
+    };
+    Policy::load_with("policy.rego", &s.policy, s.rego, options).unwrap()
 }
 
 /// The denial's reason and the walk it came from.

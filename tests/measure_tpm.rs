@@ -10,14 +10,7 @@ use agent_warden::attestation::measure::{self, quote, RegisterKind};
 use sha2::Digest;
 use swtpm::Swtpm;
 
-const TOOLS: &[&str] = &[
-    "tpm2_pcrread",
-    "tpm2_createek",
-    "tpm2_createak",
-    "tpm2_quote",
-    "tpm2_checkquote",
-    "tpm2_flushcontext",
-];
+use swtpm::QUOTE_TOOLS as TOOLS;
 
 fn chain(n: u8) -> Vec<[u8; 32]> {
     (0..n)

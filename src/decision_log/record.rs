@@ -187,7 +187,8 @@ impl Place<'_> {
     }
 }
 
-fn mask_env(e: &mut Value) {
+/// An environment entry `NAME=value` as `NAME=<masked>` (anything else unchanged).
+pub(crate) fn mask_env(e: &mut Value) {
     if let Some((name, _)) = e.as_str().and_then(|s| s.split_once('=')) {
         *e = Value::String(format!("{name}=<masked>"));
     }

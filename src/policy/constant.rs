@@ -67,19 +67,23 @@ pub(crate) fn constant_rules(engine: &mut Engine) -> HashMap<String, bool> {
 pub(crate) fn defines(engine: &mut Engine, name: &str) -> bool {
     engine.get_modules().iter().any(|module| {
         module.policy.iter().any(|rule| {
-            let refr = match rule.as_ref() {
-                Rule::Default { refr, .. } => refr,
-                Rule::Spec { head, .. } => match head {
-                    RuleHead::Compr { refr, .. }
-                    | RuleHead::Set { refr, .. }
-                    | RuleHead::Func { refr, .. } => refr,
-                },
-            };
-            head_path(refr)
+            head_path(rule_ref(rule))
                 .and_then(|p| p.into_iter().next())
                 .is_some_and(|n| n == name)
         })
     })
+}
+
+/// The reference a rule defines (its head's `refr`), whatever kind of rule it is.
+pub(crate) fn rule_ref(rule: &Rule) -> &Expr {
+    match rule {
+        Rule::Default { refr, .. } => refr,
+        Rule::Spec { head, .. } => match head {
+            RuleHead::Compr { refr, .. }
+            | RuleHead::Set { refr, .. }
+            | RuleHead::Func { refr, .. } => refr,
+        },
+    }
 }
 
 /// The components of a reference written with names only (`a`, `a.b`, `a[k]` → `a`…);

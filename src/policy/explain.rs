@@ -110,15 +110,7 @@ impl<'a> Definitions<'a> {
         let mut rules: HashMap<String, Vec<&'a Rule>> = HashMap::new();
         for module in modules {
             for rule in &module.policy {
-                let refr = match rule.as_ref() {
-                    Rule::Default { refr, .. } => refr,
-                    Rule::Spec { head, .. } => match head {
-                        RuleHead::Compr { refr, .. }
-                        | RuleHead::Set { refr, .. }
-                        | RuleHead::Func { refr, .. } => refr,
-                    },
-                };
-                if let Some(name) = head_name(refr) {
+                if let Some(name) = head_name(super::constant::rule_ref(rule)) {
                     rules.entry(name).or_default().push(rule.as_ref());
                 }
             }

@@ -223,6 +223,9 @@ pub struct LoadOptions {
     /// What the host is told of a denial (every denial is explained by the interpreter
     /// whatever this says: the decision log gets the whole reason).
     pub deny_message: DenyMessage,
+    /// Time limit of a denial's explanation; `None`: [`explain_budget`] of
+    /// `eval_timeout`. (Tests on slow debug builds raise it.)
+    pub explain_timeout: Option<Duration>,
 }
 
 impl Default for LoadOptions {
@@ -231,6 +234,7 @@ impl Default for LoadOptions {
             eval_timeout: DEFAULT_EVAL_TIMEOUT,
             fast_path: true,
             deny_message: DenyMessage::Reason,
+            explain_timeout: None,
         }
     }
 }
@@ -559,9 +563,11 @@ impl Policy {
         }
         engine.set_enable_coverage(true);
         // A denial costs at most this much more than its decision.
-        engine.set_execution_timer_config(engine::timer_config(explain_budget(
-            self.options.eval_timeout,
-        )));
+        let budget = self
+            .options
+            .explain_timeout
+            .unwrap_or_else(|| explain_budget(self.options.eval_timeout));
+        engine.set_execution_timer_config(engine::timer_config(budget));
         engine.set_input(input);
         let evaluated = engine.eval_rule(format!("data.agent_policy.{request_type}"));
         let prints = engine.take_prints().unwrap_or_default();

@@ -70,7 +70,9 @@ pub fn mask(v: &Value) -> Value {
                 .map(|(k, v)| {
                     let masked = match (k.as_str(), v) {
                         ("Env" | "env", Value::Array(a)) => {
-                            Value::Array(a.iter().map(mask_env).collect())
+                            let mut a = a.clone();
+                            a.iter_mut().for_each(crate::decision_log::record::mask_env);
+                            Value::Array(a)
                         }
                         ("data", Value::Array(_)) => Value::Array(Vec::new()),
                         _ => mask(v),
@@ -81,16 +83,6 @@ pub fn mask(v: &Value) -> Value {
         ),
         Value::Array(a) => Value::Array(a.iter().map(mask).collect()),
         other => other.clone(),
-    }
-}
-
-fn mask_env(e: &Value) -> Value {
-    match e.as_str() {
-        Some(s) => match s.split_once('=') {
-            Some((name, _)) => Value::String(format!("{name}=<masked>")),
-            None => Value::String(s.to_string()),
-        },
-        None => e.clone(),
     }
 }
 

@@ -14,6 +14,16 @@ pub struct Swtpm {
     socket: PathBuf,
 }
 
+/// The tpm2-tools that read a PCR and make and check a quote ([`Swtpm::quote`]).
+pub const QUOTE_TOOLS: &[&str] = &[
+    "tpm2_pcrread",
+    "tpm2_createek",
+    "tpm2_createak",
+    "tpm2_quote",
+    "tpm2_checkquote",
+    "tpm2_flushcontext",
+];
+
 /// The first `tool` on PATH (or in /usr/sbin, /sbin).
 pub fn find_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
