@@ -177,10 +177,12 @@ impl AttestationError {
 
 /// Lower-case hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    // A nibble is 0..=15: `from_digit` never answers None for it.
+    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('?');
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(digit(b >> 4));
+        s.push(digit(b & 0xf));
     }
     s
 }
