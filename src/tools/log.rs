@@ -74,6 +74,11 @@ pub fn verify_cli(a: &VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Resu
         nonce: a.nonce.clone(),
     };
     let report = verify(&a.files, &expect).map_err(|e| anyhow::anyhow!("log verify: {e}"))?;
+    // Every check before any output: a failed one is only its error.
+    let quoted = match &a.quote {
+        Some(path) => Some(check_quote(&report, path, a.quote_pcr)?),
+        None => None,
+    };
     write!(out, "{}", report.summary())?;
     if expect.policy_digest.is_some() {
         writeln!(out, "policy digest: matches")?;
@@ -87,8 +92,7 @@ pub fn verify_cli(a: &VerifyArgs, out: &mut impl std::io::Write) -> anyhow::Resu
             "register: matches: the log is complete up to its last measured record"
         )?;
     }
-    if let Some(path) = &a.quote {
-        let pcr = check_quote(&report, path, a.quote_pcr)?;
+    if let Some(pcr) = quoted {
         writeln!(
             out,
             "quote: sha256 PCR {pcr} matches: the log is complete up to its last measured record (check the quote's signature and nonce with tpm2_checkquote)"
