@@ -40,6 +40,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest the guest may take to power off by itself.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(180);
 const SCRATCH_SIZE: u64 = 128 << 20;
+/// The raw disk the guest's decision log is written to.
+const DECISION_LOG_SIZE: u64 = 8 << 20;
 /// The guest's vsock CID (any ≥ 3) and the agent's port.
 const CID: u32 = 3;
 const AGENT_PORT: u32 = 1024;
@@ -53,6 +55,8 @@ struct Pieces {
     debugfs: PathBuf,
     vsockd: PathBuf,
     virtiofsd: PathBuf,
+    /// The software TPM the guest gets as `tpm-crb` (its decision log is measured there).
+    swtpm: PathBuf,
     /// guest/build-image.sh's OUTDIR.
     image: PathBuf,
 }
@@ -101,6 +105,7 @@ impl Pieces {
                 "cargo install --locked vhost-device-vsock",
             )?,
             virtiofsd: tool("virtiofsd", "VIRTIOFSD", "cargo install --locked virtiofsd")?,
+            swtpm: tool("swtpm", "SWTPM", "apt-get install swtpm swtpm-tools")?,
             image,
         })
     }
@@ -216,6 +221,10 @@ impl Vm {
         fs::create_dir_all(dir.join("share")).unwrap();
         let scratch = fs::File::create(dir.join("scratch.raw")).unwrap();
         scratch.set_len(SCRATCH_SIZE).unwrap();
+        // The decision log's disk: agent-warden writes its log to the raw device, the host
+        // reads it after power-off.
+        let declog = fs::File::create(dir.join("declog.raw")).unwrap();
+        declog.set_len(DECISION_LOG_SIZE).unwrap();
         let log = |n: &str| Stdio::from(fs::File::create(dir.join(n)).unwrap());
         let vsockd = Command::new(&p.vsockd)
             .arg("--vm")
@@ -236,8 +245,26 @@ impl Vm {
             .stderr(log("virtiofsd.err"))
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", p.virtiofsd.display()));
+        // A fresh TPM per boot (PCRs at zero), gone when qemu disconnects.
+        fs::create_dir_all(dir.join("tpm")).unwrap();
+        let swtpm = Command::new(&p.swtpm)
+            .args(["socket", "--tpm2", "--terminate"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", dir.join("tpm").display()))
+            .arg("--ctrl")
+            .arg(format!(
+                "type=unixio,path={}",
+                dir.join("swtpm.sock").display()
+            ))
+            .stdout(log("swtpm.log"))
+            .stderr(log("swtpm.err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.swtpm.display()));
         let t = Instant::now();
-        while !(dir.join("vhu.sock").exists() && dir.join("vfs.sock").exists()) {
+        while !(dir.join("vhu.sock").exists()
+            && dir.join("vfs.sock").exists()
+            && dir.join("swtpm.sock").exists())
+        {
             assert!(
                 t.elapsed() < Duration::from_secs(20),
                 "vhost-user back-ends did not start"
@@ -270,6 +297,15 @@ impl Vm {
             .args(["-device", "virtio-blk-pci,drive=initdata"])
             .args(["-drive", &drive("scratch", &dir.join("scratch.raw"), "")])
             .args(["-device", "virtio-blk-pci,drive=scratch"])
+            // virtio-blk 3: the decision log (/dev/vdc).
+            .args(["-drive", &drive("declog", &dir.join("declog.raw"), "")])
+            .args(["-device", "virtio-blk-pci,drive=declog"])
+            .args([
+                "-chardev",
+                &format!("socket,id=chrtpm,path={}", dir.join("swtpm.sock").display()),
+            ])
+            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+            .args(["-device", "tpm-crb,tpmdev=tpm0"])
             .args([
                 "-chardev",
                 &format!("socket,id=vsock,path={}", dir.join("vhu.sock").display()),
@@ -300,7 +336,7 @@ impl Vm {
             name,
             dir: dir.to_path_buf(),
             qemu,
-            helpers: vec![vsockd, virtiofsd],
+            helpers: vec![vsockd, virtiofsd, swtpm],
             started,
             exited: None,
         }
@@ -596,7 +632,10 @@ fn pack_initdata(dir: &Path) -> (PathBuf, String) {
     fs::write(
         &config,
         format!(
-            "# The scratch disk: virtio-blk disk 2.\n[storage]\ndevice = \"/dev/vdb\"\nmount_point = \"{}\"\n",
+            "# The scratch disk: virtio-blk disk 2.\n[storage]\ndevice = \"/dev/vdb\"\nmount_point = \"{}\"\n\
+             # The decision log on virtio-blk disk 3 (read by the host after power-off), every\n\
+             # record measured into the TPM's PCR 23.\n\
+             [decision_log]\nfile = \"/dev/vdc\"\nmax_bytes = 0\nmeasure = \"tpm:pcr=23\"\n",
             guest::SCRATCH_MOUNT
         ),
     )
@@ -612,6 +651,75 @@ fn pack_initdata(dir: &Path) -> (PathBuf, String) {
         &image,
     );
     (image, digest)
+}
+
+/// The guest's decision log, read from its raw disk after power-off: it must verify as a
+/// chain and against the PCR value agent-warden logged at shutdown (read back from the
+/// guest's TPM through /dev/tpmrm0), record the denied exec as refused, and measure every
+/// record. Returns a summary for the output.
+fn check_decision_log(vm: &Vm) -> String {
+    let raw = fs::read(vm.dir.join("declog.raw")).unwrap();
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let log = vm.dir.join("decisions.jsonl");
+    fs::write(&log, &raw[..end]).unwrap();
+    let text = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let console = vm.console();
+    let (_, closed) = line_of(&console, "decision log closed").unwrap_or_else(|| {
+        panic!(
+            "no 'decision log closed' line on the console\n{}",
+            vm.tail()
+        )
+    });
+    let value = closed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("register_value="))
+        .unwrap_or_else(|| panic!("no register value in {closed:?}"));
+    assert!(
+        closed.contains("register=tpm:pcr=23") && value.len() == 64,
+        "{closed}"
+    );
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let own = |r: &serde_json::Value| r["agent_warden"].clone();
+    assert!(
+        records.iter().all(|r| own(r)["measured"] == true),
+        "every record is measured: {text}"
+    );
+    let refused: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| own(r)["outcome"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{text}");
+    assert_eq!(refused[0]["path"], "agent_policy/ExecProcessRequest");
+    assert_eq!(own(refused[0])["status"], 7);
+    let o = common::run_warden(&["log", "verify", log.to_str().unwrap(), "--pcr", value]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && out.contains("register: matches"),
+        "log verify --pcr {value}: {out}"
+    );
+    // The same log without its last record is caught by the register only.
+    let cut = vm.dir.join("cut.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    fs::write(&cut, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    let o = common::run_warden(&["log", "verify", cut.to_str().unwrap(), "--pcr", value]);
+    let cut_out = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && cut_out.contains("register mismatch"),
+        "{cut_out}"
+    );
+    format!(
+        "decision log from the guest: {} records, {} decisions, PCR 23 = {value} (logged by agent-warden at shutdown, read through /dev/tpmrm0); log verify --pcr: matches; without its last line: {}",
+        records.len(),
+        records.iter().filter(|r| own(r)["type"] == "decision").count(),
+        cut_out.trim().chars().take(120).collect::<String>()
+    )
 }
 
 /// Where `needle` first occurs in `hay`.
@@ -680,6 +788,7 @@ async fn guest_vm_pod_life_over_vsock() {
     let through = pod_life(&p, &mut vm).await;
     let scratch = fs::read(vm.dir.join("scratch.raw")).unwrap();
     let warden_tail = vm.tail();
+    let log_check = check_decision_log(&vm);
     drop(vm);
 
     // 3. The VM launched with another digest than the initdata's.
@@ -705,6 +814,8 @@ async fn guest_vm_pod_life_over_vsock() {
     let failed_console = vm.console();
     let failed_tail = vm.tail();
     drop(vm);
+
+    println!("\n{log_check}");
 
     // The per-request table.
     let steps = guest::pod_steps();

@@ -113,6 +113,21 @@ enum Job {
     Checkpoint(Option<SyncSender<bool>>),
     /// Answers once everything before it is written.
     Flush(SyncSender<()>),
+    /// Answers, once everything before it is written, with the chain's state.
+    State(SyncSender<LogState>),
+}
+
+/// Where the chain stands (after everything handed over is written): for the line serve
+/// logs at shutdown, which lets an operator compare the register with `log verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogState {
+    /// Records written (the next record's seq).
+    pub records: u64,
+    /// The last record's hash (hex).
+    pub head: String,
+    /// The register's description and its value read now (hex; `None` when it cannot
+    /// be read, e.g. the attestation-agent's), or why reading failed.
+    pub register: Option<(String, Result<Option<String>, String>)>,
 }
 
 struct Chain {
@@ -136,11 +151,26 @@ struct Chain {
 enum Answer {
     Flush(SyncSender<()>),
     Checkpoint(SyncSender<bool>, bool),
+    State(SyncSender<LogState>),
 }
 
 impl Answer {
-    fn give(self) {
+    fn give(self, chain: &mut Chain) {
         match self {
+            Answer::State(a) => {
+                let register = chain.register.as_mut().map(|r| {
+                    let value = r
+                        .read()
+                        .map(|v| v.map(|v| to_hex(&v)))
+                        .map_err(|e| e.to_string());
+                    (r.describe(), value)
+                });
+                let _ = a.send(LogState {
+                    records: chain.seq,
+                    head: to_hex(&chain.prev),
+                    register,
+                });
+            }
             Answer::Flush(a) => {
                 let _ = a.send(());
             }
@@ -265,6 +295,17 @@ impl DecisionLog {
                 tracing::error!("decision log: the writer thread is gone; record not written");
                 false
             }
+        }
+    }
+
+    /// Waits until every record handed over so far is written (and measured), then
+    /// tells where the chain stands, the register read back.
+    pub fn state(&self) -> Option<LogState> {
+        let (done, wait) = sync_channel(1);
+        if self.send(Job::State(done)) {
+            wait.recv().ok()
+        } else {
+            None
         }
     }
 
@@ -405,7 +446,7 @@ impl Chain {
             }
             self.commit_or_warn();
             for a in answers {
-                a.give();
+                a.give(&mut self);
             }
         }
         self.commit_or_warn();
@@ -426,6 +467,7 @@ impl Chain {
                 }
             }
             Job::Flush(done) => answers.push(Answer::Flush(done)),
+            Job::State(done) => answers.push(Answer::State(done)),
         }
     }
 

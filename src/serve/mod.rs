@@ -408,8 +408,17 @@ pub async fn serve_with(
         task.abort();
     }
     if let Some(log) = decision_log {
-        // What was handed over is written before the process says it stopped.
-        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+        // What was handed over is written before the process says it stopped; the
+        // register's value then is logged, for comparing with `log verify --pcr`.
+        if let Ok(Some(st)) = tokio::task::spawn_blocking(move || log.state()).await {
+            let (register, value) = match &st.register {
+                None => ("none".to_string(), "-".to_string()),
+                Some((d, Ok(Some(v)))) => (d.clone(), v.clone()),
+                Some((d, Ok(None))) => (d.clone(), "unreadable".to_string()),
+                Some((d, Err(e))) => (d.clone(), format!("read failed: {e}")),
+            };
+            tracing::info!(records = st.records, head = %st.head, register = %register, register_value = %value, "decision log closed");
+        }
     }
     if let Some(sc) = &storage {
         let r = storage_op(sc, &teardown)
