@@ -14,7 +14,8 @@
 //! is decided once to warm up (this compiles the fast path), then `ROUNDS` more times
 //! inside `measured`, the full relay path: protobuf bytes → decode → policy input →
 //! decision. Prints the decisions, the fast-path allows and the time per decision.
-//! With `DECIDE_INTERPRETER=1` the compiled fast path is off.
+//! With `DECIDE_INTERPRETER=1` the compiled fast path is off; `DECIDE_TIMEOUT_S` sets the
+//! evaluation time limit (raise it under callgrind, or big pods time out).
 
 use std::path::Path;
 use std::time::Instant;
@@ -128,6 +129,13 @@ fn main() {
     let rounds: usize = rounds.map(|r| r.parse().expect("rounds")).unwrap_or(20);
     let options = LoadOptions {
         fast_path: std::env::var_os("DECIDE_INTERPRETER").is_none_or(|v| v != "1"),
+        // Under callgrind a big pod's decision can pass the default time limit, and the
+        // count would then be of a timed-out decision: DECIDE_TIMEOUT_S raises it.
+        eval_timeout: std::env::var("DECIDE_TIMEOUT_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(LoadOptions::default().eval_timeout),
         ..LoadOptions::default()
     };
     let policy = Policy::load_with("policy.rego", &text, RegoVersion::V0, options).expect("load");

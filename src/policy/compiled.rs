@@ -144,13 +144,27 @@ impl Compiled {
         timeout: Duration,
     ) -> Option<Compiled> {
         let mut engine = super::engine::new_engine(version, timeout);
-        match engine.add_policy(source_name.to_string(), strip_prints(text)) {
-            Ok(_) => Some(Compiled::new(engine, timeout)),
-            Err(e) => {
-                tracing::debug!(error = %e, "no compiled fast path for this policy");
-                None
+        let stripped = strip_prints(text);
+        if let Err(e) = engine.add_policy(source_name.to_string(), stripped.clone()) {
+            tracing::debug!(error = %e, "no compiled fast path for this policy");
+            return None;
+        }
+        // The membership rewrite (super::rewrite), compiled from a second parse; if
+        // the rewritten text does not parse, the stripped text is compiled as it is.
+        let (rewritten, count) = super::rewrite::membership(&stripped, engine.get_modules());
+        if count > 0 {
+            let mut again = super::engine::new_engine(version, timeout);
+            match again.add_policy(source_name.to_string(), rewritten) {
+                Ok(_) => {
+                    tracing::debug!(count, "membership patterns rewritten for the fast path");
+                    engine = again;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "rewritten text did not parse; compiled unchanged")
+                }
             }
         }
+        Some(Compiled::new(engine, timeout))
     }
 
     /// Compiles, ahead of any request, the program of every rule in `request_types`
@@ -166,6 +180,7 @@ impl Compiled {
         };
         let started = std::time::Instant::now();
         let mut compiled = 0;
+        let shared = self.compile_shared(request_types, &constant);
         for ty in request_types {
             if constant.contains_key(*ty) {
                 continue;
@@ -179,6 +194,7 @@ impl Compiled {
         }
         tracing::debug!(
             compiled,
+            shared,
             constant = constant.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "fast path compiled ahead"
@@ -187,6 +203,62 @@ impl Compiled {
         if let Ok(mut engine) = self.engine.lock() {
             *engine = None;
         }
+    }
+
+    /// One program for every rule of `request_types` that the policy defines and that
+    /// is not constant, compiled in one pass: regorus redoes its whole-policy analysis
+    /// (loop hoisting) for each compilation, and each per-rule program compiles the
+    /// helper rules the request types share again; on genpolicy's policies that was
+    /// most of the start-up time. Each of those request types then runs its own entry
+    /// point of this program. Returns whether it was built; if not (a rule that does
+    /// not compile, or calls to our path helpers, which [`compile_with_path_helpers`]
+    /// finds rule by rule), nothing is recorded and each rule is compiled on its own,
+    /// as before. Either way a rule is compiled from the same text by the same
+    /// compiler, so its program decides alike.
+    fn compile_shared(&self, request_types: &[&str], constant: &HashMap<String, bool>) -> bool {
+        let Ok(mut engine) = self.engine.lock() else {
+            return false;
+        };
+        let Some(engine) = engine.as_mut() else {
+            return false;
+        };
+        let types: Vec<&str> = request_types
+            .iter()
+            .copied()
+            .filter(|ty| !constant.contains_key(*ty) && super::constant::defines(engine, ty))
+            .collect();
+        if types.len() < 2 {
+            return false;
+        }
+        let entries: Vec<String> = types
+            .iter()
+            .map(|ty| format!("data.agent_policy.{ty}"))
+            .collect();
+        let entry_refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let Some(first) = entries.first() else {
+            return false;
+        };
+        let program = engine
+            .compile_with_entrypoint(&first.as_str().into())
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                Compiler::compile_from_policy_with_host_await(&c, &entry_refs, &[])
+                    .map_err(|e| e.to_string())
+            });
+        let program = match program {
+            Ok(p) => with_our_builtins(p),
+            Err(e) => {
+                tracing::debug!(error = %e, "no shared program; each rule is compiled on its own");
+                return false;
+            }
+        };
+        if let Ok(mut m) = self.programs.lock() {
+            for ty in types {
+                m.insert(ty.to_string(), Some(program.clone()));
+            }
+            return true;
+        }
+        false
     }
 
     fn program(&self, request_type: &str) -> Option<Arc<Program>> {
@@ -950,6 +1022,104 @@ default StartContainerRequest := true
         );
         // Not a request type compiled ahead: no answer, the interpreter decides.
         assert_eq!(compiled.eval("Other", &ok, None), None);
+    }
+
+    #[test]
+    fn compile_ahead_builds_one_program_for_all_rules_that_decides_as_the_interpreter() {
+        // Three rules sharing helpers (a function with several definitions, a partial
+        // set), one constant, one undefined: one program, compiled once, whose entry
+        // points decide each rule as the interpreter does.
+        let policy = r#"package agent_policy
+import rego.v1
+ok_name(n) if startswith(n, "a")
+ok_name(n) if n == "zed"
+names contains n if { some n in input.names; ok_name(n) }
+default CreateContainerRequest := false
+CreateContainerRequest if { count(names) == count(input.names); input.n > 1 }
+default ExecProcessRequest := false
+ExecProcessRequest if { some c in input.cmds; c == input.want }
+default CopyFileRequest := false
+CopyFileRequest if { not ok_name(input.path) }
+default StartContainerRequest := true
+"#;
+        let types = [
+            "CreateContainerRequest",
+            "ExecProcessRequest",
+            "CopyFileRequest",
+            "StartContainerRequest",
+            "RemoveContainerRequest",
+        ];
+        let (mut interp, compiled) = engines(policy);
+        compiled.compile_ahead(&types);
+        {
+            let programs = compiled.programs.lock().unwrap();
+            let create = programs.get(types[0]).unwrap().clone().unwrap();
+            for ty in &types[1..3] {
+                let p = programs.get(*ty).unwrap().clone().unwrap();
+                assert!(Arc::ptr_eq(&create, &p), "{ty} has a program of its own");
+            }
+            assert!(!programs.contains_key("StartContainerRequest"));
+            assert!(programs.get("RemoveContainerRequest").unwrap().is_none());
+        }
+        let v = |j: serde_json::Value| -> Value { serde_json::from_value(j).unwrap() };
+        let mut allowed = 0;
+        for input in [
+            serde_json::json!({"names": ["ab", "zed"], "n": 2, "cmds": ["x", "y"], "want": "y", "path": "q"}),
+            serde_json::json!({"names": ["ab", "b"], "n": 2, "cmds": ["x"], "want": "y", "path": "abc"}),
+            serde_json::json!({"names": [], "n": 1, "cmds": [], "want": "x", "path": "zed"}),
+            serde_json::json!({"names": ["zed"], "n": 5, "cmds": {"k": "y"}, "want": "y", "path": 3}),
+            serde_json::json!({}),
+        ] {
+            for ty in &types[..3] {
+                let fast = compiled.eval(ty, &v(input.clone()), None);
+                interp.set_input(v(input.clone()));
+                let slow = interp.eval_rule(format!("data.agent_policy.{ty}")).unwrap();
+                assert_eq!(fast, Some(slow.clone()), "{ty} {input}");
+                allowed += usize::from(slow == Value::from(true));
+            }
+        }
+        assert!(allowed >= 5, "{allowed}");
+    }
+
+    #[test]
+    fn rules_calling_path_helpers_are_compiled_one_by_one() {
+        let policy = r#"package agent_policy
+import rego.v1
+default CreateContainerRequest := false
+CreateContainerRequest if path.is_beneath(input.p, "/shared")
+default ExecProcessRequest := false
+ExecProcessRequest if input.ok
+"#;
+        let (_, compiled) = engines(policy);
+        compiled.compile_ahead(&["CreateContainerRequest", "ExecProcessRequest"]);
+        {
+            let programs = compiled.programs.lock().unwrap();
+            let a = programs
+                .get("CreateContainerRequest")
+                .unwrap()
+                .clone()
+                .unwrap();
+            let b = programs.get("ExecProcessRequest").unwrap().clone().unwrap();
+            assert!(!Arc::ptr_eq(&a, &b));
+            assert!(a.has_host_await() && !b.has_host_await());
+        }
+        let v = |j: serde_json::Value| -> Value { serde_json::from_value(j).unwrap() };
+        assert_eq!(
+            compiled.eval(
+                "CreateContainerRequest",
+                &v(serde_json::json!({"p": "/shared/x"})),
+                None
+            ),
+            Some(Value::Bool(true))
+        );
+        assert_eq!(
+            compiled.eval(
+                "ExecProcessRequest",
+                &v(serde_json::json!({"ok": true})),
+                None
+            ),
+            Some(Value::Bool(true))
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod constant;
 pub mod engine;
 pub mod explain;
 pub mod pathext;
+pub mod rewrite;
 pub mod sources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
