@@ -3,8 +3,10 @@
 //! qemu with vsock through vhost-device-vsock (hybrid vsock: the host connects to a unix
 //! socket and sends `CONNECT 1024`), the containers' share over virtio-fs (virtiofsd, tag
 //! kataShared), disk 1 the initdata image from `agent-warden initdata pack --write-image`,
-//! disk 2 an empty disk that agent-warden turns into the encrypted scratch disk. The host
-//! side is a ttrpc client playing kata's runtime, through a byte tap.
+//! disk 2 an empty disk that agent-warden turns into the encrypted scratch disk, disk 3 a
+//! raw disk agent-warden writes its decision log to, and a software TPM (swtpm as
+//! `tpm-crb`: /dev/tpmrm0 in the guest) that every record is measured into (PCR 23). The
+//! host side is a ttrpc client playing kata's runtime, through a byte tap.
 //!
 //! Three boots, one after the other:
 //! - direct: the same image without agent-warden's files (no drop-in, no agent-warden),
@@ -14,10 +16,12 @@
 //!   exec_process in kata-agent's console log, no /leaked in the share), the marker on
 //!   the scratch disk, the scratch mapping torn down after DestroySandbox, then the raw
 //!   scratch image (no marker, no LUKS magic) and what the guest did next (power-off);
+//!   the decision log read from its disk verifies against the PCR value agent-warden
+//!   logged at shutdown (`log verify --pcr`), and without its last line it does not;
 //! - failed evidence: the VM launched with another digest: agent-warden fails, kata-agent
 //!   never starts, every CONNECT 1024 is refused, the VM powers off by itself.
 //!
-//! Needs root, qemu-system-x86_64, debugfs, the image (GUEST_IMAGE, default
+//! Needs root, qemu-system-x86_64, debugfs, swtpm, the image (GUEST_IMAGE, default
 //! target/guest: `guest/build-image.sh target/guest`), vhost-device-vsock and virtiofsd
 //! (PATH, or ../shared/reference/guest-vm/bin), ../shared/kata-agent and busybox-static.
 //! Skipped otherwise, except under CI=true, where it fails. KVM is used when a kernel
