@@ -181,6 +181,9 @@ impl Answer {
     }
 }
 
+/// The most jobs one batch takes from the queue.
+pub const MAX_BATCH: usize = 512;
+
 /// How long the writer gathers records after the first one of a batch, so that a burst
 /// of requests costs one wake-up and one `write` (and records reach the file at most
 /// this much later).
@@ -441,7 +444,9 @@ impl Chain {
             let mut answers = Vec::new();
             self.handle(first, &mut answers);
             std::thread::sleep(GATHER);
-            while let Ok(job) = jobs.try_recv() {
+            // At most MAX_BATCH jobs: under a steady stream the batch is still written
+            // (and its memory bounded), the rest waits in the queue for the next one.
+            for job in jobs.try_iter().take(MAX_BATCH - 1) {
                 self.handle(job, &mut answers);
             }
             self.commit_or_warn();

@@ -242,3 +242,22 @@ fn unanswered_records_are_written_when_dropped() {
     assert_eq!(recs[2][OWN]["outcome"], "forwarded");
     assert_eq!(recs[2][OWN]["status"], 5);
 }
+
+#[test]
+fn a_burst_larger_than_a_batch_is_written_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let log = DecisionLog::open(s.clone(), "ab", "cd", None).unwrap();
+    let n = 3 * super::MAX_BATCH as u64 + 7;
+    for i in 1..=n {
+        log.decision(decided(i), &Outcome::Forwarded(0));
+    }
+    log.flush();
+    let recs = lines(&s.path);
+    assert_eq!(recs.len() as u64, n + 1);
+    assert!(recs
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r[OWN]["seq"] == i as u64));
+    assert!(verify(std::slice::from_ref(&s.path), &Expect::default()).is_ok());
+}
