@@ -261,7 +261,7 @@ impl DecisionLog {
         own.insert("policy_digest".into(), json!(policy_digest));
         own.insert("attested_digest".into(), json!(attested_digest));
         own.insert("register".into(), described);
-        let mut rec = base(&instance);
+        let mut rec = base(&instance, None);
         rec.insert("bundles".into(), bundles(policy_digest));
         // The genesis is written and measured before anything is served.
         chain.append(rec, own, true)?;
@@ -286,7 +286,7 @@ impl DecisionLog {
 
     /// The fields every record has: labels and timestamp.
     fn base(&self) -> Map<String, Value> {
-        base(&self.instance)
+        base(&self.instance, None)
     }
 
     /// Hands a job to the writer thread (waiting while its queue is full). A writer that
@@ -366,14 +366,15 @@ impl Drop for DecisionLog {
     }
 }
 
-/// The fields every record has: labels and timestamp.
-fn base(instance: &str) -> Map<String, Value> {
+/// The fields every record has: labels and timestamp (`None`: now).
+fn base(instance: &str, timestamp: Option<String>) -> Map<String, Value> {
     let mut rec = Map::new();
     rec.insert(
         "labels".into(),
         json!({"id": instance, "version": env!("CARGO_PKG_VERSION"), "app": "agent-warden"}),
     );
-    rec.insert("timestamp".into(), json!(record::now_rfc3339()));
+    let timestamp = timestamp.unwrap_or_else(record::now_rfc3339);
+    rec.insert("timestamp".into(), Value::String(timestamp));
     rec
 }
 
@@ -383,8 +384,7 @@ fn decision_record(
     d: Decided,
     outcome: &Outcome,
 ) -> (Map<String, Value>, Map<String, Value>) {
-    let mut rec = base(instance);
-    rec.insert("timestamp".into(), Value::String(d.timestamp));
+    let mut rec = base(instance, Some(d.timestamp));
     rec.insert(
         "decision_id".into(),
         json!(format!("{instance}-{}", d.decision_id)),
@@ -534,7 +534,7 @@ impl Chain {
         }
         let mut own = Map::new();
         own.insert("type".into(), json!("checkpoint"));
-        let rec = base(&self.instance);
+        let rec = base(&self.instance, None);
         match self.append(rec, own, true) {
             Ok(()) => true,
             Err(e) => {

@@ -416,9 +416,10 @@ impl Guard {
                 "AllowRequestsFailingPolicy: denied request allowed"
             );
         }
-        let result = match (&decision, &ops) {
-            (Decision::Error(_), _) => None,
-            (_, Some(ops)) => Some(serde_json::json!({"allowed": allowed, "ops": ops})),
+        // The decision log's `result` (nothing is built without a log).
+        let result = match (&self.decision_log, &decision, &ops) {
+            (None, ..) | (_, Decision::Error(_), _) => None,
+            (_, _, Some(ops)) => Some(serde_json::json!({"allowed": allowed, "ops": ops})),
             _ => Some(serde_json::Value::Bool(allowed)),
         };
         let ops = ops.map(|o| (policy.clone(), o));
