@@ -210,3 +210,121 @@ fn current_genpolicy_denials_name_the_check_that_failed() {
         assert_points_at(&g.policy, &e, rule, check, label);
     }
 }
+
+/// What each of the two explanations says of one denial: over the print-free text (any
+/// `deny_message` but `full`) and over the tenant's text (`full`, which also gathers the
+/// prints). `None` when the two policies do not both deny.
+fn both_explanations(
+    print_free: &Policy,
+    printing: &Policy,
+    ty: &str,
+    input: &Value,
+) -> Option<(Explanation, Explanation)> {
+    let denied = |p: &Policy| matches!(p.decide(ty, input), Decision::Deny { .. });
+    if !denied(print_free) || !denied(printing) {
+        return None;
+    }
+    let value: regorus::Value = serde_json::from_value(input.clone()).unwrap();
+    let (a, _) = print_free.explained(ty, value.clone()).unwrap();
+    let (b, prints) = printing.explained(ty, value).unwrap();
+    assert!(
+        !prints.is_empty(),
+        "{ty}: the printing policy printed nothing"
+    );
+    Some((a, b))
+}
+
+/// Unless the host is to get the prints (`deny_message = "full"`), a denial is explained
+/// by evaluating it over the policy text with its print statements replaced by `true`
+/// (formatting what genpolicy prints was most of an explanation's cost). The coverage,
+/// and so the explanation, must be what the tenant's own text gives: the same steps and
+/// note on every denial of seeded random mutations of every recorded genpolicy request
+/// (Rego v0) and of the generated pods on today's rules (Rego v1).
+#[test]
+fn print_free_explanations_are_those_of_the_tenants_text() {
+    use agent_warden::policy::DenyMessage;
+    use common::mutate::{copy_file_consistent, mutate_once, Rng};
+    let Some(dir) = peers_dir() else { return };
+    let options = |deny_message| LoadOptions {
+        explain_timeout: Some(std::time::Duration::from_secs(60)),
+        deny_message,
+        ..LoadOptions::default()
+    };
+    let (mut compared, mut differ) = (0, Vec::new());
+    let mut compare = |name: &str, print_free: &Policy, printing: &Policy, ty: &str, v: &Value| {
+        if let Some((a, b)) = both_explanations(print_free, printing, ty, v) {
+            compared += 1;
+            if a != b {
+                differ.push(format!(
+                    "{name}: {ty}:\n  print-free: {a}\n  printing:   {b}"
+                ));
+            }
+        }
+    };
+    let mut rng = Rng(21);
+    for s in scenarios(&dir) {
+        let load = |m| Policy::load_with("policy.rego", &s.policy, s.rego, options(m)).unwrap();
+        let (print_free, printing) = (load(DenyMessage::Reason), load(DenyMessage::Full));
+        let bases: Vec<(String, Value)> = s.requests().cloned().collect();
+        for _ in 0..100 {
+            let (ty, mut v) = rng.pick(&bases).clone();
+            for _ in 0..1 + rng.below(3) {
+                mutate_once(&mut rng, &mut v);
+            }
+            if ty == "CopyFileRequest" {
+                copy_file_consistent(&mut rng, &mut v);
+            }
+            compare(&s.name, &print_free, &printing, &ty, &v);
+        }
+    }
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    for dim in scale::current::Dim::ALL {
+        for &n in dim.sizes().iter().take(2) {
+            let g = scale::current::scenario(&shared, dim, n);
+            let load = |m| {
+                Policy::load_with(
+                    "rules.rego",
+                    &g.policy,
+                    agent_warden::policy::RegoVersion::V1,
+                    options(m),
+                )
+                .unwrap()
+            };
+            let (print_free, printing) = (load(DenyMessage::Reason), load(DenyMessage::Full));
+            for p in [&print_free, &printing] {
+                for (ty, v) in &g.requests[..g.measured] {
+                    if let (d, Some(ops)) = p.decide_with_ops(ty, v) {
+                        assert!(d.is_allowed(), "{ty}: {d:?}");
+                        p.apply_ops(&ops).unwrap();
+                    }
+                }
+            }
+            for (label, v) in &g.mutations {
+                compare(
+                    &format!("{} {label}", g.name),
+                    &print_free,
+                    &printing,
+                    "CreateContainerRequest",
+                    v,
+                );
+            }
+            let (ty, base) = &g.requests[g.measured];
+            for _ in 0..20 {
+                let mut v = base.clone();
+                mutate_once(&mut rng, &mut v);
+                compare(&g.name, &print_free, &printing, ty, &v);
+            }
+        }
+    }
+    eprintln!(
+        "explanations compared: {compared}, differing: {}",
+        differ.len()
+    );
+    assert!(
+        differ.is_empty(),
+        "{} of {compared} differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+    assert!(compared >= 150, "only {compared} denials compared");
+}
