@@ -14,12 +14,10 @@
 //! The VM has no instruction limit (regorus's default of 25,000 is a size, not a time:
 //! genpolicy's layer-storage rule went past it at 9 layers); the time limit bounds it,
 //! as it bounds the interpreter. The RVM has no `print`, so the
-//! program is compiled from the policy text with each print statement (a line that is
-//! only `print(...)`) replaced by `true`: print holds whatever its arguments are
-//! (undefined ones print as `<undefined>`). A line the replacement would break makes
-//! compilation fail, and that rule stays on the interpreter. The same print-free text,
-//! uncompiled, is where denials are explained when nobody reads the prints
-//! ([`super::Policy::explained`]).
+//! program is compiled from the policy text with its print statements removed (a line
+//! that is only `print(...)`); print always succeeds in Rego, so removing it cannot
+//! change a value. A line the removal would break makes compilation fail, and that
+//! rule stays on the interpreter.
 //!
 //! The RVM cannot call engine extensions. Calls to our `path.*` helpers are compiled
 //! as calls back to the host (regorus's host-await builtins, see
@@ -64,26 +62,17 @@ pub(crate) struct Compiled {
     /// is a few MiB that no decision needs).
     engine: Mutex<Option<Engine>>,
     programs: Mutex<HashMap<String, Option<Arc<Program>>>>,
-    /// An interpreter engine over the print-free text (before any rewrite), and the
-    /// state generation its data reflects: denials are explained on it
-    /// ([`super::Policy::explained`]) unless the host is to get the prints.
-    explainer: Mutex<(Engine, u64)>,
     /// Idle VMs with a rule's program loaded, by request type (at most [`IDLE_VMS`]
     /// each), so that a request does not pay for building and loading a VM.
     idle: Mutex<HashMap<String, Vec<RegoVM>>>,
     timeout: Duration,
 }
 
-/// The policy text with each statement-only `print(...)` line replaced by `true` (line
-/// numbers kept). Like the print, `true` always holds, and it leaves an instruction on
-/// that line: where a body printed, [`Compiled::coverage`] sees it get there.
+/// The policy text with statement-only `print(...)` lines blanked (line numbers kept).
 pub(crate) fn strip_prints(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         if is_print_statement(line.trim()) {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            out.push_str(indent);
-            out.push_str("true");
             if line.ends_with('\n') {
                 out.push('\n');
             }
@@ -137,10 +126,8 @@ fn is_print_statement(t: &str) -> bool {
 
 impl Compiled {
     /// Prepares the compiling engine; `engine` must already hold the stripped text.
-    /// (Denials are explained on a clone of `engine`.)
     pub(crate) fn new(engine: Engine, timeout: Duration) -> Compiled {
         Compiled {
-            explainer: Mutex::new((engine.clone(), super::UNPREPARED)),
             engine: Mutex::new(Some(engine)),
             programs: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
@@ -164,8 +151,6 @@ impl Compiled {
         }
         // The membership rewrite (super::rewrite), compiled from a second parse; if
         // the rewritten text does not parse, the stripped text is compiled as it is.
-        // A clone shares the parsed modules; it stays when the compiling engine goes.
-        let explainer = engine.clone();
         let (rewritten, count) = super::rewrite::membership(&stripped, engine.get_modules());
         if count > 0 {
             let mut again = super::engine::new_engine(version, timeout);
@@ -179,11 +164,7 @@ impl Compiled {
                 }
             }
         }
-        let compiled = Compiled::new(engine, timeout);
-        if let Ok(mut slot) = compiled.explainer.lock() {
-            slot.0 = explainer;
-        }
-        Some(compiled)
+        Some(Compiled::new(engine, timeout))
     }
 
     /// Compiles, ahead of any request, the program of every rule in `request_types`
@@ -371,12 +352,6 @@ impl Compiled {
                 None
             }
         }
-    }
-
-    /// The print-free interpreter engine denials are explained on, with the state
-    /// generation its data reflects.
-    pub(crate) fn explainer(&self) -> Option<&Mutex<(Engine, u64)>> {
-        Some(&self.explainer)
     }
 
     fn take_idle(&self, request_type: &str) -> Option<RegoVM> {
@@ -631,7 +606,7 @@ mod tests {
         let t = "a {\n    print(\"x\", y)\n    y == 1\n}\nprint_it := 1\n  print(z) # no\n";
         assert_eq!(
             strip_prints(t),
-            "a {\n    true\n    y == 1\n}\nprint_it := 1\n  print(z) # no\n"
+            "a {\n\n    y == 1\n}\nprint_it := 1\n  print(z) # no\n"
         );
     }
 

@@ -470,7 +470,16 @@ impl Policy {
         input: &regorus::Value,
     ) -> Option<(Decision, Option<StateOps>)> {
         let compiled = self.compiled()?;
-        let data = self.fast_data()?;
+        let data = if self.state_gen.load(Ordering::SeqCst) > 0 {
+            Some(
+                serde_json::from_value::<regorus::Value>(
+                    serde_json::json!({ "pstate": self.state() }),
+                )
+                .ok()?,
+            )
+        } else {
+            None
+        };
         let value = compiled.eval(request_type, input, data.as_ref())?;
         // Only a value that says no is the program's denial. regorus's VM gives an
         // undefined value where the interpreter (and kata-agent) fail, e.g. for a
@@ -488,17 +497,6 @@ impl Policy {
             _ => return None,
         };
         Some((decision, ops))
-    }
-
-    /// The `data` a compiled program runs with: `data.pstate` once the policy has state;
-    /// `None` (outer) when the state is not a regorus value.
-    fn fast_data(&self) -> Option<Option<regorus::Value>> {
-        if self.state_gen.load(Ordering::SeqCst) == 0 {
-            return Some(None);
-        }
-        serde_json::from_value::<regorus::Value>(serde_json::json!({ "pstate": self.state() }))
-            .ok()
-            .map(Some)
     }
 
     /// The policy's `log_mask` for one request's input (as OPA's `system.log.mask`):
@@ -526,13 +524,7 @@ impl Policy {
     /// compiled policy); the evaluation runs on the clone, so decisions on different
     /// connections do not wait for each other.
     fn engine(&self) -> Result<Engine, EvalError> {
-        self.synced(&self.engine)
-    }
-
-    /// The engine in `slot`, brought up to date with the policy state, cloned (see
-    /// [`Policy::engine`]).
-    fn synced(&self, slot: &Mutex<(Engine, u64)>) -> Result<Engine, EvalError> {
-        let mut slot = slot.lock().map_err(|_| EvalError::Poisoned)?;
+        let mut slot = self.engine.lock().map_err(|_| EvalError::Poisoned)?;
         let (engine, seen_gen) = &mut *slot;
         let gen = self.state_gen.load(Ordering::SeqCst);
         if gen != *seen_gen {
@@ -566,30 +558,16 @@ impl Policy {
         request_type: &str,
         input: regorus::Value,
     ) -> Result<(explain::Explanation, Vec<String>), EvalError> {
-        // Unless someone reads the prints (`full` shows them to the host; serve logs them
-        // at debug level), the evaluation runs over the text with its print statements
-        // replaced by `true` (the same lines, so the same coverage: see
-        // tests/deny_reasons.rs), which does not format the values genpolicy prints
-        // (whole containers and storages: about a quarter of a denial's cost).
-        let prints_read = self.options.deny_message == DenyMessage::Full
-            || tracing::enabled!(target: PRINTS_TARGET, tracing::Level::DEBUG);
-        let print_free = match prints_read {
-            true => None,
-            false => self.compiled().and_then(|c| c.explainer()),
-        };
-        let mut engine = match print_free {
-            Some(slot) => self.synced(slot)?,
-            None => self.engine()?,
-        };
+        let mut engine = self.engine()?;
         if self.constant.get(request_type) == Some(&false) {
             return Ok((explain::default_only(&mut engine, request_type), Vec::new()));
         }
+        engine.set_enable_coverage(true);
         // A denial costs at most this much more than its decision.
         let budget = self
             .options
             .explain_timeout
             .unwrap_or_else(|| explain_budget(self.options.eval_timeout));
-        engine.set_enable_coverage(true);
         engine.set_execution_timer_config(engine::timer_config(budget));
         engine.set_input(input);
         let evaluated = engine.eval_rule(format!("data.agent_policy.{request_type}"));
@@ -604,15 +582,10 @@ impl Policy {
             // The time limit, or an error the decision did not meet: not explained.
             Err(e) => return Err(EvalError::Engine(e)),
         };
-        // The walk quotes the tenant's text: the original engine's parsed policy (the
-        // shared one, locked only to read its modules; its data does not matter).
-        let explanation = if print_free.is_some() {
-            let mut shared = self.engine.lock().map_err(|_| EvalError::Poisoned)?;
-            explain::explain(&mut shared.0, request_type, &covered)
-        } else {
-            explain::explain(&mut engine, request_type, &covered)
-        };
-        Ok((explanation, prints))
+        Ok((
+            explain::explain(&mut engine, request_type, &covered),
+            prints,
+        ))
     }
 
     /// Evaluates `data.agent_policy.<name>` with `input`; `Ok(None)` when undefined.
@@ -768,9 +741,6 @@ impl Policy {
         }
     }
 }
-
-/// The tracing target under which serve logs a denial's prints (at debug level).
-pub const PRINTS_TARGET: &str = "agent_warden::serve::judge";
 
 /// Longest a denial's explanation may run ([`Policy::explained`]).
 pub const MAX_EXPLAIN: Duration = Duration::from_secs(1);
@@ -1079,13 +1049,7 @@ StartContainerRequest if {
             match policy.decide("ExecProcessRequest", &json!({"a": 2})) {
                 Decision::Deny { reason, detail } => {
                     assert_eq!(reason, "p.rego:6: input.a == 1 (in ExecProcessRequest)");
-                    // Prints are gathered only where someone reads them (`full`, debug
-                    // logs) or where the interpreter decides anyway.
-                    if std::ptr::eq(policy, &slow) {
-                        assert!(detail.contains("checking 2"), "{detail}");
-                    } else {
-                        assert_eq!(detail, "");
-                    }
+                    assert!(detail.contains("checking 2"), "{detail}");
                 }
                 d => panic!("{d:?}"),
             }

@@ -405,7 +405,7 @@ impl Guard {
         let decision_id = self.log_decision(m, conn, stream, outcome, policy.digest(), eval_us);
         if let Decision::Deny { detail, .. } = &decision {
             if !detail.is_empty() {
-                tracing::debug!(target: crate::policy::PRINTS_TARGET, decision_id, kind = ty, policy_output = %detail, "policy output for denial");
+                tracing::debug!(decision_id, kind = ty, policy_output = %detail, "policy output for denial");
             }
         }
         if overridden {

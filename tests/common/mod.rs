@@ -2,7 +2,6 @@
 //! (a real ttrpc server), byte taps on unix sockets, and agent-warden in between.
 #![allow(dead_code)]
 
-pub mod mutate;
 pub mod oracle;
 pub mod peers;
 
