@@ -1004,11 +1004,33 @@ async fn guest_vm_pod_life_over_vsock() {
                 "step {}: not kata-agent's own answer",
                 step.name
             );
-            assert_eq!(
-                through.logged[i], direct.logged[i],
-                "step {}: what kata-agent logged",
-                step.name
-            );
+            if step.method == "DestroySandbox" {
+                // kata-agent exits right after answering it: its exit line is always on
+                // the console, but its RPC line was once missing there (1 run in ~5,
+                // either side): lines a process logs as it exits can be lost. So: both
+                // exited, and nothing but that RPC was logged.
+                for (side, logged) in [
+                    ("through", &through.logged[i]),
+                    ("direct", &direct.logged[i]),
+                ] {
+                    assert!(
+                        logged.contains(&format!("exited ({SHUTDOWN})")),
+                        "{side}: kata-agent did not exit after DestroySandbox: {logged:?}"
+                    );
+                    assert!(
+                        logged
+                            .iter()
+                            .all(|l| l == "destroy_sandbox" || l.starts_with("exited (")),
+                        "{side}: kata-agent logged {logged:?} for DestroySandbox"
+                    );
+                }
+            } else {
+                assert_eq!(
+                    through.logged[i], direct.logged[i],
+                    "step {}: what kata-agent logged",
+                    step.name
+                );
+            }
         }
     }
     assert_eq!(
