@@ -453,3 +453,52 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
         "no denial came from the compiled fast path"
     );
 }
+
+/// Policies whose evaluation fails at run time (arithmetic on a string the host sent):
+/// kata-agent answers with an error, so the request does not run. regorus's compiled
+/// programs would treat the failing body as not holding, and allow through `not`,
+/// another body, or a print's argument; agent-warden must keep such policies on the
+/// interpreter (`policy::trust`) and refuse as kata refuses. Numbers still decide as kata.
+#[test]
+fn a_policy_whose_evaluation_fails_is_refused_as_kata_agent_refuses() {
+    use agent_warden::policy::Decision;
+    let Some(bin) = oracle_binary("kata_oracle") else {
+        return;
+    };
+    let head = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n";
+    let policies = [
+        // Under `not`.
+        "ExecProcessRequest if {\n    not too_big(input.a)\n}\ntoo_big(x) if {\n    x + 1 > 5\n}\n",
+        // In another body than the one that holds.
+        "ExecProcessRequest if input.ok\nExecProcessRequest if {\n    input.a * 2 == 4\n}\n",
+        // In a print's argument.
+        "ExecProcessRequest if {\n    print(\"a + 1 =\", input.a + 1)\n    input.ok\n}\n",
+    ];
+    for body in policies {
+        let policy = format!("{head}{body}");
+        let mut oracle = Oracle::start(&bin, &policy, false);
+        let ours = Policy::load("p.rego", &policy, RegoVersion::V1).unwrap();
+        for input in [
+            json!({"a": "x", "ok": true}),
+            json!({"a": 2, "ok": true}),
+            json!({"a": 7, "ok": false}),
+        ] {
+            let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
+            let got = match ours.decide("ExecProcessRequest", &input) {
+                Decision::Allow => Outcome::Allow,
+                Decision::Deny { .. } => Outcome::Deny,
+                Decision::Error(_) => Outcome::Error,
+            };
+            assert_eq!(got, kata, "{body}\ninput {input}");
+        }
+        assert_eq!(
+            ours.fast_allows() + ours.fast_denials(),
+            0,
+            "{body}: the fast path decided"
+        );
+    }
+}
+
+fn decide_blocking(oracle: &mut Oracle, ty: &str, input: &Value) -> Outcome {
+    Outcome::from(&oracle.ask_input(ty, input))
+}

@@ -22,6 +22,7 @@ pub mod explain;
 pub mod pathext;
 pub mod rewrite;
 pub mod sources;
+pub mod trust;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -296,8 +297,31 @@ impl Policy {
             (loaded, compiled)
         });
         let policy = loaded?;
-        if let Some(c) = compiled {
-            let _ = policy.compiled.set(c);
+        // A policy whose evaluation can fail where the VM would not say so stays on the
+        // interpreter (see `trust`); the tenant's text, prints included, is what is read.
+        let unproven = match policy.engine.lock() {
+            Ok(mut slot) => trust::first_unproven(slot.0.get_modules()),
+            Err(_) => {
+                return Err(PolicyError::Invalid {
+                    source_name: source_name.to_string(),
+                    message: "engine lock poisoned while loading".to_string(),
+                })
+            }
+        };
+        match (compiled, unproven) {
+            (_, Some(at)) => {
+                tracing::info!(
+                    source = source_name,
+                    at = %at,
+                    "compiled fast path off: arithmetic on a value not known to be a number (or a set operation on one not known to be a set) can fail the evaluation, which the compiled programs would not report; the interpreter decides every request"
+                );
+                let _ = policy.compiled.set(None);
+            }
+            (Some(c), None) => {
+                let _ = policy.compiled.set(c);
+            }
+            // The thread failed: built on first use.
+            (None, None) => {}
         }
         Ok(policy)
     }
