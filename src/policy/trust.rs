@@ -321,11 +321,7 @@ impl<'a> Definition<'a> {
                 value,
                 collection,
                 ..
-            } => key
-                .iter()
-                .map(|k| k.as_ref())
-                .chain([value.as_ref(), collection.as_ref()])
-                .find_map(|e| self.check(e)),
+            } => self.check_in(key, value, collection),
             Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.check(expr),
             Literal::Every { domain, query, .. } => {
                 self.check(domain).or_else(|| self.check_query(query))
@@ -393,13 +389,22 @@ impl<'a> Definition<'a> {
                 value,
                 collection,
                 ..
-            } => key
-                .iter()
-                .map(|k| k.as_ref())
-                .chain([value.as_ref(), collection.as_ref()])
-                .find_map(|x| self.check(x)),
+            } => self.check_in(key, value, collection),
             _ => None,
         }
+    }
+
+    /// `key, value in collection` (of `some` or a membership test).
+    fn check_in(
+        &mut self,
+        key: &Option<Ref<Expr>>,
+        value: &Expr,
+        collection: &Expr,
+    ) -> Option<Unproven> {
+        key.iter()
+            .map(|k| k.as_ref())
+            .chain([value, collection])
+            .find_map(|e| self.check(e))
     }
 }
 
