@@ -53,49 +53,56 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
             Rule::Default { refr, .. } => refr.span().text().to_string(),
         })
         .collect();
+    let check_all = |d: &mut Definition, exprs: &[&Expr]| exprs.iter().find_map(|e| d.check(e));
     for module in modules {
         for rule in &module.policy {
-            let mut d = Definition {
-                bindings: HashMap::new(),
-                defined: &defined,
-                visiting: HashSet::new(),
-            };
-            let mut exprs: Vec<&Expr> = Vec::new();
             match rule.as_ref() {
                 Rule::Spec { head, bodies, .. } => {
-                    match head {
-                        RuleHead::Compr { refr, assign, .. } => {
-                            exprs.push(refr);
-                            exprs.extend(assign.iter().map(|a| a.value.as_ref()));
+                    // Parameters are bound by the caller: unknown.
+                    let (refr, value) = match head {
+                        RuleHead::Compr { refr, assign, .. }
+                        | RuleHead::Func { refr, assign, .. } => {
+                            (refr, assign.as_ref().map(|a| a.value.as_ref()))
                         }
-                        RuleHead::Set { refr, key, .. } => {
-                            exprs.push(refr);
-                            exprs.extend(key.iter().map(|k| k.as_ref()));
-                        }
-                        // Parameters are bound by the caller: unknown.
-                        RuleHead::Func { refr, assign, .. } => {
-                            exprs.push(refr);
-                            exprs.extend(assign.iter().map(|a| a.value.as_ref()));
+                        RuleHead::Set { refr, key, .. } => (refr, key.as_ref().map(|k| k.as_ref())),
+                    };
+                    if bodies.is_empty() {
+                        let mut d = Definition::new(&defined);
+                        let exprs: Vec<&Expr> = [refr.as_ref()].into_iter().chain(value).collect();
+                        if let Some(u) = check_all(&mut d, &exprs) {
+                            return Some(u);
                         }
                     }
+                    // Each body in its own bindings (a name can be bound differently in
+                    // an `else`), with the head's value for a body that is not an `else`
+                    // and an `else`'s own value.
                     for body in bodies {
+                        let mut d = Definition::new(&defined);
                         d.bind_query(&body.query);
-                        exprs.extend(body.assign.iter().map(|a| a.value.as_ref()));
-                    }
-                    for body in bodies {
                         if let Some(u) = d.check_query(&body.query) {
+                            return Some(u);
+                        }
+                        let own = body.assign.as_ref().map(|a| a.value.as_ref());
+                        let exprs: Vec<&Expr> = [refr.as_ref()]
+                            .into_iter()
+                            .chain(if body.is_else { None } else { value })
+                            .chain(own)
+                            .collect();
+                        if let Some(u) = check_all(&mut d, &exprs) {
                             return Some(u);
                         }
                     }
                 }
                 Rule::Default { args, value, .. } => {
-                    exprs.extend(args.iter().map(|a| a.as_ref()));
-                    exprs.push(value);
-                }
-            }
-            for e in exprs {
-                if let Some(u) = d.check(e) {
-                    return Some(u);
+                    let mut d = Definition::new(&defined);
+                    let exprs: Vec<&Expr> = args
+                        .iter()
+                        .map(|a| a.as_ref())
+                        .chain([value.as_ref()])
+                        .collect();
+                    if let Some(u) = check_all(&mut d, &exprs) {
+                        return Some(u);
+                    }
                 }
             }
         }
@@ -131,8 +138,8 @@ enum Binding<'a> {
     Unknown,
 }
 
-/// One rule definition: its variables' bindings, everywhere in it (nested queries
-/// included: a name bound differently in two places is unknown).
+/// One body of a rule definition: its variables' bindings, everywhere in it (nested
+/// queries included: a name bound differently in two places is unknown).
 struct Definition<'a> {
     bindings: HashMap<String, Vec<Binding<'a>>>,
     /// Names the policy defines (a rule named like a builtin is not the builtin).
@@ -163,6 +170,14 @@ fn unproven(span: &Span) -> Unproven {
 }
 
 impl<'a> Definition<'a> {
+    fn new(defined: &'a HashSet<String>) -> Definition<'a> {
+        Definition {
+            bindings: HashMap::new(),
+            defined,
+            visiting: HashSet::new(),
+        }
+    }
+
     fn bind(&mut self, name: &str, b: Binding<'a>) {
         if name != "_" {
             self.bindings.entry(name.to_string()).or_default().push(b);
@@ -472,6 +487,11 @@ mod tests {
         let mixed =
             format!("{HEAD}A if {{\n    x = count(input.a)\n    x = input.b\n    x - 1 > 0\n}}\n");
         assert!(first(&mixed).unwrap().contains("x - 1"));
+        // A name bound in one body says nothing of the same name in an `else`.
+        let other_body = format!(
+            "{HEAD}A if {{\n    i := count(input.a)\n    i > 0\n}} else if {{\n    input.m[i]\n    i + 1 > 2\n}}\n"
+        );
+        assert!(first(&other_body).unwrap().contains("i + 1"));
         // A rule named like a builtin is not the builtin.
         let shadow = format!("{HEAD}A if {{\n    sum(input.a) + 1 > 0\n}}\nsum(x) := x\n");
         assert!(first(&shadow).unwrap().contains("sum(input.a) + 1"));
