@@ -18,6 +18,7 @@
 //! input_shape = "current"                    # from kata; overrides it: "legacy", "legacy-stream-ports"
 //! set_policy = "auto"                        # "auto" | "policy" | "forbid"
 //! deny_message = "reason"                    # what the host is told of a denial: "reason" | "full" | "code"
+//! fast_path = true                           # compiled programs decide where they may (false: the interpreter alone, as kata-agent)
 //! require_evidence = "snp"                   # e.g. (default: none): check the TEE's digest first
 //! [audit]
 //! capture = "/run/agent-warden/capture.jsonl"  # e.g. (default: none): every decided input
@@ -194,6 +195,13 @@ pub struct PolicySection {
     #[arg(long, value_enum, help = defaulted("What the host is told of a denial (the decision log always has the whole reason). reason: where the evaluation failed, the request type's rule and the failing expression as file:line, no input values. full: kata-agent's text, what the policy printed. code: the status code only, an empty message", default_name::<DenyMessage>()))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_message: Option<DenyMessage>,
+    /// Decide with regorus's compiled programs where the policy allows it (true, the
+    /// default: the same decisions, several times faster), or with the interpreter
+    /// alone, as kata-agent does (false: kata's exact behaviour also where the compiled
+    /// programs differ, e.g. rules that give two values; see docs/SECURITY.md).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<bool>,
     /// Refuse to serve unless the TEE reports the policy's digest: snp[:TSM_ROOT],
     /// snp-report:DIR, tdx[:DEVICE], tdx-sysfs[:PATH], tdx-quote[:TSM_ROOT], file:PATH.
     #[arg(long, value_name = "SOURCE")]

@@ -454,41 +454,47 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
     );
 }
 
-/// Policies whose evaluation fails at run time (arithmetic on a string the host sent):
-/// kata-agent answers with an error, so the request does not run. regorus's compiled
-/// programs would treat the failing body as not holding, and allow through `not`,
-/// another body, or a print's argument; agent-warden must keep such policies on the
-/// interpreter (`policy::trust`) and refuse as kata refuses. Numbers still decide as kata.
+/// Policies whose evaluation fails at run time, which kata-agent answers with an error
+/// (the request does not run). regorus's compiled programs would treat the failing body
+/// as not holding and allow through `not`, another body, or a print's argument:
+/// - arithmetic on a string the host sent: agent-warden keeps such a policy on the
+///   interpreter (`policy::trust`), whatever the settings;
+/// - a function giving two values for one input (a conflict): not detected
+///   (docs/SECURITY.md); `fast_path = false` decides as kata does.
+///
+/// Numbers, and inputs without a conflict, decide as kata too.
 #[test]
 fn a_policy_whose_evaluation_fails_is_refused_as_kata_agent_refuses() {
-    use agent_warden::policy::Decision;
+    use agent_warden::policy::LoadOptions;
     let Some(bin) = oracle_binary("kata_oracle") else {
         return;
     };
     let head = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n";
-    let policies = [
+    let interpreted = LoadOptions {
+        fast_path: false,
+        ..LoadOptions::default()
+    };
+    let cases = [
         // Under `not`.
-        "ExecProcessRequest if {\n    not too_big(input.a)\n}\ntoo_big(x) if {\n    x + 1 > 5\n}\n",
+        ("ExecProcessRequest if {\n    not too_big(input.a)\n}\ntoo_big(x) if {\n    x + 1 > 5\n}\n", LoadOptions::default()),
         // In another body than the one that holds.
-        "ExecProcessRequest if input.ok\nExecProcessRequest if {\n    input.a * 2 == 4\n}\n",
+        ("ExecProcessRequest if input.ok\nExecProcessRequest if {\n    input.a * 2 == 4\n}\n", LoadOptions::default()),
         // In a print's argument.
-        "ExecProcessRequest if {\n    print(\"a + 1 =\", input.a + 1)\n    input.ok\n}\n",
+        ("ExecProcessRequest if {\n    print(\"a + 1 =\", input.a + 1)\n    input.ok\n}\n", LoadOptions::default()),
+        // A conflict under `not`, without the fast path.
+        ("ExecProcessRequest if {\n    not size(input.ok)\n}\nsize(x) := 1 if x\nsize(x) := 2 if x\n", interpreted),
     ];
-    for body in policies {
+    for (body, options) in cases {
         let policy = format!("{head}{body}");
         let mut oracle = Oracle::start(&bin, &policy, false);
-        let ours = Policy::load("p.rego", &policy, RegoVersion::V1).unwrap();
+        let ours = Policy::load_with("p.rego", &policy, RegoVersion::V1, options).unwrap();
         for input in [
             json!({"a": "x", "ok": true}),
             json!({"a": 2, "ok": true}),
             json!({"a": 7, "ok": false}),
         ] {
             let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
-            let got = match ours.decide("ExecProcessRequest", &input) {
-                Decision::Allow => Outcome::Allow,
-                Decision::Deny { .. } => Outcome::Deny,
-                Decision::Error(_) => Outcome::Error,
-            };
+            let got = outcome(ours.decide("ExecProcessRequest", &input));
             assert_eq!(got, kata, "{body}\ninput {input}");
         }
         assert_eq!(
@@ -496,6 +502,16 @@ fn a_policy_whose_evaluation_fails_is_refused_as_kata_agent_refuses() {
             0,
             "{body}: the fast path decided"
         );
+    }
+}
+
+/// A decision of agent-warden's policy as the outcome kata's would be compared with.
+fn outcome(d: agent_warden::policy::Decision) -> Outcome {
+    use agent_warden::policy::Decision;
+    match d {
+        Decision::Allow => Outcome::Allow,
+        Decision::Deny { .. } => Outcome::Deny,
+        Decision::Error(_) => Outcome::Error,
     }
 }
 

@@ -139,6 +139,7 @@ pub fn prepare(file: Config, flags: Config) -> anyhow::Result<Prepared> {
     let options = LoadOptions {
         eval_timeout: settings.eval_timeout,
         deny_message: cfg.policy.deny_message.unwrap_or_default(),
+        fast_path: cfg.policy.fast_path.unwrap_or(true),
         ..LoadOptions::default()
     };
     let loaded = source.load(options)?;
