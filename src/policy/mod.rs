@@ -300,6 +300,7 @@ impl Policy {
         // A policy whose evaluation can fail where the VM would not say so stays on the
         // interpreter (see `trust`); the tenant's text, prints included, is what is read.
         let unproven = match policy.engine.lock() {
+            Ok(_) if !options.fast_path => None,
             Ok(mut slot) => trust::first_unproven(slot.0.get_modules()),
             Err(_) => {
                 return Err(PolicyError::Invalid {
