@@ -58,7 +58,10 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
         for rule in &module.policy {
             match rule.as_ref() {
                 Rule::Spec { head, bodies, .. } => {
-                    // Parameters are bound by the caller: unknown.
+                    let params: &[Ref<Expr>] = match head {
+                        RuleHead::Func { args, .. } => args,
+                        _ => &[],
+                    };
                     let (refr, value) = match head {
                         RuleHead::Compr { refr, assign, .. }
                         | RuleHead::Func { refr, assign, .. } => {
@@ -67,7 +70,7 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
                         RuleHead::Set { refr, key, .. } => (refr, key.as_ref().map(|k| k.as_ref())),
                     };
                     if bodies.is_empty() {
-                        let mut d = Definition::new(&defined);
+                        let mut d = Definition::new(&defined, params);
                         let exprs: Vec<&Expr> = [refr.as_ref()].into_iter().chain(value).collect();
                         if let Some(u) = check_all(&mut d, &exprs) {
                             return Some(u);
@@ -77,7 +80,7 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
                     // an `else`), with the head's value for a body that is not an `else`
                     // and an `else`'s own value.
                     for body in bodies {
-                        let mut d = Definition::new(&defined);
+                        let mut d = Definition::new(&defined, params);
                         d.bind_query(&body.query);
                         if let Some(u) = d.check_query(&body.query) {
                             return Some(u);
@@ -94,7 +97,7 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
                     }
                 }
                 Rule::Default { args, value, .. } => {
-                    let mut d = Definition::new(&defined);
+                    let mut d = Definition::new(&defined, &[]);
                     let exprs: Vec<&Expr> = args
                         .iter()
                         .map(|a| a.as_ref())
@@ -170,12 +173,18 @@ fn unproven(span: &Span) -> Unproven {
 }
 
 impl<'a> Definition<'a> {
-    fn new(defined: &'a HashSet<String>) -> Definition<'a> {
-        Definition {
+    /// A body of a definition with parameters `params`: bound by the caller, so of no
+    /// known kind (a body's `param = count(x)` is then a comparison, not a binding).
+    fn new(defined: &'a HashSet<String>, params: &'a [Ref<Expr>]) -> Definition<'a> {
+        let mut d = Definition {
             bindings: HashMap::new(),
             defined,
             visiting: HashSet::new(),
+        };
+        for name in params.iter().filter_map(|p| var_name(p)) {
+            d.bind(name, Binding::Unknown);
         }
+        d
     }
 
     fn bind(&mut self, name: &str, b: Binding<'a>) {
@@ -484,6 +493,9 @@ mod tests {
     fn parameters_and_mixed_bindings_are_unknown() {
         let f = format!("{HEAD}f(x) := x + 1\n");
         assert!(first(&f).unwrap().contains("x + 1"));
+        // `n = count(...)` on a parameter compares, it does not make `n` a number.
+        let param = format!("{HEAD}f(n) if {{\n    n + 1 > 0\n    n = count(input.a)\n}}\n");
+        assert!(first(&param).unwrap().contains("n + 1"));
         let mixed =
             format!("{HEAD}A if {{\n    x = count(input.a)\n    x = input.b\n    x - 1 > 0\n}}\n");
         assert!(first(&mixed).unwrap().contains("x - 1"));
