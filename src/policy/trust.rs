@@ -14,12 +14,13 @@
 //! policy that has one is decided by the interpreter alone. Conflicts are not found here
 //! (docs/SECURITY.md).
 //!
-//! "Provably" is a small inference over one rule definition: number literals, `count`,
-//! `to_number` and the other numeric builtins, arithmetic on numbers; array and set
-//! literals and comprehensions, `split` and the array builtins; a variable all of whose
-//! bindings in the definition (`x := e`, `x = e`, or the index of `some i, _ in xs` /
-//! `every i, _ in xs` over a provable array) are of one such kind. Everything else is
-//! unknown, and unknown operands are not trusted. genpolicy's rules (both families) pass.
+//! "Provably" is a small inference over one body of a rule definition: number literals,
+//! `count`, `to_number` and the other numeric builtins, arithmetic on numbers; array and
+//! set literals and comprehensions, `split` and the array builtins; a variable all of
+//! whose bindings in the body (`x := e`, `x = e`, or the index of `some i, _ in xs` /
+//! `every i, _ in xs` over a provable array) are of one such kind (a parameter is not).
+//! Everything else is unknown, and unknown operands are not trusted. genpolicy's rules
+//! (both families) pass.
 
 use std::collections::{HashMap, HashSet};
 
@@ -131,7 +132,7 @@ enum Kind {
     Unknown,
 }
 
-/// How a variable of the definition gets its value.
+/// How a variable of the body gets its value.
 enum Binding<'a> {
     /// `x := e`, `x = e` (or `e = x`).
     Value(&'a Expr),
