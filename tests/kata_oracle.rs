@@ -437,6 +437,13 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
                 disagreements.push(format!("{label}: agent-warden {ours:?}, kata {kata:?}"));
             }
         }
+        // Every generated pod's policy (today's rules too) keeps the compiled fast path
+        // (`policy::trust` finds its arithmetic safe).
+        assert!(
+            h.guard.policy().fast_allows() > 0,
+            "{}: no allow came from the compiled fast path",
+            g.name
+        );
         fast_denials += h.guard.policy().fast_denials();
         h.stop().await;
     }
