@@ -172,7 +172,7 @@ impl<'a> Definitions<'a> {
 }
 
 /// The first component of a rule head (`R`, `R.x`, `R[k]` → `R`).
-fn head_name(e: &Expr) -> Option<String> {
+pub(crate) fn head_name(e: &Expr) -> Option<String> {
     match e {
         Expr::Var { span, .. } => Some(span.text().to_string()),
         Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => head_name(refr),
@@ -181,7 +181,7 @@ fn head_name(e: &Expr) -> Option<String> {
 }
 
 /// The first line of `text`, trimmed and at most [`MAX_TEXT`] bytes.
-fn short(text: &str) -> String {
+pub(crate) fn short(text: &str) -> String {
     let first = text.lines().next().unwrap_or("").trim();
     let multi = text.trim().contains('\n');
     if first.len() <= MAX_TEXT && !multi {

@@ -297,32 +297,9 @@ impl Policy {
             (loaded, compiled)
         });
         let policy = loaded?;
-        // A policy whose evaluation can fail where the VM would not say so stays on the
-        // interpreter (see `trust`); the tenant's text, prints included, is what is read.
-        let unproven = match policy.engine.lock() {
-            Ok(_) if !options.fast_path => None,
-            Ok(mut slot) => trust::first_unproven(slot.0.get_modules()),
-            Err(_) => {
-                return Err(PolicyError::Invalid {
-                    source_name: source_name.to_string(),
-                    message: "engine lock poisoned while loading".to_string(),
-                })
-            }
-        };
-        match (compiled, unproven) {
-            (_, Some(at)) => {
-                tracing::info!(
-                    source = source_name,
-                    at = %at,
-                    "compiled fast path off: arithmetic on a value not known to be a number (or a set operation on one not known to be a set) can fail the evaluation, which the compiled programs would not report; the interpreter decides every request"
-                );
-                let _ = policy.compiled.set(None);
-            }
-            (Some(c), None) => {
-                let _ = policy.compiled.set(c);
-            }
-            // The thread failed: built on first use.
-            (None, None) => {}
+        // Already set (to none) when `trust` keeps the policy on the interpreter.
+        if let Some(c) = compiled {
+            let _ = policy.compiled.set(c);
         }
         Ok(policy)
     }
@@ -368,6 +345,22 @@ impl Policy {
         }
         let constant = crate::policy::constant::constant_rules(&mut engine);
         let log_mask = crate::policy::constant::defines(&mut engine, LOG_MASK);
+        // A policy whose evaluation can fail where the VM would not say so stays on the
+        // interpreter (see `trust`): checked here, on the tenant's text (prints
+        // included), beside the compile thread; no fast path is ever set for it.
+        let compiled = std::sync::OnceLock::new();
+        let unproven = options
+            .fast_path
+            .then(|| trust::first_unproven(engine.get_modules()))
+            .flatten();
+        if let Some(at) = unproven {
+            tracing::info!(
+                source = source_name,
+                at = %at,
+                "compiled fast path off: arithmetic on a value not known to be a number (or a set operation on one not known to be a set) can fail the evaluation, which the compiled programs would not report; the interpreter decides every request"
+            );
+            let _ = compiled.set(None);
+        }
         let mut policy = Policy {
             // Not prepared yet: the first evaluation (below, at load) prepares it.
             engine: Mutex::new((engine, UNPREPARED)),
@@ -378,7 +371,7 @@ impl Policy {
             version,
             permissive: false,
             state: Mutex::new(serde_json::json!({})),
-            compiled: std::sync::OnceLock::new(),
+            compiled,
             options,
             fast_allows: AtomicU64::new(0),
             fast_denials: AtomicU64::new(0),

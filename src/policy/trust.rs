@@ -49,9 +49,15 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
     let defined: HashSet<String> = modules
         .iter()
         .flat_map(|m| m.policy.iter())
-        .map(|r| match r.as_ref() {
-            Rule::Spec { head, .. } => head_name(head),
-            Rule::Default { refr, .. } => refr.span().text().to_string(),
+        .filter_map(|r| match r.as_ref() {
+            Rule::Spec {
+                head:
+                    RuleHead::Compr { refr, .. }
+                    | RuleHead::Set { refr, .. }
+                    | RuleHead::Func { refr, .. },
+                ..
+            }
+            | Rule::Default { refr, .. } => super::explain::head_name(refr),
         })
         .collect();
     let check_all = |d: &mut Definition, exprs: &[&Expr]| exprs.iter().find_map(|e| d.check(e));
@@ -114,15 +120,6 @@ pub(crate) fn first_unproven(modules: &[Ref<Module>]) -> Option<Unproven> {
     None
 }
 
-fn head_name(head: &RuleHead) -> String {
-    let refr = match head {
-        RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. } | RuleHead::Func { refr, .. } => {
-            refr
-        }
-    };
-    refr.span().text().to_string()
-}
-
 /// What a value is known to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -160,16 +157,10 @@ fn var_name(e: &Expr) -> Option<&str> {
 }
 
 fn unproven(span: &Span) -> Unproven {
-    let text = span.text().lines().next().unwrap_or_default().trim();
-    let text = if text.chars().count() > 100 {
-        format!("{} …", text.chars().take(100).collect::<String>())
-    } else {
-        text.to_string()
-    };
     Unproven {
         file: span.source.file().to_string(),
         line: span.line,
-        text,
+        text: super::explain::short(span.text()),
     }
 }
 
