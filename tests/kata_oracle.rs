@@ -512,6 +512,51 @@ fn a_policy_whose_evaluation_fails_is_refused_as_kata_agent_refuses() {
     }
 }
 
+/// A rule that gives two values for one input fails kata-agent's evaluation (the request
+/// is refused); regorus's VM made the value undefined (or took the last one), which
+/// `not` turned into an allow. With the fast path on, such a request must still be
+/// refused, and the requests without a conflict still decided by the fast path.
+#[test]
+fn a_rule_giving_two_values_is_refused_as_kata_agent_refuses() {
+    let Some(bin) = oracle_binary("kata_oracle") else {
+        return;
+    };
+    let head = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n";
+    let cases = [
+        // Two complete definitions that both hold: a request bad in two ways.
+        "ExecProcessRequest if {\n    not deny_reason\n}\ndeny_reason := \"no shells\" if input.args[0] == \"sh\"\ndeny_reason := \"no root\" if input.uid == 0\n",
+        // One function body with two solutions.
+        "ExecProcessRequest if {\n    not first(input.args) == \"sh\"\n}\nfirst(xs) := x if {\n    some x in xs\n    x != \"\"\n}\n",
+        // Two function definitions, compared with `!=`.
+        "ExecProcessRequest if {\n    kind(input.uid) != \"root\"\n}\nkind(u) := \"root\" if u == 0\nkind(u) := \"user\" if u < 1000\n",
+    ];
+    let inputs = [
+        json!({"args": ["sh"], "uid": 0}),
+        json!({"args": ["sh"], "uid": 1}),
+        json!({"args": ["ls"], "uid": 1}),
+        json!({"args": ["ls", "sh"], "uid": 5000}),
+        json!({"args": ["sh", "sh"], "uid": 0}),
+    ];
+    let mut errors = 0;
+    for body in cases {
+        let policy = format!("{head}{body}");
+        let mut oracle = Oracle::start(&bin, &policy, false);
+        let ours = Policy::load("p.rego", &policy, RegoVersion::V1).unwrap();
+        for input in &inputs {
+            let kata = decide_blocking(&mut oracle, "ExecProcessRequest", input);
+            let got = outcome(ours.decide("ExecProcessRequest", input));
+            assert_eq!(got, kata, "{body}\ninput {input}");
+            errors += usize::from(kata == Outcome::Error);
+        }
+        assert!(
+            ours.fast_allows() + ours.fast_denials() > 0,
+            "{body}: the fast path was turned off instead"
+        );
+    }
+    // deny_reason: sh as root, twice; first: two args; kind: uid 0.
+    assert_eq!(errors, 5);
+}
+
 /// A decision of agent-warden's policy as the outcome kata's would be compared with.
 fn outcome(d: agent_warden::policy::Decision) -> Outcome {
     use agent_warden::policy::Decision;

@@ -39,6 +39,12 @@
 //! from its sandbox and container IDs) and are met a handful of times, and building
 //! them was most of a first CreateContainer's cost. Texts over 4 KiB, which a pod's
 //! requests do not have but a host can send, get the DFA-backed build ([`Pattern`]).
+//!
+//! The program is compiled from the print-free text rewritten by [`super::rewrite`]:
+//! membership loops as one comparison, and every rule that could give two values for
+//! one input in a form that fails the program when it does (our `regex.match` answers
+//! [`super::rewrite::CONFLICT_TRAP`] with a limit error, which the VM never turns into
+//! undefined). A policy whose conflicts cannot be rewritten has no fast path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -149,15 +155,40 @@ impl Compiled {
             tracing::debug!(error = %e, "no compiled fast path for this policy");
             return None;
         }
-        // The membership rewrite (super::rewrite), compiled from a second parse; if
-        // the rewritten text does not parse, the stripped text is compiled as it is.
-        let (rewritten, count) = super::rewrite::membership(&stripped, engine.get_modules());
-        if count > 0 {
+        // The rewrites (super::rewrite), compiled from a second parse. A policy with a
+        // rule that could give two values in a form the conflict rewrite cannot
+        // express has no fast path; if the rewritten text does not parse, the
+        // stripped text is compiled as it is only when there was no conflict to
+        // rewrite (the membership rewrite is a speed-up, the conflict one is not).
+        let (rewritten, members, conflicts) = match super::rewrite::for_fast_path(
+            &stripped,
+            engine.get_modules(),
+            version,
+        ) {
+            Ok(r) => r,
+            Err(at) => {
+                tracing::info!(
+                    source = source_name,
+                    %at,
+                    "compiled fast path off: a rule that could give two values for one input fails the evaluation in kata-agent, and this form cannot be made to fail the compiled programs alike; the interpreter decides every request"
+                );
+                return None;
+            }
+        };
+        if members + conflicts > 0 {
             let mut again = super::engine::new_engine(version, timeout);
             match again.add_policy(source_name.to_string(), rewritten) {
                 Ok(_) => {
-                    tracing::debug!(count, "membership patterns rewritten for the fast path");
+                    tracing::debug!(
+                        members,
+                        conflicts,
+                        "membership patterns and rules that could conflict rewritten for the fast path"
+                    );
                     engine = again;
+                }
+                Err(e) if conflicts > 0 => {
+                    tracing::info!(source = source_name, error = %e, "compiled fast path off: the text rewritten for conflicts did not parse; the interpreter decides every request");
+                    return None;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "rewritten text did not parse; compiled unchanged")
@@ -582,6 +613,14 @@ fn regex_match(
     strict: bool,
 ) -> anyhow::Result<Value> {
     if let [Value::String(pattern), Value::String(value)] = args {
+        // A rule gave two values (super::rewrite): fail the program, as a conflict
+        // fails the interpreter's evaluation.
+        if pattern.as_ref() == super::rewrite::CONFLICT_TRAP {
+            return Err(regorus::LimitError::RegexSizeLimitExceeded {
+                limit: REGEX_SIZE_LIMIT,
+            }
+            .into());
+        }
         if let Some(re) = cached_regex(pattern) {
             return Ok(Value::Bool(re.is_match(pattern, value)));
         }

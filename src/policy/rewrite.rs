@@ -1,7 +1,7 @@
 //! Rewrites of the policy text that the compiled fast path ([`super::compiled`]) runs;
 //! the interpreter, the referee, always runs the tenant's text unchanged.
 //!
-//! One rewrite so far, membership: in a rule body, the two statements
+//! **Membership** (a speed-up): in a rule body, the two statements
 //!
 //! ```rego
 //! some x in C
@@ -20,13 +20,112 @@
 //! and `in` over a scalar as false). `x` names nothing afterwards, so nothing else in
 //! the rule can tell the forms apart. Tests hold the rewritten program to the
 //! interpreter (`tests::rewritten_programs_decide_as_the_interpreter`).
+//!
+//! **Conflicts** (a correctness fix): a complete rule or function that gives two
+//! different values for one input fails the evaluation in the interpreter and in
+//! kata-agent (`rule conflicts`, `function produced multiple outputs`), and kata-agent
+//! refuses the request. regorus 0.14.1's VM does not fail: two definitions that
+//! disagree make the value undefined, and one body with several solutions gives the
+//! last one. Under `not`, in another body, in a comprehension or behind a default that
+//! turns into an allow (`ExecProcessRequest if { not deny_reason }` with two
+//! `deny_reason := "..."` that both hold: kata refuses, the VM allowed). So every rule
+//! that could give two values (two or more definitions whose values are not one and
+//! the same literal, or one definition with a value that is not a literal and a body
+//! that iterates) is compiled from a rewritten form that gathers all its values and
+//! stops the program when there is more than one:
+//!
+//! ```rego
+//! R(p) := __aw_r if { __aw_r := __aw_one(__aw_vals_R(p)) }
+//! __aw_vals_R(p) := {(v1) | body1} | {(v2) | body2}
+//! ```
+//!
+//! `__aw_one` gives the one value, or calls `regex.match` with [`CONFLICT_TRAP`], which
+//! the compiled programs' `regex.match` answers with a limit error, the kind of error
+//! the VM never turns into undefined: the program fails, and the interpreter decides
+//! the request (and fails it, as kata-agent does). The original definitions are
+//! blanked in place (line numbers stay) and the rewritten ones appended. What the
+//! rewrite cannot express keeps the whole policy on the interpreter ([`Unsupported`]):
+//! such a rule with an `else`, with parameters that are not plain names or differ
+//! between definitions, or with a dotted head; partial object rules and object
+//! comprehensions (a key given two values fails the same way). Tests hold the
+//! rewritten programs to the interpreter and to kata-agent's decisions
+//! (`tests::conflicts_fail_the_compiled_program_as_they_fail_the_interpreter`,
+//! tests/kata_oracle.rs).
 
-use regorus::unstable::{BoolOp, Expr, Literal, LiteralStmt, Module, Ref, Rule};
+use std::collections::{BTreeMap, HashSet};
+
+use regorus::unstable::{
+    AssignOp, BoolOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead,
+};
+
+use super::engine::RegoVersion;
+
+/// The `regex.match` pattern of the conflict trap (module comment). Not a valid
+/// pattern: where our `regex.match` is not in place, regorus's fails on it (undefined,
+/// as the VM's own conflict handling), never matches.
+pub(crate) const CONFLICT_TRAP: &str = "(agent-warden: a rule gave conflicting values";
+
+/// One text edit: bytes `start..end` replaced.
+type Edit = (usize, usize, String);
+
+/// Why a policy's conflicts cannot be rewritten (the policy then stays on the
+/// interpreter): where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unsupported {
+    pub file: String,
+    pub line: u32,
+    pub what: String,
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.what)
+    }
+}
+
+/// The text the fast path compiles: `text` (print-free, parsed as `modules`) with both
+/// rewrites; how many membership pairs and how many conflict-capable rules were
+/// rewritten. `Err` when the policy has a rule that could give two values in a form
+/// the conflict rewrite cannot express.
+pub(crate) fn for_fast_path(
+    text: &str,
+    modules: &[Ref<Module>],
+    version: RegoVersion,
+) -> Result<(String, usize, usize), Unsupported> {
+    let conflicts = conflict_rewrite(text, modules, version)?;
+    let blanked: Vec<(usize, usize)> = conflicts.edits.iter().map(|e| (e.0, e.1)).collect();
+    let inside = |at: usize| blanked.iter().any(|(s, e)| (*s..*e).contains(&at));
+    // A membership pair inside a rule the conflict rewrite replaces is dropped (the
+    // rule's bodies are copied from the text as it was).
+    let pairs: Vec<[Edit; 2]> = membership_edits(modules)
+        .into_iter()
+        .filter(|[first, _]| !inside(first.0))
+        .collect();
+    let members = pairs.len();
+    let mut edits: Vec<Edit> = pairs.into_iter().flatten().collect();
+    edits.extend(conflicts.edits);
+    let Some(mut out) = apply(text, edits) else {
+        return Ok((text.to_string(), 0, 0));
+    };
+    out.push_str(&conflicts.appended);
+    Ok((out, members, conflicts.rules))
+}
 
 /// `text` with every membership pattern rewritten (module comment), and how many were.
 /// `modules` are `text` parsed (spans index into it).
+#[cfg(test)]
 pub(crate) fn membership(text: &str, modules: &[Ref<Module>]) -> (String, usize) {
-    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let pairs = membership_edits(modules);
+    let count = pairs.len();
+    match apply(text, pairs.into_iter().flatten().collect()) {
+        Some(out) if count > 0 => (out, count),
+        _ => (text.to_string(), 0),
+    }
+}
+
+/// The edit pairs of every membership pattern in `modules`.
+fn membership_edits(modules: &[Ref<Module>]) -> Vec<[Edit; 2]> {
+    let mut pairs = Vec::new();
     for module in modules {
         for rule in &module.policy {
             let Rule::Spec { span, bodies, .. } = rule.as_ref() else {
@@ -36,36 +135,459 @@ pub(crate) fn membership(text: &str, modules: &[Ref<Module>]) -> (String, usize)
             for body in bodies {
                 for pair in body.query.stmts.windows(2) {
                     if let [first, second] = pair {
-                        edits.extend(
-                            membership_pair(first, second, rule_text)
-                                .into_iter()
-                                .flatten(),
-                        );
+                        pairs.extend(membership_pair(first, second, rule_text));
                     }
                 }
             }
         }
     }
-    if edits.is_empty() {
-        return (text.to_string(), 0);
-    }
+    pairs
+}
+
+/// `text` with `edits` made; `None` if two overlap or one is out of the text (the
+/// edits come from one parse and never do, but be sure).
+fn apply(text: &str, mut edits: Vec<Edit>) -> Option<String> {
     edits.sort_by_key(|e| e.0);
-    // Overlapping edits (`some x in C; x == y; some z in D; z == ...` never overlap, but
-    // be sure): keep the first, drop the pair the other belongs to.
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    let mut count = 0;
     for (start, end, replacement) in &edits {
-        if *start < at || *end > text.len() || !text.is_char_boundary(*start) {
-            return (text.to_string(), 0);
+        if *start < at
+            || *end > text.len()
+            || !text.is_char_boundary(*start)
+            || !text.is_char_boundary(*end)
+        {
+            return None;
         }
         out.push_str(&text[at..*start]);
         out.push_str(replacement);
         at = *end;
-        count += 1;
     }
     out.push_str(&text[at..]);
-    (out, count / 2)
+    Some(out)
+}
+
+/// The conflict rewrite of a policy: its original definitions blanked, the rewritten
+/// ones to append, and how many rules that is.
+#[derive(Default)]
+struct ConflictRewrite {
+    edits: Vec<Edit>,
+    appended: String,
+    rules: usize,
+}
+
+/// One way a rule gets a value: a body (or none: `R := v`) and the value it gives.
+struct Source<'a> {
+    value: Option<&'a Expr>,
+    /// The value's text (`true` when the head has none).
+    value_text: &'a str,
+    query: Option<&'a Query>,
+    is_else: bool,
+}
+
+/// All definitions of one complete rule or function (by head text).
+#[derive(Default)]
+struct Group<'a> {
+    rules: Vec<&'a Rule>,
+    sources: Vec<Source<'a>>,
+    /// Parameter texts of each definition (functions).
+    params: Vec<Vec<&'a Expr>>,
+    is_function: bool,
+    /// The head is a plain name (not `a.b` or `a[k]`).
+    plain: bool,
+    first_line: u32,
+    file: String,
+}
+
+fn conflict_rewrite(
+    text: &str,
+    modules: &[Ref<Module>],
+    version: RegoVersion,
+) -> Result<ConflictRewrite, Unsupported> {
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for module in modules {
+        for rule in &module.policy {
+            let Rule::Spec { head, bodies, span } = rule.as_ref() else {
+                continue;
+            };
+            let (refr, assign, params, is_function) = match head {
+                RuleHead::Compr { refr, assign, .. } => (refr, assign, Vec::new(), false),
+                RuleHead::Func {
+                    refr, args, assign, ..
+                } => (
+                    refr,
+                    assign,
+                    args.iter().map(|a| a.as_ref()).collect(),
+                    true,
+                ),
+                RuleHead::Set { .. } => continue,
+            };
+            let value = assign.as_ref().map(|a| a.value.as_ref());
+            let value_text = assign
+                .as_ref()
+                .map(|a| assign_text(text, a))
+                .unwrap_or("true");
+            if matches!(refr.as_ref(), Expr::RefBrack { .. }) && !is_function && assign.is_some() {
+                return Err(unsupported(
+                    span,
+                    "a partial object rule (a key given two values would fail the evaluation)",
+                ));
+            }
+            let g = groups.entry(refr.span().text().to_string()).or_default();
+            if g.rules.is_empty() {
+                g.first_line = span.line;
+                g.file = span.source.file().to_string();
+            }
+            g.rules.push(rule.as_ref());
+            g.params.push(params);
+            g.is_function = is_function;
+            g.plain = matches!(refr.as_ref(), Expr::Var { .. });
+            if bodies.is_empty() {
+                g.sources.push(Source {
+                    value,
+                    value_text,
+                    query: None,
+                    is_else: false,
+                });
+            }
+            for body in bodies {
+                let (value, value_text) = match (&body.assign, body.is_else) {
+                    (Some(a), true) => (Some(a.value.as_ref()), assign_text(text, a)),
+                    (None, true) => (None, "true"),
+                    _ => (value, value_text),
+                };
+                g.sources.push(Source {
+                    value,
+                    value_text,
+                    query: Some(&body.query),
+                    is_else: body.is_else,
+                });
+            }
+            // Object comprehensions anywhere in the rule.
+            let mut found = None;
+            let mut visit = |e: &Expr| {
+                if found.is_none() {
+                    if let Expr::ObjectCompr { span, .. } = e {
+                        found = Some(span.clone());
+                    }
+                }
+            };
+            if let Some(v) = value {
+                walk_expr(v, &mut visit);
+            }
+            for body in bodies {
+                if let Some(a) = &body.assign {
+                    walk_expr(&a.value, &mut visit);
+                }
+                walk_query(&body.query, &mut visit);
+            }
+            if let Some(at) = found {
+                return Err(unsupported(
+                    &at,
+                    "an object comprehension (a key given two values would fail the evaluation)",
+                ));
+            }
+        }
+    }
+    // Rule bodies need `if` in Rego v1 (also a v0 engine's module that imports rego.v1).
+    let when = if version == RegoVersion::V1 || modules.iter().any(|m| m.rego_v1) {
+        " if"
+    } else {
+        ""
+    };
+    let mut out = ConflictRewrite::default();
+    for (name, g) in &groups {
+        if !could_conflict(g) {
+            continue;
+        }
+        let at = |what: &str| Unsupported {
+            file: g.file.clone(),
+            line: g.first_line,
+            what: format!("`{name}` could give two values, {what}"),
+        };
+        if !g.plain {
+            return Err(at("and its head is not a plain name"));
+        }
+        if name.starts_with("__aw_") {
+            return Err(at("and its name is one the rewrite uses"));
+        }
+        if g.sources.iter().any(|s| s.is_else) {
+            return Err(at("and has an `else`"));
+        }
+        let params: Vec<&str> = match g.params.first() {
+            Some(p) => p.iter().map(|e| e.span().text()).collect(),
+            None => Vec::new(),
+        };
+        let same = g.params.iter().all(|p| {
+            p.len() == params.len()
+                && p.iter()
+                    .zip(&params)
+                    .all(|(e, t)| matches!(e, Expr::Var { .. }) && e.span().text() == *t)
+        });
+        if !same || params.contains(&"_") {
+            return Err(at(
+                "and its parameters are not the same plain names in every definition",
+            ));
+        }
+        for rule in &g.rules {
+            if let Rule::Spec { span, .. } = rule {
+                let (start, end) = (span.start as usize, span_end(text, span.end as usize));
+                let Some(original) = text.get(start..end) else {
+                    return Err(at("and its text could not be located"));
+                };
+                let blank: String = original
+                    .chars()
+                    .map(|c| if c == '\n' { c } else { ' ' })
+                    .collect();
+                out.edits.push((start, end, blank));
+            }
+        }
+        let sets: Vec<String> = g
+            .sources
+            .iter()
+            .map(|s| {
+                let value = s.value_text;
+                let body = s.query.map(|q| query_text(text, q)).unwrap_or("true");
+                format!("{{({value}) |\n{body}\n}}")
+            })
+            .collect();
+        let args = if g.is_function {
+            format!("({})", params.join(", "))
+        } else {
+            String::new()
+        };
+        out.appended.push_str(&format!(
+            "\n{name}{args} = __aw_r{when} {{ __aw_r := __aw_one(__aw_vals_{name}{args}) }}\n\
+             __aw_vals_{name}{args} = __aw_s{when} {{ __aw_s := {} }}\n",
+            sets.join(" | ")
+        ));
+        out.rules += 1;
+    }
+    if out.rules > 0 {
+        let trap = serde_json::Value::String(CONFLICT_TRAP.to_string());
+        out.appended.push_str(&format!(
+            "\n__aw_one(s) = v{when} {{ count(s) == 1; v := s[_] }}\n\
+             __aw_one(s) = x{when} {{ count(s) > 1; x := regex.match({trap}, \"\") }}\n"
+        ));
+    }
+    Ok(out)
+}
+
+fn unsupported(span: &regorus::unstable::Span, what: &str) -> Unsupported {
+    Unsupported {
+        file: span.source.file().to_string(),
+        line: span.line,
+        what: what.to_string(),
+    }
+}
+
+/// Where a span really ends in `text`: regorus 0.14.1 ends a string literal's span (and
+/// so a rule's or an assignment's that ends with one) before its closing quote. Nothing
+/// else can follow a rule or an assigned value directly with a quote.
+fn span_end(text: &str, end: usize) -> usize {
+    match text.get(end..).and_then(|t| t.chars().next()) {
+        Some('"' | '`') => end + 1,
+        _ => end,
+    }
+}
+
+/// The text of an assignment's value (`:= v` / `= v` without the operator). From the
+/// assignment's span, not the value's: regorus 0.14.1 gives an object literal a span
+/// that starts at its last key, and a string one without its quotes.
+fn assign_text<'a>(text: &'a str, a: &regorus::unstable::RuleAssign) -> &'a str {
+    let (start, end) = (a.span.start as usize, span_end(text, a.span.end as usize));
+    let t = text.get(start..end).unwrap_or("").trim_start();
+    t.strip_prefix(":=")
+        .or_else(|| t.strip_prefix('='))
+        .unwrap_or(t)
+        .trim()
+}
+
+/// The statements of a body, without its braces (`if x == "a"` has none, and its span
+/// ends before the last quote: [`span_end`]).
+fn query_text<'a>(text: &'a str, q: &Query) -> &'a str {
+    let (start, end) = (q.span.start as usize, span_end(text, q.span.end as usize));
+    let t = text.get(start..end).unwrap_or("").trim();
+    match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+        Some(inner) => inner,
+        None => t,
+    }
+}
+
+/// Whether a rule could give two values for one input (module comment).
+fn could_conflict(g: &Group) -> bool {
+    // A literal value's text, quotes included (`1` and `"1"` differ).
+    fn literal<'a>(s: &Source<'a>) -> Option<&'a str> {
+        match s.value {
+            None
+            | Some(
+                Expr::String { .. }
+                | Expr::RawString { .. }
+                | Expr::Number { .. }
+                | Expr::Bool { .. }
+                | Expr::Null { .. },
+            ) => Some(s.value_text),
+            Some(_) => None,
+        }
+    }
+    let values: Vec<Option<&str>> = g.sources.iter().map(literal).collect();
+    if let Some(Some(first)) = values.first() {
+        if values.iter().all(|v| v == &Some(*first)) {
+            return false;
+        }
+    }
+    let independent = g.sources.iter().filter(|s| !s.is_else).count();
+    if independent >= 2 {
+        return true;
+    }
+    let params: HashSet<&str> = g
+        .params
+        .iter()
+        .flatten()
+        .filter_map(|e| match e {
+            Expr::Var { span, .. } => Some(span.text()),
+            _ => None,
+        })
+        .collect();
+    g.sources
+        .iter()
+        .filter(|s| literal(s).is_none())
+        .filter_map(|s| s.query)
+        .any(|q| iterates(q, &params))
+}
+
+/// Whether a body can hold more than once: `some`, an index that is not a parameter or
+/// a name the body assigns with `:=`, `walk`. Comprehensions, `every` and `not` iterate
+/// inside themselves only.
+fn iterates(q: &Query, params: &HashSet<&str>) -> bool {
+    let mut bound: HashSet<&str> = params.clone();
+    for stmt in &q.stmts {
+        if let Literal::Expr { expr, .. } = &stmt.literal {
+            if let Expr::AssignExpr {
+                op: AssignOp::ColEq,
+                lhs,
+                ..
+            } = expr.as_ref()
+            {
+                if let Expr::Var { span, .. } = lhs.as_ref() {
+                    bound.insert(span.text());
+                }
+            }
+        }
+    }
+    let mut found = false;
+    for stmt in &q.stmts {
+        match &stmt.literal {
+            Literal::SomeVars { .. } | Literal::SomeIn { .. } => return true,
+            Literal::Expr { expr, .. } => walk_shallow(expr, &mut |e| match e {
+                Expr::RefBrack { index, .. } => {
+                    if let Expr::Var { span, .. } = index.as_ref() {
+                        if !bound.contains(span.text()) {
+                            found = true;
+                        }
+                    }
+                }
+                Expr::Call { fcn, .. } if fcn.span().text() == "walk" => found = true,
+                _ => {}
+            }),
+            Literal::NotExpr { .. } | Literal::Every { .. } => {}
+        }
+    }
+    found
+}
+
+/// Calls `f` on `e` and every expression inside it, comprehensions excluded (what they
+/// iterate stays inside them).
+fn walk_shallow(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+    f(e);
+    match e {
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            items.iter().for_each(|i| walk_shallow(i, f))
+        }
+        Expr::Object { fields, .. } => fields.iter().for_each(|(_, k, v)| {
+            walk_shallow(k, f);
+            walk_shallow(v, f);
+        }),
+        Expr::Call { fcn, params, .. } => {
+            walk_shallow(fcn, f);
+            params.iter().for_each(|p| walk_shallow(p, f));
+        }
+        Expr::UnaryExpr { expr, .. } => walk_shallow(expr, f),
+        Expr::RefDot { refr, .. } => walk_shallow(refr, f),
+        Expr::RefBrack { refr, index, .. } => {
+            walk_shallow(refr, f);
+            walk_shallow(index, f);
+        }
+        Expr::BinExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::AssignExpr { lhs, rhs, .. } => {
+            walk_shallow(lhs, f);
+            walk_shallow(rhs, f);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(k) = key {
+                walk_shallow(k, f);
+            }
+            walk_shallow(value, f);
+            walk_shallow(collection, f);
+        }
+        _ => {}
+    }
+}
+
+/// Calls `f` on `e` and every expression inside it, comprehensions included.
+fn walk_expr(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+    walk_shallow(e, &mut |inner| {
+        f(inner);
+        match inner {
+            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                walk_expr(term, f);
+                walk_query(query, f);
+            }
+            Expr::ObjectCompr {
+                key, value, query, ..
+            } => {
+                walk_expr(key, f);
+                walk_expr(value, f);
+                walk_query(query, f);
+            }
+            _ => {}
+        }
+    });
+}
+
+fn walk_query(q: &Query, f: &mut dyn FnMut(&Expr)) {
+    for stmt in &q.stmts {
+        match &stmt.literal {
+            Literal::SomeVars { .. } => {}
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(k) = key {
+                    walk_expr(k, f);
+                }
+                walk_expr(value, f);
+                walk_expr(collection, f);
+            }
+            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => walk_expr(expr, f),
+            Literal::Every { domain, query, .. } => {
+                walk_expr(domain, f);
+                walk_query(query, f);
+            }
+        }
+        for w in &stmt.with_mods {
+            walk_expr(&w.refr, f);
+            walk_expr(&w.r#as, f);
+        }
+    }
 }
 
 /// The two edits for `some x in C` followed by `x == e` (or `e == x`), if the pair is
@@ -283,5 +805,188 @@ F if {
         }
         assert_eq!(compared, 54);
         assert!(allowed >= 15, "{allowed}");
+    }
+
+    /// Rules that can give two values for one input, in both Rego versions.
+    const CONFLICTS_V1: &str = r#"package agent_policy
+import rego.v1
+default A := false
+A if { not deny_reason }
+deny_reason := "no shells" if { input.args[0] == "sh" }
+deny_reason := "no root" if { input.uid == 0 }
+default B := false
+B if { not f(input.a) == 1 }
+f(x) := v if { some v in x }
+default C := false
+C if {
+    g(input.n) != "big"
+    input.ok
+    not h(input.n) == 2
+}
+g(n) := "big" if { n > 10 }
+g(n) := "small" if { n < 20 }
+g(n) := "small" if { n < 5 }
+h(x) := 1 if { x > 0 }
+h(x) := "1" if { x > 1 }
+default E := false
+E if { k(input.n) == false }
+k(x) := false if { x > 0 }
+k(x) := true if { x < 0 }
+default D := false
+D := {"allowed": true, "ops": [i]} if {
+    some i, c in input.cs
+    c == "x"
+}
+"#;
+
+    const CONFLICTS_V0: &str = r#"package agent_policy
+default A = false
+A { not deny_reason }
+deny_reason = "no shells" { input.args[0] == "sh" }
+deny_reason = "no root" { input.uid == 0 }
+default B = false
+B { not f(input.a) == 1 }
+f(x) = v { v := x[_] }
+default C = false
+C {
+    g(input.n) != "big"
+    input.ok
+    not h(input.n) == 2
+}
+g(n) = "big" { n > 10 }
+g(n) = "small" { n < 20 }
+g(n) = "small" { n < 5 }
+h(x) = 1 { x > 0 }
+h(x) = "1" { x > 1 }
+default E = false
+E { k(input.n) == false }
+k(x) = false { x > 0 }
+k(x) = true { x < 0 }
+default D = false
+D = {"allowed": true, "ops": [i]} {
+    input.cs[i] == "x"
+}
+"#;
+
+    #[test]
+    fn conflicts_fail_the_compiled_program_as_they_fail_the_interpreter() {
+        // The last: a v0 engine reading a module that imports rego.v1 (`if` needed).
+        for (version, policy) in [
+            (RegoVersion::V1, CONFLICTS_V1),
+            (RegoVersion::V0, CONFLICTS_V0),
+            (RegoVersion::V0, CONFLICTS_V1),
+        ] {
+            let compiled = Compiled::build("t.rego", policy, version, Duration::from_secs(5))
+                .expect("rewritten and compiled");
+            let mut interp = new_engine(version, Duration::from_secs(5));
+            interp.add_policy("t.rego".into(), policy.into()).unwrap();
+            let (mut failed, mut allowed) = (0, 0);
+            for input in [
+                serde_json::json!({"args": ["sh"], "uid": 0}),
+                serde_json::json!({"args": ["sh"], "uid": 1}),
+                serde_json::json!({"args": ["ls"], "uid": 1}),
+                serde_json::json!({"a": [1, 2]}),
+                serde_json::json!({"a": [2]}),
+                serde_json::json!({"a": [1]}),
+                serde_json::json!({"a": [1, 1]}),
+                serde_json::json!({"n": 15, "ok": true}),
+                serde_json::json!({"n": 3, "ok": true}),
+                serde_json::json!({"n": 30, "ok": true}),
+                serde_json::json!({"n": 7, "ok": true}),
+                serde_json::json!({"cs": ["x", "y"]}),
+                serde_json::json!({"cs": ["x", "x"]}),
+                serde_json::json!({"cs": []}),
+            ] {
+                let input: Value = serde_json::from_value(input).unwrap();
+                for rule in ["A", "B", "C", "D", "E"] {
+                    let fast = compiled.eval(rule, &input, None);
+                    interp.set_input(input.clone());
+                    let slow = interp.eval_rule(format!("data.agent_policy.{rule}"));
+                    match slow {
+                        // The interpreter (and kata-agent) fail: the program must not
+                        // give a value (the interpreter then decides, and fails).
+                        Err(e) => {
+                            assert_eq!(fast, None, "{version:?} {rule} {input}: {e}");
+                            failed += 1;
+                        }
+                        Ok(v) => {
+                            assert_eq!(fast, Some(v.clone()), "{version:?} {rule} {input}");
+                            allowed += usize::from(v != Value::from(false));
+                        }
+                    }
+                }
+            }
+            // A: sh as root; B: [1, 2]; C: 15 (g), 30 and 7 (h: 1 and "1"); D: two "x".
+            assert_eq!(failed, 6, "{version:?}");
+            assert!(allowed >= 10, "{version:?}: {allowed}");
+        }
+    }
+
+    fn rewritten(policy: &str) -> Result<(String, usize, usize), Unsupported> {
+        let mut e = new_engine(RegoVersion::V1, Duration::from_secs(5));
+        e.add_policy("t.rego".into(), policy.into()).unwrap();
+        for_fast_path(policy, e.get_modules(), RegoVersion::V1)
+    }
+
+    #[test]
+    fn rules_that_cannot_give_two_values_are_left_alone() {
+        let policy = r#"package agent_policy
+import rego.v1
+default A := false
+A if { ok(input.x); n(input.y) == 2; kind == "a" }
+ok(x) if { some y in x; y == 1 }
+ok(x) if { x == "one" }
+n(y) := count(y)
+n2(y) := c if { c := count(y) }
+kind := "a" if { input.t == 1 }
+kind := "a" if { input.u == 1 }
+ns(t) := "mnt" if { lower(t) == "mount" } else := t
+"#;
+        let (text, _, conflicts) = rewritten(policy).unwrap();
+        assert_eq!(conflicts, 0, "{text}");
+        assert!(!text.contains("__aw_"), "{text}");
+        assert_eq!(text.lines().count(), policy.lines().count());
+        // A Rego v0 partial set (`s[x] { … }`) accumulates: nothing to rewrite.
+        let v0 = "package agent_policy\ns[x] { x := input.a[_] }\nA { s[input.b] }\n";
+        let mut e = new_engine(RegoVersion::V0, Duration::from_secs(5));
+        e.add_policy("t.rego".into(), v0.into()).unwrap();
+        assert_eq!(
+            for_fast_path(v0, e.get_modules(), RegoVersion::V0),
+            Ok((v0.to_string(), 0, 0))
+        );
+    }
+
+    #[test]
+    fn forms_the_rewrite_cannot_express_keep_the_policy_on_the_interpreter() {
+        let head =
+            "package agent_policy\nimport rego.v1\ndefault A := false\nA if { not r(input.x) }\n";
+        for (rules, what) in [
+            (
+                "r(x) := 1 if { x > 1 } else := 2 if { x > 0 }\nr(x) := 3 if { x < 0 }\n",
+                "else",
+            ),
+            (
+                "r(x) := 1 if { x > 1 }\nr(y) := 2 if { y < 0 }\n",
+                "parameters",
+            ),
+            (
+                "r(x) := o.a if { o := {k: v | some k, v in x} }\n",
+                "object comprehension",
+            ),
+            (
+                "o[k] := v if { some k, v in input.m }\nr(x) if { o[x] }\n",
+                "partial object",
+            ),
+        ] {
+            let policy = format!("{head}{rules}");
+            let e = rewritten(&policy).expect_err(what);
+            assert!(e.to_string().contains(what), "{what}: {e}");
+            assert!(e.to_string().starts_with("t.rego:"), "{e}");
+            assert!(
+                Compiled::build("t.rego", &policy, RegoVersion::V1, Duration::from_secs(5))
+                    .is_none(),
+                "{what}"
+            );
+        }
     }
 }

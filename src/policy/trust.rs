@@ -11,8 +11,8 @@
 //! for one input (a conflict). This module finds the first two: every `+ - * / %`, unary
 //! minus, `|` and `&` whose operands are not provably numbers (or, for `- | &`, sets),
 //! print arguments included (a print's failing argument fails the evaluation too). A
-//! policy that has one is decided by the interpreter alone. Conflicts are not found here
-//! (docs/SECURITY.md).
+//! policy that has one is decided by the interpreter alone. Conflicts are made to fail
+//! the compiled programs by [`super::rewrite`].
 //!
 //! "Provably" is a small inference over one body of a rule definition: number literals,
 //! `count`, `to_number` and the other numeric builtins, arithmetic on numbers; array and
