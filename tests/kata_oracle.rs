@@ -557,6 +557,38 @@ fn a_rule_giving_two_values_is_refused_as_kata_agent_refuses() {
     assert_eq!(errors, 5);
 }
 
+/// `some x in C` over a string, a number or null fails kata-agent's evaluation (the
+/// request is refused); regorus's VM iterated nothing, which `not` turned into an allow.
+#[test]
+fn iteration_over_a_non_collection_is_refused_as_kata_agent_refuses() {
+    let Some(bin) = oracle_binary("kata_oracle") else {
+        return;
+    };
+    let policy = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n    not uses_shell\n}\nuses_shell if {\n    some arg in input.args\n    arg == \"sh\"\n}\n";
+    let mut oracle = Oracle::start(&bin, policy, false);
+    let ours = Policy::load("p.rego", policy, RegoVersion::V1).unwrap();
+    let mut errors = 0;
+    for input in [
+        json!({"args": ["ls"]}),
+        json!({"args": ["sh"]}),
+        json!({"args": "sh"}),
+        json!({"args": 5}),
+        json!({"args": null}),
+        json!({"args": {"a": "sh"}}),
+        json!({}),
+    ] {
+        let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
+        let got = outcome(ours.decide("ExecProcessRequest", &input));
+        assert_eq!(got, kata, "input {input}");
+        errors += usize::from(kata == Outcome::Error);
+    }
+    assert_eq!(errors, 3);
+    assert!(
+        ours.fast_allows() > 0,
+        "the fast path was turned off instead"
+    );
+}
+
 /// A decision of agent-warden's policy as the outcome kata's would be compared with.
 fn outcome(d: agent_warden::policy::Decision) -> Outcome {
     use agent_warden::policy::Decision;

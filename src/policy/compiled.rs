@@ -41,10 +41,12 @@
 //! requests do not have but a host can send, get the DFA-backed build ([`Pattern`]).
 //!
 //! The program is compiled from the print-free text rewritten by [`super::rewrite`]:
-//! membership loops as one comparison, and every rule that could give two values for
-//! one input in a form that fails the program when it does (our `regex.match` answers
-//! [`super::rewrite::CONFLICT_TRAP`] with a limit error, which the VM never turns into
-//! undefined). A policy whose conflicts cannot be rewritten has no fast path.
+//! membership loops as one comparison; `some .. in C` with `C` guarded, and every rule
+//! that could give two values for one input gathered, so that what fails the
+//! interpreter's evaluation fails the program too (our `regex.match` answers
+//! [`super::rewrite::ITERATION_TRAP`] and [`super::rewrite::CONFLICT_TRAP`] with a
+//! limit error, which the VM never turns into undefined). A policy whose conflicts
+//! cannot be rewritten has no fast path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,7 +162,7 @@ impl Compiled {
         // express has no fast path; if the rewritten text does not parse, the
         // stripped text is compiled as it is only when there was no conflict to
         // rewrite (the membership rewrite is a speed-up, the conflict one is not).
-        let (rewritten, members, conflicts) = match super::rewrite::for_fast_path(
+        let rewritten = match super::rewrite::for_fast_path(
             &stripped,
             engine.get_modules(),
             version,
@@ -175,19 +177,24 @@ impl Compiled {
                 return None;
             }
         };
-        if members + conflicts > 0 {
+        if rewritten.changed() {
+            let (members, guarded, conflicts) =
+                (rewritten.members, rewritten.guarded, rewritten.conflicts);
             let mut again = super::engine::new_engine(version, timeout);
-            match again.add_policy(source_name.to_string(), rewritten) {
+            match again.add_policy(source_name.to_string(), rewritten.text) {
                 Ok(_) => {
                     tracing::debug!(
                         members,
+                        guarded,
                         conflicts,
-                        "membership patterns and rules that could conflict rewritten for the fast path"
+                        "policy text rewritten for the fast path"
                     );
                     engine = again;
                 }
-                Err(e) if conflicts > 0 => {
-                    tracing::info!(source = source_name, error = %e, "compiled fast path off: the text rewritten for conflicts did not parse; the interpreter decides every request");
+                // The guards and the conflict rewrite are not speed-ups: without them
+                // the programs could allow what the interpreter refuses.
+                Err(e) if guarded + conflicts > 0 => {
+                    tracing::info!(source = source_name, error = %e, "compiled fast path off: the policy text rewritten for the compiled programs did not parse; the interpreter decides every request");
                     return None;
                 }
                 Err(e) => {
@@ -612,6 +619,21 @@ fn regex_match(
     args: &[Value],
     strict: bool,
 ) -> anyhow::Result<Value> {
+    // `some .. in C` guarded (super::rewrite): `C` when it is a collection, the program
+    // failed when it is not (the interpreter fails the evaluation there).
+    if let [Value::String(pattern), c] = args {
+        if pattern.as_ref() == super::rewrite::ITERATION_TRAP {
+            return match c {
+                Value::Array(_) | Value::Set(_) | Value::Object(_) | Value::Undefined => {
+                    Ok(c.clone())
+                }
+                _ => Err(regorus::LimitError::RegexSizeLimitExceeded {
+                    limit: REGEX_SIZE_LIMIT,
+                }
+                .into()),
+            };
+        }
+    }
     if let [Value::String(pattern), Value::String(value)] = args {
         // A rule gave two values (super::rewrite): fail the program, as a conflict
         // fails the interpreter's evaluation.

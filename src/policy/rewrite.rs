@@ -21,6 +21,15 @@
 //! the rule can tell the forms apart. Tests hold the rewritten program to the
 //! interpreter (`tests::rewritten_programs_decide_as_the_interpreter`).
 //!
+//! **Iteration guards** (a correctness fix): `some x in C` where `C` is defined but not
+//! an array, set or object (a string, a number, `null`) fails the interpreter's
+//! evaluation, and kata-agent refuses the request; regorus's VM iterates nothing, so a
+//! `not` of the rule allowed it. Every such `C` that is not a collection by its form (a
+//! literal or a comprehension) is compiled as `regex.match(ITERATION_TRAP, C)`, which our
+//! `regex.match` answers with `C` itself when it is a collection or undefined, and with
+//! a limit error (the program fails; the interpreter decides) when it is not. A
+//! membership pair's `e in C` gets the same guard. One native call per loop entry.
+//!
 //! **Conflicts** (a correctness fix): a complete rule or function that gives two
 //! different values for one input fails the evaluation in the interpreter and in
 //! kata-agent (`rule conflicts`, `function produced multiple outputs`), and kata-agent
@@ -50,6 +59,7 @@
 //! comprehensions (a key given two values fails the same way). Tests hold the
 //! rewritten programs to the interpreter and to kata-agent's decisions
 //! (`tests::conflicts_fail_the_compiled_program_as_they_fail_the_interpreter`,
+//! `tests::iteration_over_a_non_collection_fails_the_compiled_program`,
 //! tests/kata_oracle.rs).
 
 use std::collections::{BTreeMap, HashSet};
@@ -64,6 +74,11 @@ use super::engine::RegoVersion;
 /// pattern: where our `regex.match` is not in place, regorus's fails on it (undefined,
 /// as the VM's own conflict handling), never matches.
 pub(crate) const CONFLICT_TRAP: &str = "(agent-warden: a rule gave conflicting values";
+
+/// The `regex.match` pattern of the iteration guard (module comment); not a valid
+/// pattern either.
+pub(crate) const ITERATION_TRAP: &str =
+    "(agent-warden: some .. in a value that is not a collection";
 
 /// One text edit: bytes `start..end` replaced.
 type Edit = (usize, usize, String);
@@ -91,24 +106,172 @@ pub(crate) fn for_fast_path(
     text: &str,
     modules: &[Ref<Module>],
     version: RegoVersion,
-) -> Result<(String, usize, usize), Unsupported> {
-    let conflicts = conflict_rewrite(text, modules, version)?;
+) -> Result<Rewritten, Unsupported> {
+    let pairs = membership_edits(modules);
+    let members = pairs.len();
+    // The statements the membership rewrite replaces (their collection is guarded in
+    // the replacement).
+    let taken: Vec<(usize, usize)> = pairs.iter().map(|[first, _]| (first.0, first.1)).collect();
+    let guards: Vec<Edit> = guard_edits(text, modules)
+        .into_iter()
+        .filter(|g| !taken.iter().any(|(s, e)| (*s..*e).contains(&g.0)))
+        .collect();
+    let guarded = guards.len();
+    let mut inner: Vec<Edit> = pairs.into_iter().flatten().collect();
+    inner.extend(guards);
+    let conflicts = conflict_rewrite(text, modules, version, &inner)?;
     let blanked: Vec<(usize, usize)> = conflicts.edits.iter().map(|e| (e.0, e.1)).collect();
     let inside = |at: usize| blanked.iter().any(|(s, e)| (*s..*e).contains(&at));
-    // A membership pair inside a rule the conflict rewrite replaces is dropped (the
-    // rule's bodies are copied from the text as it was).
-    let pairs: Vec<[Edit; 2]> = membership_edits(modules)
-        .into_iter()
-        .filter(|[first, _]| !inside(first.0))
-        .collect();
-    let members = pairs.len();
-    let mut edits: Vec<Edit> = pairs.into_iter().flatten().collect();
+    // Edits inside a rule the conflict rewrite replaces went into its copy.
+    let mut edits: Vec<Edit> = inner.into_iter().filter(|e| !inside(e.0)).collect();
     edits.extend(conflicts.edits);
     let Some(mut out) = apply(text, edits) else {
-        return Ok((text.to_string(), 0, 0));
+        return Err(Unsupported {
+            file: String::new(),
+            line: 0,
+            what: "the rewrites overlap".to_string(),
+        });
     };
     out.push_str(&conflicts.appended);
-    Ok((out, members, conflicts.rules))
+    Ok(Rewritten {
+        text: out,
+        members,
+        guarded,
+        conflicts: conflicts.rules,
+    })
+}
+
+/// The text the fast path compiles, and what was rewritten in it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Rewritten {
+    pub text: String,
+    /// Membership pairs made one comparison.
+    pub members: usize,
+    /// `some .. in C` whose `C` is checked to be a collection.
+    pub guarded: usize,
+    /// Rules that could give two values, gathered.
+    pub conflicts: usize,
+}
+
+impl Rewritten {
+    /// Whether the text differs from the one given.
+    pub fn changed(&self) -> bool {
+        self.members + self.guarded + self.conflicts > 0
+    }
+}
+
+/// `C` of `some .. in C` guarded: its value when it is an array, set or object, the
+/// program failed otherwise (our `regex.match` answers [`ITERATION_TRAP`]; undefined
+/// stays undefined). The interpreter fails the evaluation on such a `C`, and kata-agent
+/// refuses the request; the VM would iterate nothing.
+fn guarded(collection: &str) -> String {
+    let trap = serde_json::Value::String(ITERATION_TRAP.to_string());
+    format!("regex.match({trap}, {collection})")
+}
+
+/// An edit guarding the collection of every `some .. in C` in `modules` (rule bodies,
+/// `else` bodies, comprehensions, `every` bodies) whose `C` is not a collection by its
+/// form (a literal or a comprehension).
+fn guard_edits(text: &str, modules: &[Ref<Module>]) -> Vec<Edit> {
+    let mut edits = Vec::new();
+    let mut guard = |c: &Expr| {
+        if matches!(
+            c,
+            Expr::Array { .. }
+                | Expr::Set { .. }
+                | Expr::Object { .. }
+                | Expr::ArrayCompr { .. }
+                | Expr::SetCompr { .. }
+                | Expr::ObjectCompr { .. }
+        ) {
+            return;
+        }
+        let span = c.span();
+        let (start, end) = (span.start as usize, span_end(text, span.end as usize));
+        if let Some(t) = text.get(start..end) {
+            edits.push((start, end, guarded(t)));
+        }
+    };
+    for module in modules {
+        for rule in &module.policy {
+            let Rule::Spec { head, bodies, .. } = rule.as_ref() else {
+                continue;
+            };
+            let value = match head {
+                RuleHead::Compr { assign, .. } | RuleHead::Func { assign, .. } => {
+                    assign.as_ref().map(|a| a.value.as_ref())
+                }
+                RuleHead::Set { key, .. } => key.as_ref().map(|k| k.as_ref()),
+            };
+            if let Some(v) = value {
+                some_in_of_expr(v, &mut guard);
+            }
+            for body in bodies {
+                if let Some(a) = &body.assign {
+                    some_in_of_expr(&a.value, &mut guard);
+                }
+                some_in_of_query(&body.query, &mut guard);
+            }
+        }
+    }
+    edits
+}
+
+/// Calls `f` on the collection of every `some .. in` in `q`, nested queries included.
+fn some_in_of_query(q: &Query, f: &mut dyn FnMut(&Expr)) {
+    for stmt in &q.stmts {
+        match &stmt.literal {
+            Literal::SomeVars { .. } => {}
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                f(collection);
+                if let Some(k) = key {
+                    some_in_of_expr(k, f);
+                }
+                some_in_of_expr(value, f);
+                some_in_of_expr(collection, f);
+            }
+            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => some_in_of_expr(expr, f),
+            Literal::Every { domain, query, .. } => {
+                some_in_of_expr(domain, f);
+                some_in_of_query(query, f);
+            }
+        }
+        for w in &stmt.with_mods {
+            some_in_of_expr(&w.refr, f);
+            some_in_of_expr(&w.r#as, f);
+        }
+    }
+}
+
+/// [`some_in_of_query`] for the comprehensions inside `e`.
+fn some_in_of_expr(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+    let mut queries: Vec<&Query> = Vec::new();
+    let mut terms: Vec<&Expr> = Vec::new();
+    walk_shallow(e, &mut |inner| match inner {
+        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+            queries.push(query);
+            terms.push(term);
+        }
+        Expr::ObjectCompr {
+            key, value, query, ..
+        } => {
+            queries.push(query);
+            terms.push(key);
+            terms.push(value);
+        }
+        _ => {}
+    });
+    for q in queries {
+        some_in_of_query(q, f);
+    }
+    for t in terms {
+        some_in_of_expr(t, f);
+    }
 }
 
 /// `text` with every membership pattern rewritten (module comment), and how many were.
@@ -202,6 +365,7 @@ fn conflict_rewrite(
     text: &str,
     modules: &[Ref<Module>],
     version: RegoVersion,
+    inner: &[Edit],
 ) -> Result<ConflictRewrite, Unsupported> {
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for module in modules {
@@ -345,8 +509,11 @@ fn conflict_rewrite(
             .sources
             .iter()
             .map(|s| {
-                let value = s.value_text;
-                let body = s.query.map(|q| query_text(text, q)).unwrap_or("true");
+                let value = rendered(text, s.value_text, inner);
+                let body = s
+                    .query
+                    .map(|q| rendered(text, query_text(text, q), inner))
+                    .unwrap_or_else(|| "true".to_string());
                 format!("{{({value}) |\n{body}\n}}")
             })
             .collect();
@@ -388,6 +555,22 @@ fn span_end(text: &str, end: usize) -> usize {
         Some('"' | '`') => end + 1,
         _ => end,
     }
+}
+
+/// `part` (a slice of `text`, or a literal) with the `edits` that lie inside it made.
+fn rendered(text: &str, part: &str, edits: &[Edit]) -> String {
+    let base = text.as_ptr() as usize;
+    let at = part.as_ptr() as usize;
+    if at < base || at + part.len() > base + text.len() {
+        return part.to_string();
+    }
+    let (start, end) = (at - base, at - base + part.len());
+    let within: Vec<Edit> = edits
+        .iter()
+        .filter(|e| start <= e.0 && e.1 <= end)
+        .map(|(s, e, r)| (s - start, e - start, r.clone()))
+        .collect();
+    apply(part, within).unwrap_or_else(|| part.to_string())
 }
 
 /// The text of an assignment's value (`:= v` / `= v` without the operator). From the
@@ -497,7 +680,7 @@ fn iterates(q: &Query, params: &HashSet<&str>) -> bool {
 
 /// Calls `f` on `e` and every expression inside it, comprehensions excluded (what they
 /// iterate stays inside them).
-fn walk_shallow(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+fn walk_shallow<'a>(e: &'a Expr, f: &mut dyn FnMut(&'a Expr)) {
     f(e);
     match e {
         Expr::Array { items, .. } | Expr::Set { items, .. } => {
@@ -634,7 +817,11 @@ fn membership_pair(
         (false, true) => lhs,
         _ => return None,
     };
-    if !plain(other) || !plain(collection) {
+    // A string literal's span leaves out its quotes (regorus 0.14.1): not taken.
+    if !plain(other)
+        || !plain(collection)
+        || matches!(other.as_ref(), Expr::String { .. } | Expr::RawString { .. })
+    {
         return None;
     }
     // `x` twice in the whole rule (head, every body): here and in `x == e`.
@@ -645,10 +832,12 @@ fn membership_pair(
     if !one_line(first) || !one_line(second) {
         return None;
     }
+    // `some x in C` over a value that is not a collection fails the interpreter's
+    // evaluation; `e in C` does not: the collection is guarded (module comment).
     let member = format!(
         "{} in {}",
         other.span().text(),
-        collection.as_ref().span().text()
+        guarded(collection.as_ref().span().text())
     );
     Some([
         (first.span.start as usize, first.span.end as usize, member),
@@ -751,9 +940,13 @@ F if {
     fn rewrites_only_the_pattern_it_can_prove() {
         let (text, count) = rewrite(POLICY);
         assert_eq!(count, 3, "{text}");
-        assert!(text.contains("    input.want in input.list\n    true\n}\ndefault B"));
-        assert!(text.contains("    input.v in data.objs.m\n    true\n    input.ok"));
-        assert!(text.contains("    v in input.list\n    true\n}"));
+        let list = guarded("input.list");
+        assert!(text.contains(&format!(
+            "    input.want in {list}\n    true\n}}\ndefault B"
+        )));
+        let m = guarded("data.objs.m");
+        assert!(text.contains(&format!("    input.v in {m}\n    true\n    input.ok")));
+        assert!(text.contains(&format!("    v in {list}\n    true\n}}")));
         // D uses p again, E compares with a call, F spans two lines: unchanged.
         assert!(text.contains("    some p in input.list\n    p == input.want\n    count(p)"));
         assert!(text.contains("    p == concat("));
@@ -922,7 +1115,7 @@ D = {"allowed": true, "ops": [i]} {
         }
     }
 
-    fn rewritten(policy: &str) -> Result<(String, usize, usize), Unsupported> {
+    fn rewritten(policy: &str) -> Result<Rewritten, Unsupported> {
         let mut e = new_engine(RegoVersion::V1, Duration::from_secs(5));
         e.add_policy("t.rego".into(), policy.into()).unwrap();
         for_fast_path(policy, e.get_modules(), RegoVersion::V1)
@@ -942,7 +1135,9 @@ kind := "a" if { input.t == 1 }
 kind := "a" if { input.u == 1 }
 ns(t) := "mnt" if { lower(t) == "mount" } else := t
 "#;
-        let (text, _, conflicts) = rewritten(policy).unwrap();
+        let Rewritten {
+            text, conflicts, ..
+        } = rewritten(policy).unwrap();
         assert_eq!(conflicts, 0, "{text}");
         assert!(!text.contains("__aw_"), "{text}");
         assert_eq!(text.lines().count(), policy.lines().count());
@@ -950,10 +1145,9 @@ ns(t) := "mnt" if { lower(t) == "mount" } else := t
         let v0 = "package agent_policy\ns[x] { x := input.a[_] }\nA { s[input.b] }\n";
         let mut e = new_engine(RegoVersion::V0, Duration::from_secs(5));
         e.add_policy("t.rego".into(), v0.into()).unwrap();
-        assert_eq!(
-            for_fast_path(v0, e.get_modules(), RegoVersion::V0),
-            Ok((v0.to_string(), 0, 0))
-        );
+        let r = for_fast_path(v0, e.get_modules(), RegoVersion::V0).unwrap();
+        assert_eq!(r.text, v0);
+        assert!(!r.changed());
     }
 
     #[test]
@@ -988,5 +1182,79 @@ ns(t) := "mnt" if { lower(t) == "mount" } else := t
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn iteration_over_a_non_collection_fails_the_compiled_program() {
+        let policy = r#"package agent_policy
+import rego.v1
+default A := false
+A if { not bad }
+bad if {
+    some x in input.c
+    x == "evil"
+}
+default B := false
+B if { not member }
+member if {
+    some x in input.c
+    x == input.w
+}
+default C := false
+C if {
+    found := [x | some x in input.c; x == "evil"]
+    count(found) == 0
+}
+default D := false
+D if {
+    every y in ["evil"] {
+        not has(y)
+    }
+}
+has(y) if {
+    some k, v in input.c
+    v == y
+}
+default E := false
+E if {
+    some x in ["a", "b"]
+    x == input.w
+}
+"#;
+        let compiled = Compiled::build("t.rego", policy, RegoVersion::V1, Duration::from_secs(5))
+            .expect("compiled");
+        let mut interp = new_engine(RegoVersion::V1, Duration::from_secs(5));
+        interp.add_policy("t.rego".into(), policy.into()).unwrap();
+        let (mut failed, mut allowed) = (0, 0);
+        for input in [
+            serde_json::json!({"c": "evil", "w": "e"}),
+            serde_json::json!({"c": 5, "w": 5}),
+            serde_json::json!({"c": null, "w": "a"}),
+            serde_json::json!({"c": true}),
+            serde_json::json!({"c": ["ok"], "w": "a"}),
+            serde_json::json!({"c": ["evil"], "w": "evil"}),
+            serde_json::json!({"c": {"k": "evil"}, "w": "b"}),
+            serde_json::json!({"c": ["ok"], "w": "ok"}),
+            serde_json::json!({"w": "a"}),
+        ] {
+            let input: Value = serde_json::from_value(input).unwrap();
+            for rule in ["A", "B", "C", "D", "E"] {
+                let fast = compiled.eval(rule, &input, None);
+                interp.set_input(input.clone());
+                match interp.eval_rule(format!("data.agent_policy.{rule}")) {
+                    Err(e) => {
+                        assert_eq!(fast, None, "{rule} {input}: {e}");
+                        failed += 1;
+                    }
+                    Ok(v) => {
+                        assert_eq!(fast, Some(v.clone()), "{rule} {input}");
+                        allowed += usize::from(v == Value::from(true));
+                    }
+                }
+            }
+        }
+        // A, B, C, D on each of the four scalars; E never iterates input.
+        assert_eq!(failed, 16);
+        assert!(allowed >= 15, "{allowed}");
     }
 }

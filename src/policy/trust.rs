@@ -7,12 +7,13 @@
 //! another body of its caller) can come out the other way: a request kata refuses could
 //! be allowed. In non-strict mode (builtin failures are undefined in both) the run-time
 //! errors a policy can raise are arithmetic on a value that is not a number (`"x" + 1`),
-//! set operations on values that are not sets, and a rule or function giving two values
-//! for one input (a conflict). This module finds the first two: every `+ - * / %`, unary
+//! set operations on values that are not sets, `some .. in` over a value that is not a
+//! collection, and a rule or function giving two values for one input (a conflict). This module finds the first two: every `+ - * / %`, unary
 //! minus, `|` and `&` whose operands are not provably numbers (or, for `- | &`, sets),
 //! print arguments included (a print's failing argument fails the evaluation too). A
-//! policy that has one is decided by the interpreter alone. Conflicts are made to fail
-//! the compiled programs by [`super::rewrite`].
+//! policy that has one is decided by the interpreter alone. Conflicts, and `some .. in`
+//! over a value that is not a collection (also an error), are made to fail the compiled
+//! programs by [`super::rewrite`].
 //!
 //! "Provably" is a small inference over one body of a rule definition: number literals,
 //! `count`, `to_number` and the other numeric builtins, arithmetic on numbers; array and
