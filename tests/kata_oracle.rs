@@ -589,6 +589,39 @@ fn iteration_over_a_non_collection_is_refused_as_kata_agent_refuses() {
     );
 }
 
+/// kata-agent's regorus has only some builtin families (no `time.*`, `net.*`, `glob.*`,
+/// …): a policy that calls one fails kata's evaluation, and must fail ours, also under
+/// a `not` (which a builtin that answers would turn into an allow or a denial).
+#[test]
+fn a_builtin_kata_agent_does_not_have_fails_as_in_kata_agent() {
+    let Some(bin) = oracle_binary("kata_oracle") else {
+        return;
+    };
+    let head = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\n";
+    let mut errors = 0;
+    for body in [
+        "ExecProcessRequest if {\n    not net.cidr_contains(\"10.0.0.0/8\", input.ip)\n}\n",
+        "ExecProcessRequest if {\n    not time.parse_rfc3339_ns(input.t) > 0\n}\n",
+        "ExecProcessRequest if {\n    not glob.match(\"a*\", [], input.s)\n}\n",
+        "ExecProcessRequest if {\n    startswith(input.s, \"a\")\n    input.ip != \"\"\n}\n",
+    ] {
+        let policy = format!("{head}{body}");
+        let mut oracle = Oracle::start(&bin, &policy, false);
+        let ours = Policy::load("p.rego", &policy, RegoVersion::V1).unwrap();
+        for input in [
+            json!({"ip": "10.1.2.3", "t": "zz", "s": "ab"}),
+            json!({"ip": "192.168.0.1", "t": "2026-12-03T00:00:00Z", "s": "b"}),
+        ] {
+            let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
+            let got = outcome(ours.decide("ExecProcessRequest", &input));
+            assert_eq!(got, kata, "{body}\ninput {input}");
+            errors += usize::from(kata == Outcome::Error);
+        }
+    }
+    // The three missing builtins on both inputs; the core ones answer.
+    assert_eq!(errors, 6);
+}
+
 /// A decision of agent-warden's policy as the outcome kata's would be compared with.
 fn outcome(d: agent_warden::policy::Decision) -> Outcome {
     use agent_warden::policy::Decision;
