@@ -466,8 +466,8 @@ async fn generated_growth_scenarios_decide_as_kata_agent_decides() {
 /// as not holding and allow through `not`, another body, or a print's argument:
 /// - arithmetic on a string the host sent: agent-warden keeps such a policy on the
 ///   interpreter (`policy::trust`), whatever the settings;
-/// - a function giving two values for one input (a conflict): not detected
-///   (docs/SECURITY.md); `fast_path = false` decides as kata does.
+/// - a function giving two values for one input (a conflict), here with
+///   `fast_path = false` (with it on: `a_rule_giving_two_values_is_refused_as_kata_agent_refuses`).
 ///
 /// Numbers, and inputs without a conflict, decide as kata too.
 #[test]
@@ -493,17 +493,13 @@ fn a_policy_whose_evaluation_fails_is_refused_as_kata_agent_refuses() {
     ];
     for (body, options) in cases {
         let policy = format!("{head}{body}");
-        let mut oracle = Oracle::start(&bin, &policy, false);
         let ours = Policy::load_with("p.rego", &policy, RegoVersion::V1, options).unwrap();
-        for input in [
+        let inputs = [
             json!({"a": "x", "ok": true}),
             json!({"a": 2, "ok": true}),
             json!({"a": 7, "ok": false}),
-        ] {
-            let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
-            let got = outcome(ours.decide("ExecProcessRequest", &input));
-            assert_eq!(got, kata, "{body}\ninput {input}");
-        }
+        ];
+        exec_decided_as_kata(&bin, &policy, &ours, &inputs);
         assert_eq!(
             ours.fast_allows() + ours.fast_denials(),
             0,
@@ -540,14 +536,8 @@ fn a_rule_giving_two_values_is_refused_as_kata_agent_refuses() {
     let mut errors = 0;
     for body in cases {
         let policy = format!("{head}{body}");
-        let mut oracle = Oracle::start(&bin, &policy, false);
         let ours = Policy::load("p.rego", &policy, RegoVersion::V1).unwrap();
-        for input in &inputs {
-            let kata = decide_blocking(&mut oracle, "ExecProcessRequest", input);
-            let got = outcome(ours.decide("ExecProcessRequest", input));
-            assert_eq!(got, kata, "{body}\ninput {input}");
-            errors += usize::from(kata == Outcome::Error);
-        }
+        errors += exec_decided_as_kata(&bin, &policy, &ours, &inputs);
         assert!(
             ours.fast_allows() + ours.fast_denials() > 0,
             "{body}: the fast path was turned off instead"
@@ -565,10 +555,8 @@ fn iteration_over_a_non_collection_is_refused_as_kata_agent_refuses() {
         return;
     };
     let policy = "package agent_policy\nimport rego.v1\ndefault ExecProcessRequest := false\nExecProcessRequest if {\n    not uses_shell\n}\nuses_shell if {\n    some arg in input.args\n    arg == \"sh\"\n}\n";
-    let mut oracle = Oracle::start(&bin, policy, false);
     let ours = Policy::load("p.rego", policy, RegoVersion::V1).unwrap();
-    let mut errors = 0;
-    for input in [
+    let inputs = [
         json!({"args": ["ls"]}),
         json!({"args": ["sh"]}),
         json!({"args": "sh"}),
@@ -576,13 +564,8 @@ fn iteration_over_a_non_collection_is_refused_as_kata_agent_refuses() {
         json!({"args": null}),
         json!({"args": {"a": "sh"}}),
         json!({}),
-    ] {
-        let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
-        let got = outcome(ours.decide("ExecProcessRequest", &input));
-        assert_eq!(got, kata, "input {input}");
-        errors += usize::from(kata == Outcome::Error);
-    }
-    assert_eq!(errors, 3);
+    ];
+    assert_eq!(exec_decided_as_kata(&bin, policy, &ours, &inputs), 3);
     assert!(
         ours.fast_allows() > 0,
         "the fast path was turned off instead"
@@ -606,20 +589,35 @@ fn a_builtin_kata_agent_does_not_have_fails_as_in_kata_agent() {
         "ExecProcessRequest if {\n    startswith(input.s, \"a\")\n    input.ip != \"\"\n}\n",
     ] {
         let policy = format!("{head}{body}");
-        let mut oracle = Oracle::start(&bin, &policy, false);
         let ours = Policy::load("p.rego", &policy, RegoVersion::V1).unwrap();
-        for input in [
+        let inputs = [
             json!({"ip": "10.1.2.3", "t": "zz", "s": "ab"}),
             json!({"ip": "192.168.0.1", "t": "2026-12-03T00:00:00Z", "s": "b"}),
-        ] {
-            let kata = decide_blocking(&mut oracle, "ExecProcessRequest", &input);
-            let got = outcome(ours.decide("ExecProcessRequest", &input));
-            assert_eq!(got, kata, "{body}\ninput {input}");
-            errors += usize::from(kata == Outcome::Error);
-        }
+        ];
+        errors += exec_decided_as_kata(&bin, &policy, &ours, &inputs);
     }
     // The three missing builtins on both inputs; the core ones answer.
     assert_eq!(errors, 6);
+}
+
+/// Each of `inputs` decided as an ExecProcessRequest by kata's own code (a fresh oracle on
+/// `policy`) and by `ours`; the first difference fails the test. Returns how many kata
+/// answered with an error.
+fn exec_decided_as_kata(
+    bin: &std::path::Path,
+    policy: &str,
+    ours: &Policy,
+    inputs: &[Value],
+) -> usize {
+    let mut oracle = Oracle::start(bin, policy, false);
+    let mut errors = 0;
+    for input in inputs {
+        let kata = decide_blocking(&mut oracle, "ExecProcessRequest", input);
+        let got = outcome(ours.decide("ExecProcessRequest", input));
+        assert_eq!(got, kata, "{policy}\ninput {input}");
+        errors += usize::from(kata == Outcome::Error);
+    }
+    errors
 }
 
 /// A decision of agent-warden's policy as the outcome kata's would be compared with.

@@ -65,7 +65,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use regorus::unstable::{
-    AssignOp, BoolOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead,
+    AssignOp, BoolOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleBody, RuleHead,
 };
 
 use super::engine::RegoVersion;
@@ -84,19 +84,8 @@ pub(crate) const ITERATION_TRAP: &str =
 type Edit = (usize, usize, String);
 
 /// Why a policy's conflicts cannot be rewritten (the policy then stays on the
-/// interpreter): where, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unsupported {
-    pub file: String,
-    pub line: u32,
-    pub what: String,
-}
-
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: {}", self.file, self.line, self.what)
-    }
-}
+/// interpreter): where (file:line), and what.
+pub(crate) type Unsupported = super::trust::Unproven;
 
 /// The text the fast path compiles: `text` (print-free, parsed as `modules`) with both
 /// rewrites; how many membership pairs and how many conflict-capable rules were
@@ -129,7 +118,7 @@ pub(crate) fn for_fast_path(
         return Err(Unsupported {
             file: String::new(),
             line: 0,
-            what: "the rewrites overlap".to_string(),
+            text: "the rewrites overlap".to_string(),
         });
     };
     out.push_str(&conflicts.appended);
@@ -174,7 +163,10 @@ fn guarded(collection: &str) -> String {
 /// form (a literal or a comprehension).
 fn guard_edits(text: &str, modules: &[Ref<Module>]) -> Vec<Edit> {
     let mut edits = Vec::new();
-    let mut guard = |c: &Expr| {
+    let mut guard = |seen: Seen| {
+        let Seen::Collection(c) = seen else {
+            return;
+        };
         if matches!(
             c,
             Expr::Array { .. }
@@ -203,75 +195,10 @@ fn guard_edits(text: &str, modules: &[Ref<Module>]) -> Vec<Edit> {
                 }
                 RuleHead::Set { key, .. } => key.as_ref().map(|k| k.as_ref()),
             };
-            if let Some(v) = value {
-                some_in_of_expr(v, &mut guard);
-            }
-            for body in bodies {
-                if let Some(a) = &body.assign {
-                    some_in_of_expr(&a.value, &mut guard);
-                }
-                some_in_of_query(&body.query, &mut guard);
-            }
+            walk_rule(value, bodies, &mut guard);
         }
     }
     edits
-}
-
-/// Calls `f` on the collection of every `some .. in` in `q`, nested queries included.
-fn some_in_of_query(q: &Query, f: &mut dyn FnMut(&Expr)) {
-    for stmt in &q.stmts {
-        match &stmt.literal {
-            Literal::SomeVars { .. } => {}
-            Literal::SomeIn {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                f(collection);
-                if let Some(k) = key {
-                    some_in_of_expr(k, f);
-                }
-                some_in_of_expr(value, f);
-                some_in_of_expr(collection, f);
-            }
-            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => some_in_of_expr(expr, f),
-            Literal::Every { domain, query, .. } => {
-                some_in_of_expr(domain, f);
-                some_in_of_query(query, f);
-            }
-        }
-        for w in &stmt.with_mods {
-            some_in_of_expr(&w.refr, f);
-            some_in_of_expr(&w.r#as, f);
-        }
-    }
-}
-
-/// [`some_in_of_query`] for the comprehensions inside `e`.
-fn some_in_of_expr(e: &Expr, f: &mut dyn FnMut(&Expr)) {
-    let mut queries: Vec<&Query> = Vec::new();
-    let mut terms: Vec<&Expr> = Vec::new();
-    walk_shallow(e, &mut |inner| match inner {
-        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-            queries.push(query);
-            terms.push(term);
-        }
-        Expr::ObjectCompr {
-            key, value, query, ..
-        } => {
-            queries.push(query);
-            terms.push(key);
-            terms.push(value);
-        }
-        _ => {}
-    });
-    for q in queries {
-        some_in_of_query(q, f);
-    }
-    for t in terms {
-        some_in_of_expr(t, f);
-    }
 }
 
 /// `text` with every membership pattern rewritten (module comment), and how many were.
@@ -428,22 +355,12 @@ fn conflict_rewrite(
             }
             // Object comprehensions anywhere in the rule.
             let mut found = None;
-            let mut visit = |e: &Expr| {
-                if found.is_none() {
-                    if let Expr::ObjectCompr { span, .. } = e {
-                        found = Some(span.clone());
-                    }
+            let mut visit = |seen: Seen| {
+                if let (None, Seen::Expr(Expr::ObjectCompr { span, .. })) = (&found, seen) {
+                    found = Some(span.clone());
                 }
             };
-            if let Some(v) = value {
-                walk_expr(v, &mut visit);
-            }
-            for body in bodies {
-                if let Some(a) = &body.assign {
-                    walk_expr(&a.value, &mut visit);
-                }
-                walk_query(&body.query, &mut visit);
-            }
+            walk_rule(value, bodies, &mut visit);
             if let Some(at) = found {
                 return Err(unsupported(
                     &at,
@@ -466,7 +383,7 @@ fn conflict_rewrite(
         let at = |what: &str| Unsupported {
             file: g.file.clone(),
             line: g.first_line,
-            what: format!("`{name}` could give two values, {what}"),
+            text: format!("`{name}` could give two values, {what}"),
         };
         if !g.plain {
             return Err(at("and its head is not a plain name"));
@@ -543,7 +460,7 @@ fn unsupported(span: &regorus::unstable::Span, what: &str) -> Unsupported {
     Unsupported {
         file: span.source.file().to_string(),
         line: span.line,
-        what: what.to_string(),
+        text: what.to_string(),
     }
 }
 
@@ -723,10 +640,18 @@ fn walk_shallow<'a>(e: &'a Expr, f: &mut dyn FnMut(&'a Expr)) {
     }
 }
 
+/// What the walkers show: every expression, and (also) the collection of every
+/// `some .. in`.
+#[derive(Clone, Copy)]
+enum Seen<'a> {
+    Expr(&'a Expr),
+    Collection(&'a Expr),
+}
+
 /// Calls `f` on `e` and every expression inside it, comprehensions included.
-fn walk_expr(e: &Expr, f: &mut dyn FnMut(&Expr)) {
+fn walk_expr<'a>(e: &'a Expr, f: &mut dyn FnMut(Seen<'a>)) {
     walk_shallow(e, &mut |inner| {
-        f(inner);
+        f(Seen::Expr(inner));
         match inner {
             Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
                 walk_expr(term, f);
@@ -744,7 +669,22 @@ fn walk_expr(e: &Expr, f: &mut dyn FnMut(&Expr)) {
     });
 }
 
-fn walk_query(q: &Query, f: &mut dyn FnMut(&Expr)) {
+/// [`walk_expr`] over a rule: its head's value, and every body with its own value.
+fn walk_rule<'a>(value: Option<&'a Expr>, bodies: &'a [RuleBody], f: &mut dyn FnMut(Seen<'a>)) {
+    if let Some(v) = value {
+        walk_expr(v, f);
+    }
+    for body in bodies {
+        if let Some(a) = &body.assign {
+            walk_expr(&a.value, f);
+        }
+        walk_query(&body.query, f);
+    }
+}
+
+/// [`walk_expr`] over every statement of `q`, nested queries (`every`, comprehensions)
+/// included.
+fn walk_query<'a>(q: &'a Query, f: &mut dyn FnMut(Seen<'a>)) {
     for stmt in &q.stmts {
         match &stmt.literal {
             Literal::SomeVars { .. } => {}
@@ -754,6 +694,7 @@ fn walk_query(q: &Query, f: &mut dyn FnMut(&Expr)) {
                 collection,
                 ..
             } => {
+                f(Seen::Collection(collection));
                 if let Some(k) = key {
                     walk_expr(k, f);
                 }

@@ -29,12 +29,13 @@ use regorus::unstable::{
     ArithOp, AssignOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead, Span,
 };
 
-/// Where a policy has arithmetic the fast path cannot be trusted with.
+/// A place in the policy the fast path cannot be trusted with (here: arithmetic; for
+/// [`super::rewrite`]: a rule it cannot make fail as the interpreter fails).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unproven {
     pub file: String,
     pub line: u32,
-    /// The expression's text (first line, shortened).
+    /// What is there: the expression's text (first line, shortened), or a description.
     pub text: String,
 }
 
