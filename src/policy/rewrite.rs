@@ -189,13 +189,7 @@ fn guard_edits(text: &str, modules: &[Ref<Module>]) -> Vec<Edit> {
             let Rule::Spec { head, bodies, .. } = rule.as_ref() else {
                 continue;
             };
-            let value = match head {
-                RuleHead::Compr { assign, .. } | RuleHead::Func { assign, .. } => {
-                    assign.as_ref().map(|a| a.value.as_ref())
-                }
-                RuleHead::Set { key, .. } => key.as_ref().map(|k| k.as_ref()),
-            };
-            walk_rule(value, bodies, &mut guard);
+            walk_rule(head_value(head), bodies, &mut guard);
         }
     }
     edits
@@ -300,6 +294,21 @@ fn conflict_rewrite(
             let Rule::Spec { head, bodies, span } = rule.as_ref() else {
                 continue;
             };
+            // Object comprehensions anywhere in any rule (partial sets included).
+            let head_value = head_value(head);
+            let mut found = None;
+            let mut visit = |seen: Seen| {
+                if let (None, Seen::Expr(Expr::ObjectCompr { span, .. })) = (&found, seen) {
+                    found = Some(span.clone());
+                }
+            };
+            walk_rule(head_value, bodies, &mut visit);
+            if let Some(at) = found {
+                return Err(unsupported(
+                    &at,
+                    "an object comprehension (a key given two values would fail the evaluation)",
+                ));
+            }
             let (refr, assign, params, is_function) = match head {
                 RuleHead::Compr { refr, assign, .. } => (refr, assign, Vec::new(), false),
                 RuleHead::Func {
@@ -352,20 +361,6 @@ fn conflict_rewrite(
                     query: Some(&body.query),
                     is_else: body.is_else,
                 });
-            }
-            // Object comprehensions anywhere in the rule.
-            let mut found = None;
-            let mut visit = |seen: Seen| {
-                if let (None, Seen::Expr(Expr::ObjectCompr { span, .. })) = (&found, seen) {
-                    found = Some(span.clone());
-                }
-            };
-            walk_rule(value, bodies, &mut visit);
-            if let Some(at) = found {
-                return Err(unsupported(
-                    &at,
-                    "an object comprehension (a key given two values would fail the evaluation)",
-                ));
             }
         }
     }
@@ -667,6 +662,16 @@ fn walk_expr<'a>(e: &'a Expr, f: &mut dyn FnMut(Seen<'a>)) {
             _ => {}
         }
     });
+}
+
+/// The value a rule's head gives (`R := v`, `f(x) := v`, `s contains v`), if written.
+fn head_value(head: &RuleHead) -> Option<&Expr> {
+    match head {
+        RuleHead::Compr { assign, .. } | RuleHead::Func { assign, .. } => {
+            assign.as_ref().map(|a| a.value.as_ref())
+        }
+        RuleHead::Set { key, .. } => key.as_ref().map(|k| k.as_ref()),
+    }
 }
 
 /// [`walk_expr`] over a rule: its head's value, and every body with its own value.
@@ -1106,6 +1111,10 @@ ns(t) := "mnt" if { lower(t) == "mount" } else := t
             ),
             (
                 "r(x) := o.a if { o := {k: v | some k, v in x} }\n",
+                "object comprehension",
+            ),
+            (
+                "s contains o.a if { o := {k: v | some k, v in input.m} }\nr(x) if { s[x] }\n",
                 "object comprehension",
             ),
             (
