@@ -160,8 +160,8 @@ impl Compiled {
         // The rewrites (super::rewrite), compiled from a second parse. A policy with a
         // rule that could give two values in a form the conflict rewrite cannot
         // express has no fast path; if the rewritten text does not parse, the
-        // stripped text is compiled as it is only when there was no conflict to
-        // rewrite (the membership rewrite is a speed-up, the conflict one is not).
+        // stripped text is compiled as it is only when nothing but membership pairs
+        // was rewritten (a speed-up; the guards and the conflict rewrite are not).
         let rewritten = match super::rewrite::for_fast_path(
             &stripped,
             engine.get_modules(),
@@ -172,7 +172,7 @@ impl Compiled {
                 tracing::info!(
                     source = source_name,
                     %at,
-                    "compiled fast path off: a rule that could give two values for one input fails the evaluation in kata-agent, and this form cannot be made to fail the compiled programs alike; the interpreter decides every request"
+                    "compiled fast path off: where this policy's evaluation fails in kata-agent (a rule giving two values for one input), the compiled programs cannot be made to fail alike; the interpreter decides every request"
                 );
                 return None;
             }

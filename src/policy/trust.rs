@@ -8,8 +8,9 @@
 //! be allowed. In non-strict mode (builtin failures are undefined in both) the run-time
 //! errors a policy can raise are arithmetic on a value that is not a number (`"x" + 1`),
 //! set operations on values that are not sets, `some .. in` over a value that is not a
-//! collection, and a rule or function giving two values for one input (a conflict). This module finds the first two: every `+ - * / %`, unary
-//! minus, `|` and `&` whose operands are not provably numbers (or, for `- | &`, sets),
+//! collection, and a rule or function giving two values for one input (a conflict).
+//! This module finds the first two: every `+ - * / %`, unary minus, `|` and `&` whose
+//! operands are not provably numbers (or, for `- | &`, sets),
 //! print arguments included (a print's failing argument fails the evaluation too). A
 //! policy that has one is decided by the interpreter alone. Conflicts, and `some .. in`
 //! over a value that is not a collection (also an error), are made to fail the compiled
