@@ -172,7 +172,7 @@ impl Compiled {
                 tracing::info!(
                     source = source_name,
                     %at,
-                    "compiled fast path off: where this policy's evaluation fails in kata-agent (a rule giving two values for one input), the compiled programs cannot be made to fail alike; the interpreter decides every request"
+                    "compiled fast path off: where this policy's evaluation can fail in kata-agent, the compiled programs cannot be made to fail alike; the interpreter decides every request"
                 );
                 return None;
             }
@@ -619,43 +619,49 @@ fn regex_match(
     args: &[Value],
     strict: bool,
 ) -> anyhow::Result<Value> {
-    // `some .. in C` guarded (super::rewrite): `C` when it is a collection, the program
-    // failed when it is not (the interpreter fails the evaluation there).
-    if let [Value::String(pattern), c] = args {
-        if pattern.as_ref() == super::rewrite::ITERATION_TRAP {
-            return match c {
-                Value::Array(_) | Value::Set(_) | Value::Object(_) | Value::Undefined => {
-                    Ok(c.clone())
-                }
-                _ => Err(regorus::LimitError::RegexSizeLimitExceeded {
-                    limit: REGEX_SIZE_LIMIT,
-                }
-                .into()),
-            };
-        }
+    if let Some(answer) = trap(args) {
+        return answer;
     }
     if let [Value::String(pattern), Value::String(value)] = args {
-        // A rule gave two values (super::rewrite): fail the program, as a conflict
-        // fails the interpreter's evaluation.
-        if pattern.as_ref() == super::rewrite::CONFLICT_TRAP {
-            return Err(regorus::LimitError::RegexSizeLimitExceeded {
-                limit: REGEX_SIZE_LIMIT,
-            }
-            .into());
-        }
         if let Some(re) = cached_regex(pattern) {
             return Ok(Value::Bool(re.is_match(pattern, value)));
         }
     }
     match regorus_regex_match() {
         Some((f, _)) => f(span, params, args, strict),
-        // Cannot happen (the program was compiled against it); a limit error is the
-        // kind the VM never turns into undefined, so the evaluation fails (closed).
-        None => Err(regorus::LimitError::RegexSizeLimitExceeded {
-            limit: REGEX_SIZE_LIMIT,
-        }
-        .into()),
+        // Cannot happen (the program was compiled against it): the evaluation fails
+        // (closed).
+        None => Err(program_failure()),
     }
+}
+
+/// The answer to a call of one of the rewrites' traps (super::rewrite), `None` for any
+/// other `regex.match`: a guarded `some .. in` collection is itself when it is an
+/// array, set or object (or undefined), and fails the program otherwise, as it fails
+/// the interpreter's evaluation; a rule that gave two values fails the program.
+fn trap(args: &[Value]) -> Option<anyhow::Result<Value>> {
+    let [Value::String(pattern), arg] = args else {
+        return None;
+    };
+    match pattern.as_ref() {
+        super::rewrite::ITERATION_TRAP => Some(match arg {
+            Value::Array(_) | Value::Set(_) | Value::Object(_) | Value::Undefined => {
+                Ok(arg.clone())
+            }
+            _ => Err(program_failure()),
+        }),
+        super::rewrite::CONFLICT_TRAP => Some(Err(program_failure())),
+        _ => None,
+    }
+}
+
+/// An error of the kind regorus's VM never turns into undefined (a limit error): the
+/// program fails, and the interpreter decides.
+fn program_failure() -> anyhow::Error {
+    regorus::LimitError::RegexSizeLimitExceeded {
+        limit: REGEX_SIZE_LIMIT,
+    }
+    .into()
 }
 
 #[cfg(test)]

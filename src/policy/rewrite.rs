@@ -63,6 +63,7 @@
 //! tests/kata_oracle.rs).
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 
 use regorus::unstable::{
     AssignOp, BoolOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleBody, RuleHead,
@@ -118,7 +119,7 @@ pub(crate) fn for_fast_path(
         return Err(Unsupported {
             file: String::new(),
             line: 0,
-            text: "the rewrites overlap".to_string(),
+            text: "two guarded `some .. in` collections nest (the rewrites overlap)".to_string(),
         });
     };
     out.push_str(&conflicts.appended);
@@ -262,8 +263,8 @@ struct ConflictRewrite {
 /// One way a rule gets a value: a body (or none: `R := v`) and the value it gives.
 struct Source<'a> {
     value: Option<&'a Expr>,
-    /// The value's text (`true` when the head has none).
-    value_text: &'a str,
+    /// Where the value's text is (`None`: the head has none, the value is `true`).
+    value_at: Option<Range<usize>>,
     query: Option<&'a Query>,
     is_else: bool,
 }
@@ -304,9 +305,10 @@ fn conflict_rewrite(
             };
             walk_rule(head_value, bodies, &mut visit);
             if let Some(at) = found {
-                return Err(unsupported(
+                return Err(Unsupported::at(
                     &at,
-                    "an object comprehension (a key given two values would fail the evaluation)",
+                    "an object comprehension (a key given two values would fail the evaluation)"
+                        .to_string(),
                 ));
             }
             let (refr, assign, params, is_function) = match head {
@@ -322,14 +324,12 @@ fn conflict_rewrite(
                 RuleHead::Set { .. } => continue,
             };
             let value = assign.as_ref().map(|a| a.value.as_ref());
-            let value_text = assign
-                .as_ref()
-                .map(|a| assign_text(text, a))
-                .unwrap_or("true");
+            let value_at = assign.as_ref().map(|a| assign_range(text, a));
             if matches!(refr.as_ref(), Expr::RefBrack { .. }) && !is_function && assign.is_some() {
-                return Err(unsupported(
+                return Err(Unsupported::at(
                     span,
-                    "a partial object rule (a key given two values would fail the evaluation)",
+                    "a partial object rule (a key given two values would fail the evaluation)"
+                        .to_string(),
                 ));
             }
             let g = groups.entry(refr.span().text().to_string()).or_default();
@@ -344,20 +344,20 @@ fn conflict_rewrite(
             if bodies.is_empty() {
                 g.sources.push(Source {
                     value,
-                    value_text,
+                    value_at: value_at.clone(),
                     query: None,
                     is_else: false,
                 });
             }
             for body in bodies {
-                let (value, value_text) = match (&body.assign, body.is_else) {
-                    (Some(a), true) => (Some(a.value.as_ref()), assign_text(text, a)),
-                    (None, true) => (None, "true"),
-                    _ => (value, value_text),
+                let (value, value_at) = match (&body.assign, body.is_else) {
+                    (Some(a), true) => (Some(a.value.as_ref()), Some(assign_range(text, a))),
+                    (None, true) => (None, None),
+                    _ => (value, value_at.clone()),
                 };
                 g.sources.push(Source {
                     value,
-                    value_text,
+                    value_at,
                     query: Some(&body.query),
                     is_else: body.is_else,
                 });
@@ -372,7 +372,7 @@ fn conflict_rewrite(
     };
     let mut out = ConflictRewrite::default();
     for (name, g) in &groups {
-        if !could_conflict(g) {
+        if !could_conflict(text, g) {
             continue;
         }
         let at = |what: &str| Unsupported {
@@ -421,11 +421,14 @@ fn conflict_rewrite(
             .sources
             .iter()
             .map(|s| {
-                let value = rendered(text, s.value_text, inner);
-                let body = s
-                    .query
-                    .map(|q| rendered(text, query_text(text, q), inner))
-                    .unwrap_or_else(|| "true".to_string());
+                let value = s
+                    .value_at
+                    .clone()
+                    .map_or_else(|| "true".to_string(), |r| rendered(text, r, inner));
+                let body = s.query.map_or_else(
+                    || "true".to_string(),
+                    |q| rendered(text, query_range(text, q), inner),
+                );
                 format!("{{({value}) |\n{body}\n}}")
             })
             .collect();
@@ -451,14 +454,6 @@ fn conflict_rewrite(
     Ok(out)
 }
 
-fn unsupported(span: &regorus::unstable::Span, what: &str) -> Unsupported {
-    Unsupported {
-        file: span.source.file().to_string(),
-        line: span.line,
-        text: what.to_string(),
-    }
-}
-
 /// Where a span really ends in `text`: regorus 0.14.1 ends a string literal's span (and
 /// so a rule's or an assignment's that ends with one) before its closing quote. Nothing
 /// else can follow a rule or an assigned value directly with a quote.
@@ -469,61 +464,69 @@ fn span_end(text: &str, end: usize) -> usize {
     }
 }
 
-/// `part` (a slice of `text`, or a literal) with the `edits` that lie inside it made.
-fn rendered(text: &str, part: &str, edits: &[Edit]) -> String {
-    let base = text.as_ptr() as usize;
-    let at = part.as_ptr() as usize;
-    if at < base || at + part.len() > base + text.len() {
-        return part.to_string();
-    }
-    let (start, end) = (at - base, at - base + part.len());
+/// `text[at]` with the `edits` that lie inside it made.
+fn rendered(text: &str, at: Range<usize>, edits: &[Edit]) -> String {
+    let part = text.get(at.clone()).unwrap_or_default();
     let within: Vec<Edit> = edits
         .iter()
-        .filter(|e| start <= e.0 && e.1 <= end)
-        .map(|(s, e, r)| (s - start, e - start, r.clone()))
+        .filter(|e| at.start <= e.0 && e.1 <= at.end)
+        .map(|(s, e, r)| (s - at.start, e - at.start, r.clone()))
         .collect();
     apply(part, within).unwrap_or_else(|| part.to_string())
 }
 
-/// The text of an assignment's value (`:= v` / `= v` without the operator). From the
-/// assignment's span, not the value's: regorus 0.14.1 gives an object literal a span
-/// that starts at its last key, and a string one without its quotes.
-fn assign_text<'a>(text: &'a str, a: &regorus::unstable::RuleAssign) -> &'a str {
-    let (start, end) = (a.span.start as usize, span_end(text, a.span.end as usize));
-    let t = text.get(start..end).unwrap_or("").trim_start();
-    t.strip_prefix(":=")
-        .or_else(|| t.strip_prefix('='))
-        .unwrap_or(t)
-        .trim()
+/// Where an assignment's value is (`:= v` / `= v` without the operator, trimmed). From
+/// the assignment's span, not the value's: regorus 0.14.1 gives an object literal a
+/// span that starts at its last key, and a string one without its quotes.
+fn assign_range(text: &str, a: &regorus::unstable::RuleAssign) -> Range<usize> {
+    let mut at = trim_range(
+        text,
+        a.span.start as usize..span_end(text, a.span.end as usize),
+    );
+    let t = text.get(at.clone()).unwrap_or_default();
+    at.start += if t.starts_with(":=") {
+        2
+    } else {
+        usize::from(t.starts_with('='))
+    };
+    trim_range(text, at)
 }
 
-/// The statements of a body, without its braces (`if x == "a"` has none, and its span
-/// ends before the last quote: [`span_end`]).
-fn query_text<'a>(text: &'a str, q: &Query) -> &'a str {
-    let (start, end) = (q.span.start as usize, span_end(text, q.span.end as usize));
-    let t = text.get(start..end).unwrap_or("").trim();
-    match t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-        Some(inner) => inner,
-        None => t,
+/// Where a body's statements are, without its braces (`if x == "a"` has none, and its
+/// span ends before the last quote: [`span_end`]).
+fn query_range(text: &str, q: &Query) -> Range<usize> {
+    let at = trim_range(
+        text,
+        q.span.start as usize..span_end(text, q.span.end as usize),
+    );
+    let t = text.get(at.clone()).unwrap_or_default();
+    if at.len() >= 2 && t.starts_with('{') && t.ends_with('}') {
+        return trim_range(text, at.start + 1..at.end - 1);
     }
+    at
+}
+
+/// `at` without the white space at either end of `text[at]`.
+fn trim_range(text: &str, at: Range<usize>) -> Range<usize> {
+    let t = text.get(at.clone()).unwrap_or_default();
+    let start = at.start + (t.len() - t.trim_start().len());
+    start..start + t.trim().len()
 }
 
 /// Whether a rule could give two values for one input (module comment).
-fn could_conflict(g: &Group) -> bool {
+fn could_conflict(text: &str, g: &Group) -> bool {
     // A literal value's text, quotes included (`1` and `"1"` differ).
-    fn literal<'a>(s: &Source<'a>) -> Option<&'a str> {
-        match s.value {
-            None
-            | Some(
-                Expr::String { .. }
-                | Expr::RawString { .. }
-                | Expr::Number { .. }
-                | Expr::Bool { .. }
-                | Expr::Null { .. },
-            ) => Some(s.value_text),
-            Some(_) => None,
-        }
-    }
+    let literal = |s: &Source| match s.value {
+        None => Some("true"),
+        Some(
+            Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. },
+        ) => s.value_at.clone().and_then(|r| text.get(r)),
+        Some(_) => None,
+    };
     let values: Vec<Option<&str>> = g.sources.iter().map(literal).collect();
     if let Some(Some(first)) = values.first() {
         if values.iter().all(|v| v == &Some(*first)) {

@@ -40,6 +40,17 @@ pub struct Unproven {
     pub text: String,
 }
 
+impl Unproven {
+    /// `text` at `span`'s file and line.
+    pub(crate) fn at(span: &Span, text: String) -> Unproven {
+        Unproven {
+            file: span.source.file().to_string(),
+            line: span.line,
+            text,
+        }
+    }
+}
+
 impl std::fmt::Display for Unproven {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}: {}", self.file, self.line, self.text)
@@ -160,11 +171,7 @@ fn var_name(e: &Expr) -> Option<&str> {
 }
 
 fn unproven(span: &Span) -> Unproven {
-    Unproven {
-        file: span.source.file().to_string(),
-        line: span.line,
-        text: super::explain::short(span.text()),
-    }
+    Unproven::at(span, super::explain::short(span.text()))
 }
 
 impl<'a> Definition<'a> {
